@@ -1,0 +1,79 @@
+"""Connecting to the store: URL resolution, engines, and schema migrations with Alembic.
+
+SQLite (a file in the user's data dir) by default, PostgreSQL by URL (``--db`` or
+``FARM_DB_URL``). Opening a store brings its schema to the newest migration.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from farm.errors import ConfigError, InfraError
+from farm.paths import data_dir
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_migrated: set[str] = set()
+_lock = threading.Lock()
+
+
+def resolve_url(url: str | None = None) -> str:
+    """``url``, else $FARM_DB_URL, else the SQLite file in the user's data dir."""
+    url = url or os.environ.get("FARM_DB_URL")
+    if not url:
+        return f"sqlite:///{data_dir() / 'farm.db'}"
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    elif url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgres://")
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (dashboard) never block the writer
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")  # several agents on one host may share a SQLite store
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(url: str | None = None) -> Engine:
+    url = resolve_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"store URL {url!r} is not a database URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the schema to the newest Alembic revision (once per process per URL)."""
+    key = str(engine.url)
+    with _lock:
+        if key in _migrated:
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise InfraError(f"store {engine.url.render_as_string(hide_password=True)} unreachable: "
+                             f"{str(exc.orig).strip().splitlines()[0]}") from exc
+        _migrated.add(key)

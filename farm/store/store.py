@@ -1,0 +1,357 @@
+"""The store's operations: runs and jobs in, results out, idempotently.
+
+Every write is keyed: a job by its deterministic id, a result row by (job id, repetition), so
+an agent that retries a flush, or a job that is redelivered, never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from farm.errors import ConfigError, InfraError
+from farm.jobs import Job, JobResult, utcnow
+from farm.store.db import make_engine, migrate, resolve_url
+from farm.store.models import Device, JobRow, ResultRow, Run, Trace
+
+TERMINAL = ("done", "failed", "cancelled")
+
+
+def new_run_id() -> str:
+    return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    from datetime import UTC
+
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+class Store:
+    """A handle on one store database."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = resolve_url(url)
+        self.engine = make_engine(self.url)
+        migrate(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise InfraError(f"store unreachable: {str(exc.orig).strip().splitlines()[0]}") from exc
+
+    def _upsert(self, session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+        if not rows:
+            return
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = insert(table).values(rows)
+        cols = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+        session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=cols))
+
+    # Runs and jobs ---------------------------------------------------------------------------
+
+    def create_run(self, name: str, jobs: list[Job], *, run_id: str | None = None, kind: str = "sweep",
+                   sweep_yaml: str = "", sweep_digest: str = "", executor: str = "local",
+                   priority: int = 0, meta: dict[str, Any] | None = None) -> str:
+        run_id = run_id or new_run_id()
+        with self.session() as s:
+            s.add(Run(id=run_id, name=name, kind=kind, sweep_yaml=sweep_yaml, sweep_digest=sweep_digest,
+                      executor=executor, status="queued", priority=priority, n_jobs=len(jobs),
+                      created_at=utcnow(), meta=meta or {}))
+            s.flush()
+            s.add_all(JobRow(id=j.job_id, run_id=run_id, idx=j.index, device=j.device, profile=j.profile,
+                             backend=j.backend, model=j.model.label, quant=j.quant, n_prompt=j.n_prompt,
+                             n_gen=j.n_gen, threads=j.threads, repetitions=j.repetitions,
+                             priority=j.priority, spec=j.model_dump(mode="json"), est_s=j.est_s)
+                      for j in jobs)
+        return run_id
+
+    def get_run(self, run_id: str) -> Run:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                matches = s.scalars(select(Run).where(Run.id.like(f"{run_id}%")).limit(2)).all()
+                if len(matches) == 1:
+                    return matches[0]
+                raise ConfigError(f"no run {run_id!r} in {self.engine.url.render_as_string(hide_password=True)}")
+            return run
+
+    def runs(self, limit: int = 20) -> list[Run]:
+        with self.session() as s:
+            return list(s.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit)))
+
+    def jobs(self, run_id: str, status: Iterable[str] | None = None) -> list[Job]:
+        with self.session() as s:
+            q = select(JobRow.spec).where(JobRow.run_id == run_id).order_by(JobRow.idx)
+            if status is not None:
+                q = q.where(JobRow.status.in_(list(status)))
+            return [Job.model_validate(spec) for spec in s.scalars(q)]
+
+    def job_rows(self, run_id: str) -> list[JobRow]:
+        with self.session() as s:
+            return list(s.scalars(select(JobRow).where(JobRow.run_id == run_id).order_by(JobRow.idx)))
+
+    def job_status(self, job_id: str) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(JobRow.status).where(JobRow.id == job_id))
+
+    def counts(self, run_id: str) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(JobRow.status, func.count()).where(JobRow.run_id == run_id)
+                             .group_by(JobRow.status)).all()
+        return {status: n for status, n in rows}
+
+    def claim(self, job_id: str, agent: str, lease_s: float, device: str | None = None) -> bool:
+        """Atomically move a queued job to running under `agent`'s lease. False if not queued.
+
+        With `device`, only if the job is still meant for that device (a stale message for a job
+        that was moved elsewhere must not run it).
+        """
+        return self.claim_on(job_id, agent, lease_s, device) is not None
+
+    def claim_on(self, job_id: str, agent: str, lease_s: float, device: str | None = None) -> str | None:
+        """:meth:`claim`, also reading the device's status in the same transaction (one round trip
+        where an agent needs both): None when not claimed, else the device's status ("" if unknown)."""
+        now = utcnow()
+        where = [JobRow.id == job_id, JobRow.status == "queued"]
+        if device is not None:
+            where.append(JobRow.device == device)
+        with self.session() as s:
+            res = s.execute(update(JobRow).where(*where)
+                            .values(status="running", agent=agent, started_at=now, heartbeat_at=now,
+                                    lease_until=now + timedelta(seconds=lease_s),
+                                    attempts=JobRow.attempts + 1))
+            if res.rowcount:
+                s.execute(update(Run).where(Run.id == select(JobRow.run_id).where(JobRow.id == job_id)
+                                            .scalar_subquery(), Run.status == "queued").values(status="running"))
+            if not res.rowcount:
+                return None
+            if device is None:
+                return ""
+            return s.scalar(select(Device.status).where(Device.name == device)) or ""
+
+    def heartbeat(self, job_id: str, agent: str, lease_s: float) -> bool:
+        now = utcnow()
+        with self.session() as s:
+            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.agent == agent,
+                                                 JobRow.status == "running")
+                            .values(heartbeat_at=now, lease_until=now + timedelta(seconds=lease_s)))
+            return bool(res.rowcount)
+
+    def requeue(self, job_id: str, reason: str) -> None:
+        with self.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
+                      .values(status="queued", agent=None, lease_until=None, error=reason))
+
+    def reap_expired(self, now: datetime | None = None) -> list[str]:
+        """Jobs whose agent stopped heartbeating go back to the queue."""
+        now = now or utcnow()
+        with self.session() as s:
+            ids = list(s.scalars(select(JobRow.id).where(JobRow.status == "running", JobRow.lease_until < now)))
+            if ids:
+                s.execute(update(JobRow).where(JobRow.id.in_(ids), JobRow.status == "running")
+                          .values(status="queued", agent=None, lease_until=None, error="agent lease expired"))
+        return ids
+
+    def fail_job(self, job: Job, error_class: str, error: str) -> None:
+        self.save_result(JobResult(job_id=job.job_id, run_id=job.run_id, device=job.device, status="failed",
+                                   error_class=error_class, error=error), job)
+
+    def cancel(self, run_id: str) -> int:
+        with self.session() as s:
+            res = s.execute(update(JobRow).where(JobRow.run_id == run_id, JobRow.status.in_(["queued", "running"]))
+                            .values(status="cancelled", error_class="cancelled", error="cancelled by user",
+                                    finished_at=utcnow()))
+            s.execute(update(Run).where(Run.id == run_id).values(status="cancelled", finished_at=utcnow()))
+            return res.rowcount
+
+    def is_cancelled(self, run_id: str) -> bool:
+        with self.session() as s:
+            return s.scalar(select(Run.status).where(Run.id == run_id)) == "cancelled"
+
+    def finish_run_if_complete(self, run_id: str) -> str | None:
+        """Close a run when no job is left queued or running; returns its final status."""
+        counts = self.counts(run_id)
+        if counts.get("queued") or counts.get("running"):
+            return None
+        status = "cancelled" if counts.get("cancelled") else ("failed" if counts.get("failed") else "done")
+        with self.session() as s:
+            s.execute(update(Run).where(Run.id == run_id, Run.status.in_(["queued", "running"]))
+                      .values(status=status, finished_at=utcnow()))
+            return s.scalar(select(Run.status).where(Run.id == run_id))
+
+    # Results ---------------------------------------------------------------------------------
+
+    def save_result(self, result: JobResult, job: Job | None = None) -> None:
+        """Store a job's outcome. Idempotent: the same result saved twice leaves one copy."""
+        with self.session() as s:
+            row = s.get(JobRow, result.job_id)
+            if row is None:
+                raise ConfigError(f"result for unknown job {result.job_id}")
+            job = job or Job.model_validate(row.spec)
+            self._apply_outcome(row, result)
+            reps = [r.rep for r in result.repetitions]
+            s.execute(delete(ResultRow).where(ResultRow.job_id == result.job_id, ResultRow.rep.not_in(reps)))
+            self._upsert(s, ResultRow, [self._result_row(job, result, r) for r in result.repetitions],
+                         ["job_id", "rep"])
+            if result.trace:
+                self._upsert(s, Trace, [{"job_id": result.job_id, "data": result.trace,
+                                         "meta": {"source": result.power.get("source")}}], ["job_id"])
+
+    @staticmethod
+    def _apply_outcome(row: JobRow, result: JobResult) -> None:
+        # a result that arrives after cancel is still data worth keeping, so status is not checked
+        row.status = result.status
+        row.error_class, row.error = result.error_class, result.error
+        row.agent = result.agent or row.agent
+        row.device = result.device  # a retried job may have moved to another device of its profile
+        row.started_at, row.finished_at = result.started_at, result.finished_at
+        row.attempts = max(row.attempts, result.attempt)
+        row.lease_until = None
+        row.fingerprint, row.provenance = result.fingerprint, result.provenance
+        row.thermal, row.power = result.thermal, result.power
+        row.throttled = result.thermal.get("throttled")
+        row.charging = result.power.get("charging")
+        row.model_sha256 = result.provenance.get("model_sha256")
+        row.engine_build = result.provenance.get("engine_build")
+        row.bytes_pushed = result.bytes_pushed
+
+    def save_results(self, results: Sequence[JobResult], jobs: Sequence[Job] | None = None) -> None:
+        """The bulk path: many jobs' outcomes in one transaction (agents flushing a spool, imports).
+
+        Same end state as save_result for each, also idempotent: a job's old repetitions are
+        replaced as a whole, and rows go in as one cached executemany instead of a statement per job.
+        """
+        results = list({r.job_id: r for r in results}.values())  # the last outcome of a job wins
+        if not results:
+            return
+        with self.session() as s:
+            ids = [r.job_id for r in results]
+            rows = {row.id: row for row in s.scalars(select(JobRow).where(JobRow.id.in_(ids)))}
+            missing = [i for i in ids if i not in rows]
+            if missing:
+                raise ConfigError(f"results for unknown jobs {missing[:3]}")
+            given = {j.job_id: j for j in jobs or []}
+            # only a job that already ended can have repetitions stored (queued/running never do);
+            # deleting by job id one statement each keeps to the primary key, whatever the statistics say
+            ended = [{"j": i} for i in ids if rows[i].status in TERMINAL]
+            values: list[dict[str, Any]] = []
+            for result in results:
+                row = rows[result.job_id]
+                job = given.get(result.job_id) or Job.model_validate(row.spec)
+                self._apply_outcome(row, result)
+                values += [self._result_row(job, result, r) for r in result.repetitions]
+            if ended:
+                s.flush()
+                s.connection().execute(delete(ResultRow).where(ResultRow.job_id == bindparam("j")), ended)
+            if values and self.dialect == "postgresql":
+                # COPY: one statement, so the per-statement rollup trigger runs once, not per row
+                cols = list(values[0])
+                raw = s.connection().connection.driver_connection
+                with raw.cursor() as cur, cur.copy(f"COPY results ({', '.join(cols)}) FROM STDIN") as copy:
+                    for v in values:
+                        copy.write_row([v[c] for c in cols])
+            elif values:
+                s.execute(insert(ResultRow), values)
+            traces = [{"job_id": r.job_id, "data": r.trace, "meta": {"source": r.power.get("source")}}
+                      for r in results if r.trace]
+            for trace in traces:
+                self._upsert(s, Trace, [trace], ["job_id"])
+
+    @staticmethod
+    def _result_row(job: Job, result: JobResult, r: Any) -> dict[str, Any]:
+        return {
+            "job_id": job.job_id, "rep": r.rep, "run_id": job.run_id, "device": result.device,
+            "profile": job.profile, "backend": job.backend, "model": job.model.label, "quant": job.quant,
+            "threads": job.threads, "test": job.test, "n_prompt": r.n_prompt, "n_gen": r.n_gen,
+            "prefill_s": r.prefill_s, "decode_s": r.decode_s, "prefill_tps": r.prefill_tps,
+            "decode_tps": r.decode_tps, "ttft_s": r.ttft_s, "peak_rss_bytes": r.peak_rss_bytes,
+            "exit_status": r.exit_status, "error_class": result.error_class,
+            "prefill_energy_j": r.prefill_energy_j, "decode_energy_j": r.decode_energy_j,
+            "prefill_j_per_tok": r.prefill_j_per_tok, "decode_j_per_tok": r.decode_j_per_tok,
+            "prefill_avg_w": r.prefill_avg_w, "decode_avg_w": r.decode_avg_w,
+            "power_modelled": result.power.get("modelled"), "throttled": result.thermal.get("throttled"),
+            "charging": result.power.get("charging"), "engine_commit": result.provenance.get("engine_commit"),
+            "variant": job.tags.get("variant"), "created_at": result.finished_at,
+        }
+
+    def results(self, run_id: str | None = None) -> list[ResultRow]:
+        with self.session() as s:
+            q = select(ResultRow).order_by(ResultRow.job_id, ResultRow.rep)
+            if run_id:
+                q = q.where(ResultRow.run_id == run_id)
+            return list(s.scalars(q))
+
+    def results_frame(self, run_id: str | None = None):  # -> pandas.DataFrame
+        import pandas as pd
+
+        q = select(ResultRow).join(JobRow, JobRow.id == ResultRow.job_id)
+        if run_id:
+            q = q.where(ResultRow.run_id == run_id)
+        with self.engine.connect() as conn:  # in plan order, so tables read like the sweep
+            return pd.read_sql(q.order_by(ResultRow.run_id, JobRow.idx, ResultRow.rep), conn)
+
+    # Devices ---------------------------------------------------------------------------------
+
+    def upsert_device(self, name: str, profile: str, transport: str, agent: str | None = None,
+                      fingerprint: dict[str, Any] | None = None, health: dict[str, Any] | None = None) -> None:
+        with self.session() as s:
+            dev = s.get(Device, name)
+            if dev is None:
+                dev = Device(name=name, profile=profile, transport=transport, status="online")
+                s.add(dev)
+            dev.profile, dev.transport, dev.last_seen = profile, transport, utcnow()
+            dev.agent = agent or dev.agent
+            if fingerprint is not None:
+                dev.fingerprint = fingerprint
+            if health is not None:
+                dev.health = health
+            if dev.status == "offline":
+                dev.status = "online"
+
+    def set_device_status(self, name: str, status: str, reason: str | None = None) -> None:
+        with self.session() as s:
+            dev = s.get(Device, name)
+            if dev is None:
+                raise ConfigError(f"unknown device {name!r}")
+            dev.status, dev.quarantine_reason = status, reason
+            if status == "online":
+                dev.failures = 0
+
+    def record_device_failure(self, name: str, reason: str, quarantine_after: int = 3) -> bool:
+        """Count an infrastructure failure; quarantine after `quarantine_after` in a row. True if quarantined."""
+        with self.session() as s:
+            dev = s.get(Device, name)
+            if dev is None:
+                return False
+            dev.failures += 1
+            if dev.failures >= quarantine_after:
+                dev.status, dev.quarantine_reason = "quarantined", reason
+            return dev.status == "quarantined"
+
+    def devices(self) -> list[Device]:
+        with self.session() as s:
+            return list(s.scalars(select(Device).order_by(Device.name)))
+
+    def quarantined(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Device.name).where(Device.status == "quarantined")))
+
+
+__all__ = ["TERMINAL", "Store", "new_run_id"]
