@@ -1,0 +1,373 @@
+/* The forward pass of a llama-family decoder, as llama.cpp computes it:
+ *   x = embd[tok]; per layer: h = rmsnorm(x)*w; q,k,v = W h (+bias); rope(q,k); x += Wo attn(q, K, V);
+ *   h = rmsnorm(x)*w; x += Wdown (silu(Wgate h) * Wup h);  logits = Wout rmsnorm(x)*w.
+ * Work is split into a few parallel steps per layer, each one pool_run (one barrier):
+ * prep (norm / swiglu + q8_0 quantization of activations), matmul, qkv post-processing, attention.
+ * Matmuls take all tokens of a ubatch at once, so prefill streams each weight once per ubatch. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "model.h"
+
+#ifndef TOKEN_TILE
+#define TOKEN_TILE 32 /* tokens per GEMM tile: their q8_0 activations stay in L1/L2 */
+#endif
+#ifndef PREFILL_ROWS
+#define PREFILL_ROWS 16 /* rows per work item in prefill, see matmul() */
+#endif
+
+static int is_quant(int type) { return type == GT_Q4_0 || type == GT_Q8_0; }
+static size_t q8_row_bytes(int n) { return (size_t)(n / QK) * sizeof(block_q8_0); }
+
+static void *xalloc(size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64) != 0) farm_fail("out of memory (%zu bytes)", n);
+    memset(p, 0, n);
+    return p;
+}
+
+void ctx_init(ctx_t *c, const model_t *m, int n_ctx, int n_ubatch, int n_threads, int kv_f16, int all_logits) {
+    memset(c, 0, sizeof *c);
+    c->m = m;
+    c->n_ctx = n_ctx < 1 ? 1 : n_ctx;
+    c->n_ubatch = n_ubatch < 1 ? 1 : n_ubatch;
+    c->kv_f16 = kv_f16;
+    c->pool = pool_create(n_threads);
+    const size_t U = (size_t)c->n_ubatch, d = m->d_model, qd = (size_t)m->n_heads * m->head_dim;
+    const size_t kvd = (size_t)m->n_kv_heads * m->head_dim, ff = m->d_ff;
+    const size_t kv_elems = (size_t)m->n_layers * c->n_ctx * kvd;
+    c->kcache = xalloc(kv_elems * (kv_f16 ? 2 : 4));
+    c->vcache = xalloc(kv_elems * (kv_f16 ? 2 : 4));
+    size_t widest = d > qd ? d : qd;
+    if (ff > widest) widest = ff;
+    c->x = xalloc(U * d * 4);
+    c->xb = xalloc(U * widest * 4);
+    c->q = xalloc(U * qd * 4);
+    c->k = xalloc(U * kvd * 4);
+    c->v = xalloc(U * kvd * 4);
+    c->att = xalloc(U * qd * 4);
+    c->hb = xalloc(U * ff * 4);
+    c->hb2 = xalloc(U * ff * 4);
+    c->xq = xalloc(U * q8_row_bytes((int)((widest + QK - 1) / QK * QK)));
+    c->scores = xalloc((size_t)pool_size(c->pool) * c->n_ctx * 4);
+    c->rope_cs = xalloc(U * m->head_dim * 4);
+    c->n_logits = all_logits ? c->n_ctx : 1;
+    c->logits = xalloc((size_t)c->n_logits * m->n_vocab * 4);
+}
+
+void ctx_free(ctx_t *c) {
+    pool_destroy(c->pool);
+    void *bufs[] = {c->kcache, c->vcache, c->x, c->xb, c->q, c->k, c->v, c->att, c->hb, c->hb2, c->xq, c->scores,
+                    c->rope_cs, c->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    memset(c, 0, sizeof *c);
+}
+
+/* ---- prep: rmsnorm / swiglu, then q8_0 quantization for quantized weights -------------------------- */
+
+enum { PREP_NORM, PREP_SWIGLU, PREP_QUANT };
+#define PREP_CHUNK 256 /* elements per work item of element-wise modes */
+
+typedef struct {
+    int mode, n, n_tok, quant;
+    float *src;        /* [n_tok][n]; SWIGLU: gate, overwritten with silu(gate) * up */
+    const float *src2; /* SWIGLU: up */
+    const float *w;    /* NORM: weight */
+    float *dst;        /* NORM: normalised rows */
+    float eps;
+    void *xq;
+    _Atomic int next;
+} prep_job;
+
+static void prep_task(void *arg, int ith, int nth) {
+    (void)ith, (void)nth;
+    prep_job *j = arg;
+    const int per_tok = j->mode == PREP_NORM ? 1 : (j->n + PREP_CHUNK - 1) / PREP_CHUNK;
+    for (;;) {
+        const int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (item >= j->n_tok * per_tok) return;
+        const int t = item / per_tok, i0 = (item % per_tok) * PREP_CHUNK;
+        float *out;
+        int lo = 0, hi = j->n;
+        if (j->mode == PREP_NORM) {
+            const float *x = j->src + (size_t)t * j->n;
+            out = j->dst + (size_t)t * j->n;
+            double ss = 0.0; /* double: the row sum must not depend on summation order across builds */
+            for (int i = 0; i < j->n; i++) ss += (double)x[i] * x[i];
+            const float scale = (float)(1.0 / sqrt(ss / j->n + j->eps));
+            for (int i = 0; i < j->n; i++) out[i] = x[i] * scale * j->w[i];
+        } else {
+            lo = i0;
+            hi = i0 + PREP_CHUNK < j->n ? i0 + PREP_CHUNK : j->n;
+            out = j->src + (size_t)t * j->n;
+            if (j->mode == PREP_SWIGLU) {
+                const float *u = j->src2 + (size_t)t * j->n;
+                for (int i = lo; i < hi; i++) out[i] = out[i] / (1.0f + expf(-out[i])) * u[i];
+            }
+        }
+        if (j->quant)
+            quantize_row_q8_0(out + lo, (block_q8_0 *)((char *)j->xq + t * q8_row_bytes(j->n)) + lo / QK, hi - lo);
+    }
+}
+
+static void prep(ctx_t *c, int mode, int quant, float *src, const float *src2, const float *w, float *dst, int n,
+                 int n_tok) {
+    if (mode == PREP_QUANT && !quant) return;
+    prep_job j = {.mode = mode, .n = n, .n_tok = n_tok, .quant = quant, .src = src, .src2 = src2, .w = w,
+                  .dst = dst, .eps = c->m->rms_eps, .xq = c->xq};
+    pool_run(c->pool, prep_task, &j);
+}
+
+/* ---- matmul: y[t][r] (+)= W[r] . x[t] for up to three weights sharing one input ---------------------- */
+
+typedef struct {
+    const tensor_t *w[3];
+    float *y[3];
+    int nw, n_tok, accumulate, rows_total, chunk;
+    const float *xf; /* f32/f16 weights: f32 activations */
+    const void *xq;  /* q4_0/q8_0 weights: q8_0 activations */
+    _Atomic int next;
+} mm_job;
+
+static inline void put(float *y, float v, int acc) {
+    if (acc) *y += v;
+    else *y = v;
+}
+
+static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1) {
+    const int n = w->n_in, n_out = w->n_out, acc = j->accumulate;
+    const size_t xs = q8_row_bytes(n);
+    const char *wd = w->data;
+    for (int t0 = 0; t0 < j->n_tok; t0 += TOKEN_TILE) {
+        const int t1 = t0 + TOKEN_TILE < j->n_tok ? t0 + TOKEN_TILE : j->n_tok;
+        int r = r0;
+        if (is_quant(w->type) && t1 - t0 == 1) {
+            const block_q8_0 *x0 = (const void *)((const char *)j->xq + t0 * xs);
+            for (; r + 4 <= r1; r += 4) {
+                float o[4];
+                if (w->type == GT_Q4_0) gemv4_q4_0(n, wd + (size_t)r * w->row_bytes, w->row_bytes, x0, o);
+                else gemv4_q8_0(n, wd + (size_t)r * w->row_bytes, w->row_bytes, x0, o);
+                for (int k = 0; k < 4; k++) put(&y[(size_t)t0 * n_out + r + k], o[k], acc);
+            }
+        }
+        if (is_quant(w->type) && t1 - t0 >= 2) {
+            for (; r + 2 <= r1; r += 2) {
+                const void *w0 = wd + (size_t)r * w->row_bytes, *w1 = wd + (size_t)(r + 1) * w->row_bytes;
+                int t = t0;
+                for (; t + 2 <= t1; t += 2) {
+                    const block_q8_0 *x0 = (const void *)((const char *)j->xq + t * xs);
+                    const block_q8_0 *x1 = (const void *)((const char *)j->xq + (t + 1) * xs);
+                    float o[4];
+                    if (w->type == GT_Q4_0) gemm2x2_q4_0(n, w0, w1, x0, x1, o);
+                    else gemm2x2_q8_0(n, w0, w1, x0, x1, o);
+                    put(&y[(size_t)t * n_out + r], o[0], acc);
+                    put(&y[(size_t)(t + 1) * n_out + r], o[1], acc);
+                    put(&y[(size_t)t * n_out + r + 1], o[2], acc);
+                    put(&y[(size_t)(t + 1) * n_out + r + 1], o[3], acc);
+                }
+                for (; t < t1; t++) {
+                    const block_q8_0 *x0 = (const void *)((const char *)j->xq + t * xs);
+                    const int q4 = w->type == GT_Q4_0;
+                    put(&y[(size_t)t * n_out + r], q4 ? vec_dot_q4_0(n, w0, x0) : vec_dot_q8_0(n, w0, x0), acc);
+                    put(&y[(size_t)t * n_out + r + 1], q4 ? vec_dot_q4_0(n, w1, x0) : vec_dot_q8_0(n, w1, x0), acc);
+                }
+            }
+        }
+        for (; r < r1; r++) {
+            const void *wr = wd + (size_t)r * w->row_bytes;
+            for (int t = t0; t < t1; t++) {
+                float v;
+                switch (w->type) {
+                case GT_Q4_0: v = vec_dot_q4_0(n, wr, (const void *)((const char *)j->xq + t * xs)); break;
+                case GT_Q8_0: v = vec_dot_q8_0(n, wr, (const void *)((const char *)j->xq + t * xs)); break;
+                case GT_F16: v = vec_dot_f16(n, wr, j->xf + (size_t)t * n); break;
+                default: v = vec_dot_f32(n, wr, j->xf + (size_t)t * n); break;
+                }
+                put(&y[(size_t)t * n_out + r], v, acc);
+            }
+        }
+    }
+}
+
+static void mm_task(void *arg, int ith, int nth) {
+    (void)ith, (void)nth;
+    mm_job *j = arg;
+    for (;;) {
+        const int c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        int r0 = c * j->chunk;
+        if (r0 >= j->rows_total) return;
+        int r1 = r0 + j->chunk < j->rows_total ? r0 + j->chunk : j->rows_total;
+        int base = 0; /* split the chunk at weight boundaries */
+        for (int k = 0; k < j->nw && r0 < r1; k++) {
+            const int end = base + j->w[k]->n_out;
+            if (r0 < end) {
+                const int e = r1 < end ? r1 : end;
+                mm_rows(j, j->w[k], j->y[k], r0 - base, e - base);
+                r0 = e;
+            }
+            base = end;
+        }
+    }
+}
+
+static void matmul(ctx_t *c, const tensor_t *w0, float *y0, const tensor_t *w1, float *y1, const tensor_t *w2,
+                   float *y2, const float *xf, int n_tok, int accumulate) {
+    mm_job j = {.w = {w0, w1, w2}, .y = {y0, y1, y2}, .nw = w2 ? 3 : w1 ? 2 : 1, .n_tok = n_tok,
+                .accumulate = accumulate, .xf = xf, .xq = c->xq};
+    for (int k = 0; k < j.nw; k++) j.rows_total += j.w[k]->n_out;
+    /* Decode: big chunks amortise the atomic; prefill: 16 rows (~80 KB of q8_0 weights at d_ff) stay in L2
+     * while every token tile passes over them. Keep it even for the 2x2 tiles. */
+    j.chunk = n_tok > 1 ? PREFILL_ROWS : 64;
+    const int nth = pool_size(c->pool);
+    while (j.chunk > 2 && j.rows_total / j.chunk < 4 * nth) j.chunk /= 2;
+    pool_run(c->pool, mm_task, &j);
+}
+
+/* ---- q/k/v post-processing: bias, RoPE, store K and V in the cache -------------------------------- */
+
+typedef struct {
+    ctx_t *c;
+    const layer_t *L;
+    int layer, n_tok, pos0;
+    _Atomic int next;
+} qkv_job;
+
+static void rope(float *v, const float *cs, int hd, int neox) {
+    const int half = hd / 2;
+    for (int i = 0; i < half; i++) {
+        const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+        const float x0 = v[a], x1 = v[b], co = cs[i], si = cs[half + i];
+        v[a] = x0 * co - x1 * si;
+        v[b] = x0 * si + x1 * co;
+    }
+}
+
+static void qkv_task(void *arg, int ith, int nth) {
+    (void)ith, (void)nth;
+    qkv_job *j = arg;
+    ctx_t *c = j->c;
+    const model_t *m = c->m;
+    const int hd = m->head_dim, qd = m->n_heads * hd, kvd = m->n_kv_heads * hd;
+    for (;;) {
+        const int t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (t >= j->n_tok) return;
+        float *q = c->q + (size_t)t * qd, *k = c->k + (size_t)t * kvd, *v = c->v + (size_t)t * kvd;
+        if (j->L->has_bias) {
+            const float *bq = j->L->bq.data, *bk = j->L->bk.data, *bv = j->L->bv.data;
+            for (int i = 0; i < qd; i++) q[i] += bq[i];
+            for (int i = 0; i < kvd; i++) k[i] += bk[i], v[i] += bv[i];
+        }
+        const float *cs = c->rope_cs + (size_t)t * hd;
+        for (int h = 0; h < m->n_heads; h++) rope(q + h * hd, cs, hd, m->rope_neox);
+        for (int h = 0; h < m->n_kv_heads; h++) rope(k + h * hd, cs, hd, m->rope_neox);
+        const int pos = j->pos0 + t;
+        for (int h = 0; h < m->n_kv_heads; h++) {
+            const size_t off = (((size_t)j->layer * m->n_kv_heads + h) * c->n_ctx + pos) * hd;
+            if (c->kv_f16) {
+                f32_to_f16_row(k + h * hd, (f16_t *)c->kcache + off, hd);
+                f32_to_f16_row(v + h * hd, (f16_t *)c->vcache + off, hd);
+            } else {
+                memcpy((float *)c->kcache + off, k + h * hd, (size_t)hd * 4);
+                memcpy((float *)c->vcache + off, v + h * hd, (size_t)hd * 4);
+            }
+        }
+    }
+}
+
+/* ---- attention: causal softmax(q K^T / sqrt(hd)) V per (token, head), GQA --------------------------- */
+
+static void attn_task(void *arg, int ith, int nth) {
+    (void)nth;
+    qkv_job *j = arg;
+    ctx_t *c = j->c;
+    const model_t *m = c->m;
+    const int hd = m->head_dim, qd = m->n_heads * hd, group = m->n_heads / m->n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *sc = c->scores + (size_t)ith * c->n_ctx;
+    for (;;) {
+        const int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (item >= j->n_tok * m->n_heads) return;
+        const int t = item / m->n_heads, h = item % m->n_heads, kvh = h / group, pos = j->pos0 + t;
+        const float *q = c->q + (size_t)t * qd + h * hd;
+        const size_t base = ((size_t)j->layer * m->n_kv_heads + kvh) * c->n_ctx * hd;
+        float mx = -INFINITY;
+        for (int p = 0; p <= pos; p++) {
+            const size_t off = base + (size_t)p * hd;
+            const float s = c->kv_f16 ? vec_dot_f16(hd, (const f16_t *)c->kcache + off, q)
+                                      : vec_dot_f32(hd, (const float *)c->kcache + off, q);
+            sc[p] = s * scale;
+            if (sc[p] > mx) mx = sc[p];
+        }
+        float sum = 0.0f;
+        for (int p = 0; p <= pos; p++) sum += (sc[p] = expf(sc[p] - mx));
+        float *out = c->att + (size_t)t * qd + h * hd;
+        memset(out, 0, (size_t)hd * 4);
+        const float inv = 1.0f / sum;
+        for (int p = 0; p <= pos; p++) {
+            const size_t off = base + (size_t)p * hd;
+            if (c->kv_f16) axpy_f16(hd, sc[p] * inv, (const f16_t *)c->vcache + off, out);
+            else axpy_f32(hd, sc[p] * inv, (const float *)c->vcache + off, out);
+        }
+    }
+}
+
+/* ---- the pass ------------------------------------------------------------------------------------ */
+
+static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, float *logits, int want_all,
+                           int want_last) {
+    const model_t *m = c->m;
+    const int d = m->d_model, hd = m->head_dim, qd = m->n_heads * hd;
+    for (int t = 0; t < n_tok; t++)
+        dequant_row(m->tok_embd.type, (const char *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
+                    c->x + (size_t)t * d, d);
+    for (int t = 0; t < n_tok; t++) { /* theta_i = pos * base^(-2i/hd), computed directly (no running product) */
+        float *cs = c->rope_cs + (size_t)t * hd;
+        for (int i = 0; i < hd / 2; i++) {
+            const double th = (double)(pos0 + t) * pow((double)m->rope_theta, -2.0 * i / hd);
+            cs[i] = (float)cos(th);
+            cs[hd / 2 + i] = (float)sin(th);
+        }
+    }
+    int nt = n_tok;
+    for (int l = 0; l < m->n_layers; l++) {
+        const layer_t *L = &m->layers[l];
+        const int qa = is_quant(L->wq.type);
+        prep(c, PREP_NORM, qa, c->x, NULL, L->attn_norm.data, c->xb, d, nt);
+        matmul(c, &L->wq, c->q, &L->wk, c->k, &L->wv, c->v, c->xb, nt, 0);
+        qkv_job qj = {.c = c, .L = L, .layer = l, .n_tok = nt, .pos0 = pos0};
+        pool_run(c->pool, qkv_task, &qj);
+        qkv_job aj = {.c = c, .L = L, .layer = l, .n_tok = nt, .pos0 = pos0};
+        pool_run(c->pool, attn_task, &aj);
+        if (l == m->n_layers - 1 && !want_all && nt > 1) {
+            /* Only the last token's hidden state is used after the last layer's attention (its K/V are
+             * stored already): finish that layer for one token, as llama.cpp does with inp_out_ids. */
+            memmove(c->att, c->att + (size_t)(nt - 1) * qd, (size_t)qd * 4);
+            memmove(c->x, c->x + (size_t)(nt - 1) * d, (size_t)d * 4);
+            nt = 1;
+        }
+        prep(c, PREP_QUANT, is_quant(L->wo.type), c->att, NULL, NULL, NULL, qd, nt);
+        matmul(c, &L->wo, c->x, NULL, NULL, NULL, NULL, c->att, nt, 1);
+        prep(c, PREP_NORM, is_quant(L->wgate.type), c->x, NULL, L->ffn_norm.data, c->xb, d, nt);
+        matmul(c, &L->wgate, c->hb, &L->wup, c->hb2, NULL, NULL, c->xb, nt, 0);
+        prep(c, PREP_SWIGLU, is_quant(L->wdown.type), c->hb, c->hb2, NULL, NULL, m->d_ff, nt);
+        matmul(c, &L->wdown, c->x, NULL, NULL, NULL, NULL, c->hb, nt, 1);
+    }
+    if (!want_all && !want_last) return;
+    prep(c, PREP_NORM, is_quant(m->output.type), c->x, NULL, m->out_norm.data, c->xb, d, nt);
+    matmul(c, &m->output, logits, NULL, NULL, NULL, NULL, c->xb, nt, 0);
+}
+
+void forward(ctx_t *c, const int *tokens, int n, int pos0, int all_logits) {
+    if (pos0 + n > c->n_ctx) farm_fail("context overflow: %d tokens > n_ctx %d", pos0 + n, c->n_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->m->n_vocab)
+            farm_fail("token id %d out of range [0, %d)", tokens[i], c->m->n_vocab);
+    for (int b0 = 0; b0 < n; b0 += c->n_ubatch) {
+        const int nb = n - b0 < c->n_ubatch ? n - b0 : c->n_ubatch;
+        float *lg = all_logits ? c->logits + (size_t)(pos0 + b0) * c->m->n_vocab : c->logits;
+        forward_ubatch(c, tokens + b0, nb, pos0 + b0, lg, all_logits, b0 + nb == n);
+    }
+}

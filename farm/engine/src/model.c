@@ -1,0 +1,122 @@
+/* Model loading: maps llama.cpp's GGUF tensor names and metadata keys onto model_t, and checks shapes so a
+ * foreign or broken file is refused with a clear message (exit 2) instead of crashing later. */
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+static const char *g_path;
+
+static tensor_t get_tensor(const model_t *m, const char *name, int n_in, int n_out, int optional) {
+    tensor_t t = {0};
+    const gguf_tensor *gt = gguf_tensor_find(&m->gg, name);
+    if (!gt) {
+        if (optional) return t;
+        farm_fail("%s: missing tensor %s", g_path, name);
+    }
+    if (gt->type != GT_F32 && gt->type != GT_F16 && gt->type != GT_Q4_0 && gt->type != GT_Q8_0)
+        farm_fail("%s: tensor %s has unsupported type %u (supported: f32, f16, q8_0, q4_0)", g_path, name, gt->type);
+    if (gt->ne[0] != n_in || gt->ne[1] != n_out || gt->ne[2] != 1 || gt->ne[3] != 1)
+        farm_fail("%s: tensor %s has shape [%lld, %lld], expected [%d, %d]", g_path, name, (long long)gt->ne[0],
+                  (long long)gt->ne[1], n_in, n_out);
+    if ((gt->type == GT_Q4_0 || gt->type == GT_Q8_0) && n_in % QK)
+        farm_fail("%s: tensor %s row length %d is not a multiple of %d", g_path, name, n_in, QK);
+    t.type = (int)gt->type;
+    t.n_in = n_in;
+    t.n_out = n_out;
+    t.row_bytes = gguf_row_bytes(gt->type, n_in);
+    t.data = gt->data;
+    return t;
+}
+
+static tensor_t get_vec(const model_t *m, const char *name, int n, int optional) {
+    tensor_t t = get_tensor(m, name, n, 1, optional);
+    if (t.data && t.type != GT_F32) farm_fail("%s: tensor %s must be f32", g_path, name);
+    return t;
+}
+
+static int key_int(const model_t *m, const char *suffix, int dflt, int required) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", m->arch, suffix);
+    if (required && !gguf_find(&m->gg, key)) farm_fail("%s: missing metadata key %s", g_path, key);
+    int64_t v = gguf_get_int(&m->gg, key, dflt);
+    if (v <= 0 || v > (1 << 30)) farm_fail("%s: bad value %lld for %s", g_path, (long long)v, key);
+    return (int)v;
+}
+
+void model_load(model_t *m, const char *path) {
+    memset(m, 0, sizeof *m);
+    g_path = path;
+    gguf_open(&m->gg, path);
+    if (!gguf_get_str(&m->gg, "general.architecture", m->arch, sizeof m->arch))
+        farm_fail("%s: missing general.architecture", path);
+    if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "qwen2") != 0)
+        farm_fail("%s: unsupported architecture '%s' (supported: llama, qwen2)", path, m->arch);
+    if (!gguf_get_str(&m->gg, "general.name", m->name, sizeof m->name)) strcpy(m->name, "");
+    m->rope_neox = strcmp(m->arch, "qwen2") == 0;
+    m->n_layers = key_int(m, "block_count", 0, 1);
+    m->d_model = key_int(m, "embedding_length", 0, 1);
+    m->d_ff = key_int(m, "feed_forward_length", 0, 1);
+    m->n_heads = key_int(m, "attention.head_count", 0, 1);
+    m->n_kv_heads = key_int(m, "attention.head_count_kv", m->n_heads, 0);
+    m->head_dim = key_int(m, "attention.key_length", m->d_model / m->n_heads, 0);
+    m->n_ctx_train = key_int(m, "context_length", 2048, 0);
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.freq_base", m->arch);
+    m->rope_theta = (float)gguf_get_float(&m->gg, key, 10000.0);
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", m->arch);
+    m->rms_eps = (float)gguf_get_float(&m->gg, key, 1e-5);
+    if (m->n_heads % m->n_kv_heads) farm_fail("%s: head_count not a multiple of head_count_kv", path);
+    if (m->head_dim % 2) farm_fail("%s: odd head dimension", path);
+    if (key_int(m, "attention.value_length", m->head_dim, 0) != m->head_dim)
+        farm_fail("%s: value_length != key_length is not supported", path);
+
+    const gguf_tensor *emb = gguf_tensor_find(&m->gg, "token_embd.weight");
+    if (!emb) farm_fail("%s: missing tensor token_embd.weight", path);
+    m->n_vocab = (int)emb->ne[1];
+    const int d = m->d_model, hd = m->head_dim, qd = m->n_heads * hd, kvd = m->n_kv_heads * hd;
+    m->tok_embd = get_tensor(m, "token_embd.weight", d, m->n_vocab, 0);
+    m->out_norm = get_vec(m, "output_norm.weight", d, 0);
+    m->output = get_tensor(m, "output.weight", d, m->n_vocab, 1);
+    m->tied = m->output.data == NULL;
+    if (m->tied) m->output = m->tok_embd;
+    m->layers = calloc((size_t)m->n_layers, sizeof *m->layers);
+    char name[96];
+#define T(field, nm, nin, nout) \
+    (snprintf(name, sizeof name, "blk.%d." nm, l), L->field = get_tensor(m, name, nin, nout, 0))
+#define V(field, nm, n, opt) (snprintf(name, sizeof name, "blk.%d." nm, l), L->field = get_vec(m, name, n, opt))
+    for (int l = 0; l < m->n_layers; l++) {
+        layer_t *L = &m->layers[l];
+        V(attn_norm, "attn_norm.weight", d, 0);
+        T(wq, "attn_q.weight", d, qd);
+        T(wk, "attn_k.weight", d, kvd);
+        T(wv, "attn_v.weight", d, kvd);
+        V(bq, "attn_q.bias", qd, 1);
+        V(bk, "attn_k.bias", kvd, 1);
+        V(bv, "attn_v.bias", kvd, 1);
+        L->has_bias = L->bq.data != NULL;
+        if (L->has_bias != (L->bk.data != NULL) || L->has_bias != (L->bv.data != NULL))
+            farm_fail("%s: layer %d has only some of the q/k/v biases", path, l);
+        T(wo, "attn_output.weight", qd, d);
+        V(ffn_norm, "ffn_norm.weight", d, 0);
+        T(wgate, "ffn_gate.weight", d, m->d_ff);
+        T(wup, "ffn_up.weight", d, m->d_ff);
+        T(wdown, "ffn_down.weight", m->d_ff, d);
+        m->qkv_bias |= L->has_bias;
+    }
+#undef T
+#undef V
+    m->main_type = m->layers[0].wq.type;
+    for (uint64_t i = 0; i < m->gg.n_tensors; i++) {
+        const gguf_tensor *t = &m->gg.tensors[i];
+        m->n_params += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    }
+}
+
+void model_free(model_t *m) {
+    free(m->layers);
+    gguf_close(&m->gg);
+}

@@ -1,0 +1,58 @@
+/* The model (weights in the mmapped GGUF) and an inference context (KV cache, scratch, threads). */
+#ifndef FARM_MODEL_H
+#define FARM_MODEL_H
+
+#include <stdint.h>
+
+#include "gguf.h"
+#include "quant.h"
+#include "threadpool.h"
+
+typedef struct {
+    int type;      /* GT_* */
+    int n_in;      /* row length (ggml ne[0]) */
+    int n_out;     /* rows (ggml ne[1]) */
+    size_t row_bytes;
+    const void *data;
+} tensor_t;
+
+typedef struct {
+    tensor_t attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, wgate, wup, wdown;
+    int has_bias;
+} layer_t;
+
+typedef struct {
+    gguf_file gg;
+    char arch[32], name[128];
+    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, n_vocab, n_ctx_train;
+    int rope_neox; /* llama.cpp: qwen2 -> NEOX (i, i+d/2), llama -> NORM (2i, 2i+1) */
+    float rope_theta, rms_eps;
+    int tied, qkv_bias, main_type;
+    int64_t n_params;
+    tensor_t tok_embd, out_norm, output;
+    layer_t *layers;
+} model_t;
+
+void model_load(model_t *m, const char *path);
+void model_free(model_t *m);
+
+typedef struct {
+    const model_t *m;
+    pool_t *pool;
+    int n_ctx, n_ubatch, kv_f16;
+    void *kcache, *vcache; /* [layer][kv_head][pos][head_dim], f16 or f32 */
+    /* scratch, sized for n_ubatch tokens */
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope_cs;
+    void *xq; /* activations converted for the matmul (q8_0 blocks) */
+    float *logits; /* [n_logits][n_vocab] */
+    int n_logits;
+} ctx_t;
+
+void ctx_init(ctx_t *c, const model_t *m, int n_ctx, int n_ubatch, int n_threads, int kv_f16, int all_logits);
+void ctx_free(ctx_t *c);
+
+/* Runs n tokens at positions pos0.. through the model (batched, in ubatches of n_ubatch). Afterwards
+ * c->logits holds the last token's logits, or every token's when all_logits (c->n_logits rows). */
+void forward(ctx_t *c, const int *tokens, int n, int pos0, int all_logits);
+
+#endif

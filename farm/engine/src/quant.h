@@ -1,0 +1,59 @@
+/* Numeric kernels: fp16 conversion, GGML block formats, q8_0 activation quantization, dot products. */
+#ifndef FARM_QUANT_H
+#define FARM_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QK 32 /* elements per q4_0 / q8_0 block */
+
+typedef uint16_t f16_t;
+
+/* GGML block layouts, byte-exact with ggml-common.h. */
+typedef struct {
+    f16_t d;
+    uint8_t qs[QK / 2]; /* low nibbles: elements 0..15, high nibbles: 16..31; value = (q - 8) * d */
+} block_q4_0;
+typedef struct {
+    f16_t d;
+    int8_t qs[QK]; /* value = q * d */
+} block_q8_0;
+
+_Static_assert(sizeof(block_q4_0) == 18, "q4_0 block must be 18 bytes");
+_Static_assert(sizeof(block_q8_0) == 34, "q8_0 block must be 34 bytes");
+
+void quant_init(void);
+float fp16_to_f32(f16_t h);
+f16_t f32_to_fp16(float f);
+
+/* Activations for q4_0/q8_0 matmuls are quantized to q8_0 per 32-block: d = amax/127 (stored as f16),
+ * q = round-half-even(x * (1/d)), the rounding tests' numpy reference reproduces exactly. n % 32 == 0. */
+void quantize_row_q8_0(const float *x, block_q8_0 *y, int n);
+void dequant_row(int type, const void *src, float *dst, int n);
+void f32_to_f16_row(const float *x, f16_t *y, int n);
+
+/* Dot products of one weight row with one activation row. For f32/f16 weights the activation is f32,
+ * for q4_0/q8_0 weights it is q8_0 (integer dot per block, scaled by both block scales). */
+float vec_dot_f32(int n, const float *w, const float *x);
+float vec_dot_f16(int n, const f16_t *w, const float *x);
+float vec_dot_q4_0(int n, const block_q4_0 *w, const block_q8_0 *x);
+float vec_dot_q8_0(int n, const block_q8_0 *w, const block_q8_0 *x);
+
+/* Two weight rows against two activation rows (a 2x2 GEMM tile): out[r*2+t] = w_r . x_t. Loading each
+ * block once for two uses halves memory traffic in prefill. */
+void gemm2x2_q4_0(int n, const block_q4_0 *w0, const block_q4_0 *w1, const block_q8_0 *x0,
+                  const block_q8_0 *x1, float out[4]);
+void gemm2x2_q8_0(int n, const block_q8_0 *w0, const block_q8_0 *w1, const block_q8_0 *x0,
+                  const block_q8_0 *x1, float out[4]);
+
+/* Four consecutive weight rows (row stride `ws` bytes) against one activation row: the GEMV kernel of
+ * decode. Four independent accumulator chains and one shared activation load per block keep more
+ * weight loads in flight than a row at a time. */
+void gemv4_q4_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]);
+void gemv4_q8_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]);
+
+/* out += a * v, for attention's weighted sum of V rows (KV cache f16 or f32). */
+void axpy_f16(int n, float a, const f16_t *v, float *out);
+void axpy_f32(int n, float a, const float *v, float *out);
+
+#endif

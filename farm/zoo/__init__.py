@@ -1,0 +1,1 @@
+"""Model zoo: architecture cards of real small language models and synthetic-weight GGUF files."""

@@ -1,0 +1,76 @@
+"""The architecture of a decoder-only transformer, as the zoo, the planner and the engine see it.
+
+This is the shape of a model, not its weights: enough to write a synthetic-weight GGUF with the
+real tensor shapes, to estimate memory (weights + KV cache) and to vary a design in a sweep.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Quant = Literal["f32", "f16", "q8_0", "q4_0"]
+QUANTS: tuple[str, ...] = ("f32", "f16", "q8_0", "q4_0")
+
+# Bytes per weight of each GGML type: q8_0 = 32 int8 + f16 scale per block (34 B / 32),
+# q4_0 = 32 nibbles + f16 scale (18 B / 32).
+BYTES_PER_WEIGHT: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+
+
+class Architecture(BaseModel):
+    """Shape of a llama-family decoder. Field names follow Hugging Face config.json where one exists."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Literal["llama", "qwen2"] = "llama"  # GGUF general.architecture; qwen2 = llama + q/k/v bias
+    n_layers: int = Field(gt=0)
+    d_model: int = Field(gt=0)  # hidden_size
+    n_heads: int = Field(gt=0)
+    n_kv_heads: int = Field(gt=0)
+    d_ff: int = Field(gt=0)  # intermediate_size
+    vocab_size: int = Field(gt=0)
+    head_dim: int | None = None  # defaults to d_model // n_heads
+    context_length: int = Field(default=2048, gt=0)
+    rope_theta: float = 10000.0
+    rope_style: Literal["norm", "neox"] = "norm"  # llama pairwise vs neox half-split
+    rms_eps: float = 1e-5
+    tied_embeddings: bool = False
+    qkv_bias: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Architecture:
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.dim_head % 2:
+            raise ValueError(f"head_dim {self.dim_head} must be even for RoPE")
+        return self
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    def n_params(self) -> int:
+        """Parameter count (embeddings included once when tied)."""
+        hd = self.dim_head
+        q = self.d_model * self.n_heads * hd
+        kv = 2 * self.d_model * self.n_kv_heads * hd
+        o = self.n_heads * hd * self.d_model
+        bias = (self.n_heads + 2 * self.n_kv_heads) * hd if self.qkv_bias else 0
+        mlp = 3 * self.d_model * self.d_ff
+        norms = 2 * self.d_model
+        per_layer = q + kv + o + bias + mlp + norms
+        emb = self.vocab_size * self.d_model
+        out = 0 if self.tied_embeddings else self.vocab_size * self.d_model
+        return self.n_layers * per_layer + emb + out + self.d_model
+
+    def weight_bytes(self, quant: str) -> int:
+        """Approximate file size: matrices in `quant`, norms and biases in f32."""
+        return int(self.n_params() * BYTES_PER_WEIGHT[quant])
+
+    def kv_cache_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
+        """KV cache for `n_ctx` tokens: 2 (K and V) x layers x kv heads x head_dim x bytes."""
+        elt = 4 if kv_type == "f32" else 2
+        return 2 * self.n_layers * self.n_kv_heads * self.dim_head * n_ctx * elt
