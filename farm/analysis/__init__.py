@@ -1,0 +1,1 @@
+"""Analysis over the store: summaries, energy per token, A/B comparisons and verdicts."""

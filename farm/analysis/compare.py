@@ -1,0 +1,193 @@
+"""A/B comparison of stored repetitions: per cell and metric, a ratio, a CI, a p-value and a verdict.
+
+Owns the table behind ``farm regress``, ``farm noise`` and ``farm compare``: which metrics are compared
+and in which direction is better, how repetitions of A and B are paired (the ``pair`` index of the
+ABBA schedule, then the repetition inside the job), and the markdown a CI comment shows. The numbers
+come from :mod:`farm.analysis.stats`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from farm.analysis import stats
+
+CELL = ["device", "backend", "model", "quant", "test", "threads"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    label: str
+    higher_is_better: bool
+    unit: str
+    scale: float = 1.0
+    energy: bool = False  # judged only when power was measured, not modelled
+
+
+METRICS = [
+    Metric("decode_tps", "decode t/s", True, "t/s"),
+    Metric("prefill_tps", "prefill t/s", True, "t/s"),
+    Metric("ttft_s", "TTFT", False, "ms", 1e3),
+    Metric("peak_rss_bytes", "peak memory", False, "MiB", 1 / 2**20),
+    Metric("decode_j_per_tok", "decode energy/token", False, "mJ", 1e3, energy=True),
+    Metric("prefill_j_per_tok", "prefill energy/token", False, "mJ", 1e3, energy=True),
+]
+
+
+@dataclass
+class MetricResult:
+    cell: dict[str, Any]
+    metric: Metric
+    comparison: stats.Comparison | None
+    mde: float | None = None
+    mde_source: str = ""
+    verdict: stats.Verdict | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.cell, "metric": self.metric.column, "label": self.metric.label,
+                "higher_is_better": self.metric.higher_is_better,
+                **(self.comparison.as_dict() if self.comparison else {}),
+                "mde": self.mde, "mde_source": self.mde_source,
+                "verdict": self.verdict.label if self.verdict else ("not judged" if self.comparison else "no data"),
+                "reason": self.verdict.reason if self.verdict else self.note}
+
+
+@dataclass
+class Report:
+    results: list[MetricResult] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[MetricResult]:
+        return [r for r in self.results if r.verdict and r.verdict.label == "regression"]
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in self.results]
+
+
+def _usable(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["exit_status"].fillna(0) == 0] if "exit_status" in df else df
+
+
+def _modelled(rows: pd.DataFrame) -> bool:
+    return "power_modelled" in rows and bool(rows["power_modelled"].fillna(False).astype(bool).any())
+
+
+def paired_frames(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per (cell, pair, rep) with columns a and b: the A and B values that ran side by side."""
+    sub = _usable(df)[[*CELL, "pair", "rep", "variant", metric]].dropna(subset=[metric])
+    wide = sub.pivot_table(index=[*CELL, "pair", "rep"], columns="variant", values=metric, aggfunc="first")
+    if "A" not in wide or "B" not in wide:
+        return pd.DataFrame(columns=[*CELL, "pair", "rep", "a", "b"])
+    return wide[["A", "B"]].dropna().rename(columns={"A": "a", "B": "b"}).reset_index()
+
+
+def compare_paired(df: pd.DataFrame, *, threshold: float, alpha: float,
+                   noise: dict[tuple, float] | None = None) -> Report:
+    """Compare variant B with A in a run of ABBA pairs. `noise` maps (cell..., metric) → A/A log-ratio sd."""
+    report = Report()
+    usable = _usable(df)
+    frames = {m.column: paired_frames(df, m.column) for m in METRICS}
+    for cell in usable[CELL].drop_duplicates().to_dict("records"):
+        measured = usable[(usable[CELL] == pd.Series(cell)).all(axis=1)]
+        for metric in METRICS:
+            frame = frames[metric.column]
+            rows = frame[(frame[CELL] == pd.Series(cell)).all(axis=1)] if len(frame) else frame
+            # Ratios need positive values: net energy can come out ≤ 0 when the idle baseline was noisy.
+            rows = rows[(rows["a"] > 0) & (rows["b"] > 0)] if len(rows) else rows
+            if len(rows) < 2:
+                if measured[metric.column].notna().any():  # measured, but B (or A) is missing: say so
+                    report.results.append(MetricResult(cell, metric, None,
+                                                       note="fewer than 2 complete A/B pairs with values > 0"))
+                continue
+            c = stats.paired(rows["a"].to_numpy(), rows["b"].to_numpy())
+            if metric.energy and _modelled(measured):
+                # A modelled power figure (no sensor: P from CPU load) shows how load moves, it is not a
+                # measurement: comparing it would only add a chance of a false alarm. Shown, not judged.
+                report.results.append(MetricResult(cell, metric, c, note="power is modelled on this device: "
+                                                                        "shown, not judged"))
+                continue
+            mde_run = stats.mde(c.noise_sd or 0.0, len(rows), alpha)
+            key = (*[cell[k] for k in CELL], metric.column)
+            sd_aa = (noise or {}).get(key)
+            mde_aa = stats.mde(sd_aa, len(rows), alpha) if sd_aa is not None else None
+            # The bar is the larger of the stored A/A noise and this run's own: a run disturbed by a
+            # neighbour's compile cannot call a change its own spread does not resolve.
+            mde_val, source = (mde_run, "this run") if mde_aa is None or mde_run > mde_aa else (mde_aa, "A/A")
+            v = stats.verdict(c, metric.higher_is_better, threshold=threshold, mde_value=mde_val, alpha=alpha)
+            report.results.append(MetricResult(cell, metric, c, mde_val, source, v))
+    return report
+
+
+def compare_unpaired(a: pd.DataFrame, b: pd.DataFrame, *, threshold: float, alpha: float) -> Report:
+    """Compare two stored runs cell by cell (no pairing across runs): Mann–Whitney and ratio of medians."""
+    report = Report()
+    a, b = _usable(a), _usable(b)
+    common = a[CELL].drop_duplicates().merge(b[CELL].drop_duplicates(), on=CELL)
+    for cell in common.to_dict("records"):
+        sel_a = (a[CELL] == pd.Series(cell)).all(axis=1)
+        sel_b = (b[CELL] == pd.Series(cell)).all(axis=1)
+        for metric in METRICS:
+            va = a.loc[sel_a, metric.column].dropna().to_numpy(dtype=float)
+            vb = b.loc[sel_b, metric.column].dropna().to_numpy(dtype=float)
+            if len(va) < 2 or len(vb) < 2:
+                continue
+            c = stats.unpaired(va, vb)
+            v = stats.verdict(c, metric.higher_is_better, threshold=threshold, mde_value=None, alpha=alpha)
+            report.results.append(MetricResult(cell, metric, c, None, "", v))
+    return report
+
+
+def noise_table(report: Report) -> list[dict[str, Any]]:
+    """From an A/A comparison: per cell and metric the log-ratio sd and the MDE at the run's pair count."""
+    out = []
+    for r in report.results:
+        if r.comparison is None or r.comparison.noise_sd is None or not math.isfinite(r.comparison.noise_sd):
+            continue
+        out.append({**r.cell, "metric": r.metric.column, "noise_sd": r.comparison.noise_sd,
+                    "n_pairs": r.comparison.n_a, "mde": r.mde if r.mde_source == "this run" else
+                    stats.mde(r.comparison.noise_sd, r.comparison.n_a),
+                    "aa_change": r.comparison.change, "aa_p": r.comparison.p_value})
+    return out
+
+
+_ICON = {"regression": "❌ regression", "improvement": "✅ improvement", "within noise": "〰 within noise",
+         "no change": "· no change"}
+
+
+def _fmt(v: float | None, m: Metric) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    x = v * m.scale
+    return f"{x:.0f}" if abs(x) >= 1000 else (f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}")
+
+
+def pct(x: float) -> str:
+    """A relative size for humans: beyond ±100% the digits mean nothing more than "huge"."""
+    return ">100%" if x > 1 else f"{x:.1%}"
+
+
+def markdown(report: Report, title: str, header_lines: list[str]) -> str:
+    """The CI comment: a headline, context lines, and one table row per cell × metric."""
+    lines = [f"### {title}", "", *header_lines, "",
+             "| device | cell | metric | base | head | change | 95% CI | p | MDE | verdict |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|---|"]
+    for r in report.results:
+        cell = f"{r.cell['backend']} {r.cell['model']} {r.cell['quant']} {r.cell['test']} t{r.cell['threads']}"
+        c = r.comparison
+        if c is None:
+            dashes = " | ".join("-" * 6)
+            lines.append(f"| {r.cell['device']} | {cell} | {r.metric.label} | {dashes} | no data: {r.note} |")
+            continue
+        mde = "-" if r.mde is None else pct(r.mde) + (f" ({r.mde_source})" if r.mde_source else "")
+        lines.append(
+            f"| {r.cell['device']} | {cell} | {r.metric.label} ({r.metric.unit}) | {_fmt(c.median_a, r.metric)} | "
+            f"{_fmt(c.median_b, r.metric)} | {c.change:+.1%} | [{c.ci_low - 1:+.1%}, {c.ci_high - 1:+.1%}] | "
+            f"{c.p_value:.2g} | {mde} | "
+            f"{_ICON[r.verdict.label] if r.verdict else '· not judged: ' + r.note} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,78 @@
+"""The backend interface: an inference engine farm can benchmark (reference engine, llama.cpp, ...).
+
+A backend prepares artifacts on the agent host (builds the engine for the device's ABI, resolves
+the model file), turns a job into one command line for the device, and parses what that command
+printed into repetitions. Staging the files, thermal gating and power sampling are the agent's
+business, shared by every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from farm.devices import DeviceProfile
+from farm.jobs import Job, ModelRef, Repetition
+from farm.transports.base import CommandResult
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a job needs on the device, addressed by content."""
+
+    role: str  # "engine", "model", ...
+    local: Path
+    sha256: str
+    executable: bool = False
+
+    @property
+    def remote_name(self) -> str:
+        return f"{self.sha256[:16]}-{self.local.name}"
+
+
+@dataclass
+class Prepared:
+    """What `prepare` found or built: the artifacts plus provenance to store with every result."""
+
+    artifacts: list[Artifact]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BackendOutput:
+    repetitions: list[Repetition]
+    raw: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """One inference engine."""
+
+    name: str = ""
+
+    def accepts(self, job: Job, profile: DeviceProfile) -> tuple[bool, str]:
+        """Whether this backend can run `job` on a device of `profile`, and why not."""
+        return True, ""
+
+    @abstractmethod
+    def prepare(self, job: Job, profile: DeviceProfile) -> Prepared:
+        """Build or find the engine binary and model file for this job (on the agent host)."""
+
+    @abstractmethod
+    def command(self, job: Job, staged: dict[str, str]) -> list[str]:
+        """The argv to run on the device; `staged` maps artifact role → path on the device."""
+
+    @abstractmethod
+    def parse(self, result: CommandResult, job: Job) -> BackendOutput:
+        """Every timed repetition from the command's output (raise JobError when it failed)."""
+
+
+def resolve_model_file(ref: ModelRef, quant: str):  # -> farm.zoo.cache.ModelFile
+    """The GGUF for a job's model on this host: built from a zoo card, or a verified user file."""
+    from farm.zoo.files import resolve_model
+
+    if ref.file is not None:
+        return resolve_model(f"file:{ref.file}", None, sha256=ref.sha256)
+    return resolve_model(ref.label, quant, ref.seed)

@@ -1,0 +1,207 @@
+"""Build llama.cpp's ``llama-bench`` and cache it: from the PyPI sdist, or from any llama.cpp source tree.
+
+Owns the llama-bench binaries farm runs. Two sources:
+
+- the llama.cpp copy vendored in the ``llama-cpp-python`` sdist (``pip download``; no git clone, pinned
+  by the sdist version), cached under ``user_cache_dir("farm")/llamacpp/<version>/<isa>/``;
+- a source tree (a ``git archive`` of an engine commit made by ``farm.engine_builds``), cached under
+  ``.../llamacpp/tree/<key>/`` with key = sha256(commit or tree digest, isa, extra flags).
+
+A build takes ~3.5 min on 2 cores, so it happens once per key: in a temporary directory renamed into
+place (concurrent callers are safe; a cached binary is never half-written). ``build.json`` next to the
+binary records flags, commit and sha256 as provenance (completed once for a binary found without it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from farm.errors import ConfigError, InfraError
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+TARGET = "llama-bench"
+
+# GGML_NATIVE=ON is not usable on VMs whose CPUs advertise AMX: -march=native enables it and ggml's AMX
+# matmul segfaults when the tile state is not available to guests. So ISAs are listed explicitly; "avx2"
+# is the ISA of the reference engine's host build (the apples-to-apples peer).
+_X86 = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON"]
+ISA_FLAGS: dict[str, list[str]] = {
+    "avx2": _X86,
+    "avx512": [*_X86, "-DGGML_AVX512=ON", "-DGGML_AVX512_VBMI=ON", "-DGGML_AVX512_VNNI=ON",
+               "-DGGML_AVX512_BF16=ON", "-DGGML_AVX_VNNI=ON"],
+    "portable": ["-DGGML_NATIVE=OFF"],
+    "native": ["-DGGML_NATIVE=ON"],
+}
+_COMMON = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+
+
+@dataclass(frozen=True)
+class LlamaBenchBuild:
+    """A llama-bench binary and its provenance."""
+
+    path: Path
+    sha256: str
+    isa: str
+    flags: tuple[str, ...]
+    commit: str | None  # llama.cpp commit it was built from (short SHA as llama-bench reports it)
+    source: str  # "llama-cpp-python==0.3.36" or "tree:<commit>"
+
+
+def cache_root() -> Path:
+    return Path(platformdirs.user_cache_dir("farm")) / "llamacpp"
+
+
+def default_isa() -> str:
+    """avx2 on x86 CPUs that have it, else the portable build (no -march=native, see ISA_FLAGS)."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "portable"
+    return "avx2" if {"avx2", "fma", "f16c"} <= words else "portable"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _reported_commit(exe: Path) -> str | None:
+    """The commit llama-bench was built from, from its --version line ``version: N (abc1234)``."""
+    try:
+        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"commit ([0-9a-f]{6,40})|\(([0-9a-f]{6,40})\)", out.stdout + out.stderr)
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def _run(cmd: list[str], what: str) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise InfraError(f"{what} failed ({' '.join(cmd[:4])} ...):\n{(res.stderr or res.stdout)[-3000:]}")
+
+
+def _cmake_build(src: Path, work: Path, flags: list[str]) -> Path:
+    build = work / "build"
+    _run(["cmake", "-S", str(src), "-B", str(build), *flags], "cmake configure of llama.cpp")
+    _run(["cmake", "--build", str(build), "--target", TARGET, "-j", str(os.cpu_count() or 2)],
+         "cmake build of llama-bench")
+    exe = build / "bin" / TARGET
+    if not exe.exists():
+        raise InfraError(f"llama.cpp build produced no {exe}")
+    return exe
+
+
+def _install(exe: Path, final: Path, info: dict) -> None:
+    """Move a fresh binary into `final` atomically; a concurrent winner's binary is kept."""
+    staged = Path(tempfile.mkdtemp(prefix=".out-", dir=final.parent))
+    try:
+        (staged / "bin").mkdir()
+        shutil.copy2(exe, staged / "bin" / TARGET)
+        (staged / "build.json").write_text(json.dumps(info, indent=1))
+        try:
+            staged.rename(final)
+        except OSError:
+            if not (final / "bin" / TARGET).exists():
+                raise
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _load(final: Path, isa: str, flags: list[str], source: str) -> LlamaBenchBuild:
+    exe = final / "bin" / TARGET
+    meta = final / "build.json"
+    info = json.loads(meta.read_text()) if meta.exists() else {}
+    if "sha256" not in info:  # a binary cached by an older farm: complete its provenance once
+        info = {"isa": isa, "flags": flags, "source": source, "commit": _reported_commit(exe), "sha256": _sha256(exe)}
+        tmp = meta.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info, indent=1))
+        tmp.replace(meta)
+    return LlamaBenchBuild(exe, info["sha256"], info["isa"], tuple(info["flags"]), info.get("commit"),
+                           info["source"])
+
+
+def _check_isa(isa: str) -> list[str]:
+    if isa not in ISA_FLAGS:
+        raise ConfigError(f"unknown llama.cpp ISA {isa!r}; choose one of {', '.join(ISA_FLAGS)}")
+    return [*_COMMON, *ISA_FLAGS[isa]]
+
+
+def from_sdist(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSION) -> LlamaBenchBuild:
+    """llama-bench from the llama.cpp vendored in the ``llama-cpp-python`` sdist, building it on first use."""
+    isa = isa or default_isa()
+    flags = _check_isa(isa)
+    root = cache_root() / version
+    final = root / isa
+    source = f"llama-cpp-python=={version}"
+    if (final / "bin" / TARGET).exists():
+        return _load(final, isa, flags, source)
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+    try:
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", source, "-d", str(work)],
+             f"pip download of {source}")
+        sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            tar.extractall(work, filter="data")
+        src = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+        exe = _cmake_build(src, work, flags)
+        _install(exe, final, {"isa": isa, "flags": flags, "source": source, "commit": _reported_commit(exe),
+                              "sha256": _sha256(exe)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _load(final, isa, flags, source)
+
+
+def from_tree(source_dir: Path, commit: str, isa: str | None = None,
+              extra_flags: list[str] | tuple[str, ...] = ()) -> LlamaBenchBuild:
+    """llama-bench built from a llama.cpp source tree at `commit`; cached by (commit, isa, flags)."""
+    isa = isa or default_isa()
+    flags = [*_check_isa(isa), *extra_flags]
+    src = Path(source_dir)
+    has_bench = (src / "tools" / "llama-bench").is_dir() or (src / "examples" / "llama-bench").is_dir()
+    if not (src / "CMakeLists.txt").exists() or not has_bench:
+        raise ConfigError(f"{src} does not look like a llama.cpp source tree (no CMakeLists.txt / llama-bench)")
+    key = hashlib.sha256(json.dumps([commit, isa, flags]).encode()).hexdigest()[:24]
+    final = cache_root() / "tree" / key
+    source = f"tree:{commit}"
+    if (final / "bin" / TARGET).exists():
+        return _load(final, isa, flags, source)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+    try:
+        exe = _cmake_build(src, work, flags)
+        _install(exe, final, {"isa": isa, "flags": flags, "source": source, "commit": commit, "sha256": _sha256(exe)})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _load(final, isa, flags, source)
+
+
+def cached(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSION) -> Path | None:
+    """The sdist build's binary if it is already in the cache (tests skip instead of building)."""
+    exe = cache_root() / version / (isa or default_isa()) / "bin" / TARGET
+    return exe if exe.exists() else None
+
+
+def llama_bench_path(isa: str = "avx2", version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """The path of the sdist build of llama-bench for `isa` (built on first use)."""
+    return from_sdist(isa, version).path
+
+
+if __name__ == "__main__":
+    print(from_sdist(sys.argv[1] if len(sys.argv) > 1 else None).path)

@@ -1,0 +1,181 @@
+"""Engine regression runs: two builds of an engine, interleaved ABBA on each device, compared per metric.
+
+Owns the A/B schedule and its bookkeeping; building is the backends' job, statistics are
+:mod:`farm.analysis.stats`, tables are :mod:`farm.analysis.compare`.
+
+Schedule. Every planned cell (model × quant × test × threads on a device) becomes ``pairs`` pairs of
+jobs, ordered A B | B A | A B | ... on that device: each A runs next to a B, inside the same thermal and
+load window, and the alternation cancels a linear drift and any first/second-position effect. A job is
+one engine process with its warm-up and ``block`` timed repetitions (default 1). One repetition per
+process is deliberate: memory layout, page placement and frequency decisions differ per process, so
+repetitions inside one process are correlated and would understate the noise; a new process per
+sample lets the noise estimate see every source that differs between two CI runs.
+
+Noise. ``farm noise`` is the same schedule with one build on both sides (A/A); the spread of its
+pair log ratios is stored in the run's meta and turned into the minimum detectable effect at the
+pair count of each later ``farm regress`` on that device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from farm.analysis import compare
+from farm.devices import DeviceProfile, Inventory
+from farm.errors import ConfigError
+from farm.jobs import Job
+from farm.store import Store
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: a label, the backend options that select its build, and provenance."""
+
+    name: str  # "A" (base) | "B" (head)
+    options: dict[str, Any]
+    describe: dict[str, Any]
+
+
+def ab_jobs(base: list[Job], sides: tuple[Side, Side], pairs: int, block: int = 1) -> list[Job]:
+    """Expand planned cells into the ABBA schedule: per device, `pairs` pairs per cell, `block` reps per job."""
+    if pairs < 2:
+        raise ConfigError("an A/B comparison needs at least 2 pairs (repetitions per side ≥ 2)")
+    out: list[Job] = []
+    for cell in sorted(base, key=lambda j: j.index):
+        for p in range(pairs):
+            order = sides if p % 2 == 0 else (sides[1], sides[0])
+            for side in order:
+                out.append(cell.model_copy(update={
+                    "job_id": f"{cell.job_id}-{p:03d}{side.name}",
+                    "backend_options": {**cell.backend_options, **side.options},
+                    "repetitions": block,
+                    "tags": {**cell.tags, "variant": side.name, "pair": str(p), "cell": cell.job_id},
+                }))
+    # Devices run in parallel, each in Job.index order: a stable sort by device keeps each one's ABBA.
+    ordered = sorted(out, key=lambda j: j.device)
+    return [j.model_copy(update={"index": i}) for i, j in enumerate(ordered)]
+
+
+def prebuild(jobs: list[Job], profiles: dict[str, DeviceProfile],
+             on_build: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Build every variant's engine for every target before the first timed job (a llama.cpp build takes
+    minutes and would heat the host in the middle of the schedule). Returns provenance per variant."""
+    from farm.backends import get_backend
+
+    done: dict[tuple, dict[str, Any]] = {}
+    per_variant: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        profile = profiles[job.profile]
+        key = (job.tags.get("variant"), job.backend, profile.engine_target, repr(sorted(job.backend_options.items())))
+        if key in done:
+            continue
+        if on_build is not None:
+            on_build(f"{job.tags.get('variant')}: {job.backend} for {profile.engine_target}")
+        backend = get_backend(job.backend, **job.backend_options)
+        ok, why = backend.accepts(job, profile)
+        if not ok:
+            raise ConfigError(f"backend {job.backend} cannot run {job.test} on {profile.name}: {why}")
+        prov = backend.prepare(job, profile).provenance
+        done[key] = prov
+        per_variant.setdefault(str(job.tags.get("variant")), {
+            k: prov.get(k) for k in ("engine", "engine_commit", "engine_build", "build_flags", "target", "compiler")})
+    return per_variant
+
+
+def record_builds(store: Store, backend: str, builds: dict[str, dict[str, Any]]) -> None:
+    """One engine_builds row per (backend, commit, target, flags) this run used (idempotent)."""
+    from farm.jobs import utcnow
+    from farm.store.models import EngineBuild
+
+    with store.session() as s:
+        for prov in builds.values():
+            flags = prov.get("build_flags") or ""
+            flags = flags if isinstance(flags, str) else " ".join(flags)
+            key = hashlib.sha256(json.dumps([backend, prov.get("engine_commit"), prov.get("target"), flags])
+                                 .encode()).hexdigest()[:32]
+            if s.get(EngineBuild, key) is None:
+                s.add(EngineBuild(id=key, backend=backend, source_commit=prov.get("engine_commit"),
+                                  target=str(prov.get("target")), flags=flags, compiler=prov.get("compiler") or "",
+                                  created_at=utcnow()))
+
+
+def results_with_pairs(store: Store, run_id: str) -> pd.DataFrame:
+    """The run's repetitions with the ABBA pair index of their job."""
+    df = store.results_frame(run_id)
+    pair = {j.job_id: int(j.tags.get("pair", -1)) for j in store.jobs(run_id)}
+    if df.empty:
+        return df.assign(pair=pd.Series(dtype=int))
+    return df.assign(pair=df["job_id"].map(pair))
+
+
+def analyse(store: Store, run_id: str, *, threshold: float, alpha: float,
+            noise: dict[tuple, float] | None = None) -> compare.Report:
+    return compare.compare_paired(results_with_pairs(store, run_id), threshold=threshold, alpha=alpha, noise=noise)
+
+
+def save_noise(store: Store, run_id: str, table: list[dict[str, Any]]) -> None:
+    """Keep an A/A run's noise figures in its meta, where later regressions look them up."""
+    from farm.store.models import Run
+
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        run.meta = {**(run.meta or {}), "noise": _jsonable(table)}
+
+
+def load_noise(store: Store, devices: set[str], limit: int = 200) -> dict[tuple, float]:
+    """The newest A/A log-ratio sd per (cell..., metric) among finished noise runs on `devices`."""
+    found: dict[tuple, float] = {}
+    for run in store.runs(limit=limit):  # newest first: the first hit per key wins
+        if run.kind != "noise":
+            continue
+        for row in (run.meta or {}).get("noise", []):
+            if row.get("device") not in devices:
+                continue
+            key = (*[row[k] for k in compare.CELL], row["metric"])
+            if key not in found and row.get("noise_sd") is not None and math.isfinite(row["noise_sd"]):
+                found[key] = float(row["noise_sd"])
+    return found
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def execute(store: Store, inventory: Inventory, run_id: str, jobs: list[Job],
+            progress: Callable[[Any], None] | None = None) -> None:
+    """Run the schedule on the in-process executor (one thread per device, jobs in Job.index order)."""
+    from farm.executors.local import LocalExecutor
+
+    for name in sorted({j.device for j in jobs}):
+        entry = next(d for d in inventory.devices if d.name == name)
+        store.upsert_device(name, entry.profile, entry.transport.kind)
+    LocalExecutor(store, inventory).submit(run_id, jobs, progress=progress)
+
+
+def failed_jobs(store: Store, run_id: str) -> dict[str, list[str]]:
+    """Errors of failed jobs per variant (a head that crashes where the base ran is a regression)."""
+    out: dict[str, list[str]] = {}
+    variant = {j.job_id: j.tags.get("variant", "?") for j in store.jobs(run_id)}
+    for row in store.job_rows(run_id):
+        if row.status == "failed":
+            out.setdefault(variant.get(row.id, "?"), []).append(f"{row.device}: {row.error_class}: {row.error}")
+    return out
+
+
+def report_json(report: compare.Report, **context: Any) -> dict[str, Any]:
+    return _jsonable({**context, "regressions": len(report.regressions), "results": report.as_dicts()})
