@@ -1,0 +1,228 @@
+"""`farm regress`, `farm noise` and `farm compare`: A/B verdicts on engine commits and stored runs.
+
+stdout carries the markdown summary (what a CI job posts as a comment); progress goes to stderr.
+`farm regress` exits 1 when a metric regressed beyond max(threshold, MDE) or the head fails where the
+base ran, 0 otherwise; configuration errors exit 2 as everywhere in farm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from farm.cli._common import db_option, devices_option, open_store
+from farm.errors import ConfigError, JobError
+
+err = Console(stderr=True, highlight=False)
+
+threshold_option = click.option("--threshold", default=0.03, show_default=True, type=click.FloatRange(0, 1),
+                                help="Smallest relative change that fails CI (0.03 = 3%); the MDE raises it.")
+alpha_option = click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0001, 0.5),
+                            help="Significance level of each test.")
+
+
+def _plan(sweep_path: str, devices_path: str | None, run_id: str):  # -> (Sweep, Inventory, Plan, backend)
+    from farm.devices import load_inventory
+    from farm.plan import make_plan
+    from farm.spec import load_sweep
+
+    sweep = load_sweep(sweep_path)
+    inventory = load_inventory(devices_path)
+    plan = make_plan(sweep, inventory, run_id)
+    if not plan.jobs:
+        raise ConfigError(f"{sweep_path}: the sweep plans no job")
+    backends = sorted({j.backend for j in plan.jobs})
+    if len(backends) != 1:
+        raise ConfigError(f"{sweep_path}: an engine comparison needs exactly one backend, got {', '.join(backends)}")
+    return sweep, inventory, plan, backends[0]
+
+
+def _progress(event: Any) -> None:
+    if event.status in ("done", "failed", "retry"):
+        j = event.job
+        detail = f" ({event.detail[:80]})" if event.detail and event.status != "done" else ""
+        err.print(f"  {j.index:4d} {j.device} {j.tags.get('variant')} pair {j.tags.get('pair')} {j.model.label} "
+                  f"{j.test}: {event.status}{detail}")
+
+
+def _run_ab(kind: str, sweep_path: str, devices_path: str | None, db_url: str | None, sides_for, block: int,
+            meta: dict[str, Any]):  # -> (store, run_id, sweep, provenance)
+    from farm import regress
+    from farm.store import new_run_id
+
+    run_id = new_run_id()
+    sweep, inventory, plan, backend = _plan(sweep_path, devices_path, run_id)
+    sides = sides_for(backend)
+    pairs = math.ceil(sweep.repetitions / block)
+    jobs = regress.ab_jobs(plan.jobs, sides, pairs=pairs, block=block)
+    err.print(f"run {run_id}: building {len({s.options.get('engine_commit') for s in sides})} engine build(s)")
+    provenance = regress.prebuild(jobs, plan.profiles, on_build=lambda what: err.print(f"  build {what}"))
+    store = open_store(db_url)
+    store.create_run(sweep.name, jobs, run_id=run_id, kind=kind, sweep_yaml=Path(sweep_path).read_text(),
+                     sweep_digest=sweep.digest(), priority=sweep.priority,
+                     meta={**meta, "pairs": pairs, "block": block, "sides": {s.name: s.describe for s in sides},
+                           "builds": provenance})
+    regress.record_builds(store, backend, provenance)
+    err.print(f"run {run_id}: {len(jobs)} jobs ({pairs} ABBA pairs × {len(plan.jobs)} cell(s), {block} rep/job)")
+    regress.execute(store, inventory, run_id, jobs, progress=_progress)
+    return store, run_id, sweep
+
+
+def _side(name: str, engine: str | None, rev: str, backend: str, subdir: str | None, flags: tuple[str, ...]):
+    from farm.engine_builds import checkout
+    from farm.regress import Side
+
+    if engine is None:  # the sweep's own build (the bundled engine / the pinned llama.cpp)
+        return Side(name, {"flags": list(flags)} if flags else {}, {"rev": "bundled"})
+    src = checkout(engine, rev, backend, subdir)
+    return Side(name, src.backend_options(list(flags)), {"rev": rev, "commit": src.commit, "subject": src.subject})
+
+
+def _emit(md: str, payload: dict[str, Any], json_path: str | None) -> None:
+    click.echo(md)
+    if json_path:
+        Path(json_path).write_text(json.dumps(payload, indent=1, default=str))
+        err.print(f"wrote {json_path}")
+
+
+@click.command("regress")
+@click.option("--engine", "engine", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Git repository of the engine (farm itself, a reference-engine repo or llama.cpp).")
+@click.option("--base", required=True, help="Base revision (A): branch, tag or SHA.")
+@click.option("--head", required=True, help="Head revision (B) to judge against the base.")
+@click.option("--sweep", "sweep_path", default="jobs/regression.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="What to measure; `repetitions` is the count per side.")
+@click.option("--engine-subdir", default=None, help="Engine sources inside the repository (auto-detected).")
+@click.option("--flag", "flags", multiple=True, help="Extra build flag for both sides (repeatable).")
+@click.option("--block", default=1, show_default=True, type=click.IntRange(1, 100),
+              help="Timed repetitions per job (process); 1 samples process-level noise best.")
+@threshold_option
+@alpha_option
+@click.option("--json", "json_path", default="farm-regress.json", show_default=True, help="Write the verdicts here.")
+@db_option
+@devices_option
+def regress_cmd(engine: str, base: str, head: str, sweep_path: str, engine_subdir: str | None,
+                flags: tuple[str, ...], block: int, threshold: float, alpha: float, json_path: str | None,
+                db_url: str | None, devices_path: str | None) -> None:
+    """Build BASE and HEAD of an engine, run them ABBA on each device and judge every metric."""
+    from farm import regress
+
+    def sides(backend: str):  # type: ignore[no-untyped-def]
+        return (_side("A", engine, base, backend, engine_subdir, flags),
+                _side("B", engine, head, backend, engine_subdir, flags))
+
+    store, run_id, sweep = _run_ab("regress", sweep_path, devices_path, db_url, sides, block,
+                                   {"engine": str(Path(engine).resolve()), "base": base, "head": head,
+                                    "threshold": threshold, "alpha": alpha})
+    run = store.get_run(run_id)
+    a, b = run.meta["sides"]["A"], run.meta["sides"]["B"]
+    devices = {j.device for j in store.jobs(run_id)}
+    report = regress.analyse(store, run_id, threshold=threshold, alpha=alpha, noise=regress.load_noise(store, devices))
+    failed = regress.failed_jobs(store, run_id)
+    head_broke = bool(failed.get("B")) and not failed.get("A")
+    bad = report.regressions
+    if not report.results and not failed:
+        raise JobError(f"run {run_id}: no comparable repetitions")
+    if bad or head_broke:
+        where = sorted({f"{r.metric.label} on {r.cell['device']}" for r in bad})
+        title = "❌ farm regress: " + ("; ".join(where) if where else "head fails where base runs")
+    else:
+        title = "✅ farm regress: no regression"
+    header = [f"base `{a['commit'][:10]}` ({a['subject']}) → head `{b['commit'][:10]}` ({b['subject']})",
+              f"sweep `{sweep.name}` · run `{run_id}` · {run.meta['pairs']} ABBA pairs per cell · threshold "
+              f"{threshold:.0%} · α {alpha} · Wilcoxon signed-rank on pair log-ratios, HL estimate, bootstrap CI"]
+    blind = sorted({f"{r.metric.label} of {r.cell['model']} {regress.compare.pct(r.mde)}" for r in report.results
+                    if r.mde is not None and r.mde > threshold and r.verdict and r.verdict.label != "regression"})
+    if blind:  # say when "no regression" only means "nothing this large could be seen"
+        header.append(f"⚠ noisy: changes below the MDE cannot be called here ({', '.join(blind)})")
+    for variant, errors in sorted(failed.items()):
+        header.append(f"**{len(errors)} failed job(s) on {'base' if variant == 'A' else 'head'}**: {errors[0][:200]}")
+    md = regress.compare.markdown(report, title, header)
+    payload = regress.report_json(report, run_id=run_id, base=a, head=b, threshold=threshold, alpha=alpha,
+                                  pairs=run.meta["pairs"], failed=failed, builds=run.meta.get("builds"),
+                                  verdict="regression" if bad or head_broke else "ok")
+    _emit(md, payload, json_path)
+    sys.exit(1 if bad or head_broke else 0)
+
+
+@click.command("noise")
+@click.option("--engine", "engine", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Engine repository (default: the sweep's own build).")
+@click.option("--rev", default="HEAD", show_default=True, help="Revision measured against itself.")
+@click.option("--sweep", "sweep_path", default="jobs/regression.yaml", show_default=True,
+              type=click.Path(dir_okay=False))
+@click.option("--engine-subdir", default=None)
+@click.option("--block", default=1, show_default=True, type=click.IntRange(1, 100))
+@alpha_option
+@click.option("--json", "json_path", default=None, help="Also write the noise table here.")
+@db_option
+@devices_option
+def noise_cmd(engine: str | None, rev: str, sweep_path: str, engine_subdir: str | None, block: int, alpha: float,
+              json_path: str | None, db_url: str | None, devices_path: str | None) -> None:
+    """Run one build against itself (A/A) on each device; store the noise and minimum detectable effect."""
+    from farm import regress
+    from farm.analysis import compare
+
+    def sides(backend: str):  # type: ignore[no-untyped-def]
+        one = _side("A", engine, rev, backend, engine_subdir, ())
+        return one, regress.Side("B", one.options, one.describe)
+
+    store, run_id, _ = _run_ab("noise", sweep_path, devices_path, db_url, sides, block,
+                               {"engine": engine, "rev": rev, "alpha": alpha})
+    report = regress.analyse(store, run_id, threshold=0.0, alpha=alpha)
+    table = compare.noise_table(report)
+    regress.save_noise(store, run_id, table)
+    lines = [f"### farm noise: A/A on `{rev}` · run `{run_id}`", "",
+             "| device | cell | metric | pairs | noise sd | MDE | A/A change | p |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for row in table:
+        cell = f"{row['backend']} {row['model']} {row['quant']} {row['test']} t{row['threads']}"
+        lines.append(f"| {row['device']} | {cell} | {row['metric']} | {row['n_pairs']} | {row['noise_sd']:.2%} | "
+                     f"{row['mde']:.1%} | {row['aa_change']:+.1%} | {row['aa_p']:.2g} |")
+    _emit("\n".join(lines) + "\n", {"run_id": run_id, "noise": regress._jsonable(table)}, json_path)
+
+
+@click.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@threshold_option
+@alpha_option
+@click.option("--json", "json_path", default=None, help="Also write the comparison here.")
+@db_option
+def compare_cmd(run_a: str, run_b: str, threshold: float, alpha: float, json_path: str | None,
+                db_url: str | None) -> None:
+    """Compare two stored runs cell by cell (unpaired: Mann–Whitney U, ratio of medians, bootstrap CI).
+
+    RUN may be RUN_ID:A or RUN_ID:B to take one side of a regress or noise run."""
+    from farm import regress
+    from farm.analysis import compare
+
+    store = open_store(db_url)
+
+    def load(ref: str):  # RUN or RUN:VARIANT (a side of a regress/noise run)
+        run_id, _, variant = ref.partition(":")
+        run = store.get_run(run_id)
+        df = store.results_frame(run.id)
+        if variant:
+            df = df[df["variant"] == variant]
+            if df.empty:
+                raise ConfigError(f"run {run.id} has no repetitions of variant {variant!r} (A = base, B = head)")
+        return run, df
+
+    (ra, a), (rb, b) = load(run_a), load(run_b)
+    report = compare.compare_unpaired(a, b, threshold=threshold, alpha=alpha)
+    if not report.results:
+        raise ConfigError(f"runs {ra.id} and {rb.id} share no cell (device, backend, model, quant, test, threads)")
+    title = f"farm compare: `{run_a}` ({ra.name}) → `{run_b}` ({rb.name})"
+    md = compare.markdown(report, title, [f"threshold {threshold:.0%} · α {alpha} · runs at different times: "
+                                          "unpaired, so drift between them is not cancelled"])
+    _emit(md, regress.report_json(report, run_a=ra.id, run_b=rb.id), json_path)
+
+
+commands = [regress_cmd, noise_cmd, compare_cmd]

@@ -1,0 +1,124 @@
+"""`farm runs`, `farm status RUN [--watch]`, `farm results RUN`, `farm cancel RUN`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+from rich.live import Live
+from rich.table import Table
+
+from farm.cli._common import console, db_option, failures_table, open_store, results_table
+from farm.errors import ConfigError
+
+
+@click.command("runs")
+@db_option
+@click.option("-n", "--limit", default=20, show_default=True)
+def runs_cmd(db_url: str | None, limit: int) -> None:
+    """List recent runs."""
+    store = open_store(db_url)
+    table = Table()
+    for col in ("run", "name", "kind", "executor", "status", "jobs", "created"):
+        table.add_column(col)
+    for r in store.runs(limit):
+        table.add_row(r.id, r.name, r.kind, r.executor, r.status, str(r.n_jobs),
+                      r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+def status_table(store: Any, run_id: str) -> Table:
+    run = store.get_run(run_id)
+    rows = store.job_rows(run.id)
+    counts: dict[str, int] = {}
+    for j in rows:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    remaining = sum(j.est_s for j in rows if j.status in ("queued", "running"))
+    done = sum(counts.get(s, 0) for s in ("done", "failed", "cancelled"))
+    table = Table(title=f"run {run.id} ({run.name}) · {run.status} · {done}/{len(rows)} ended · "
+                        f"≈{remaining:.0f} s of work left")
+    for col in ("device", "status", "job", "agent", "attempts", "error"):
+        table.add_column(col)
+    for j in rows:
+        if j.status in ("running", "failed") or (j.status == "queued" and j.attempts):
+            table.add_row(j.device, j.status, f"{j.model} {j.quant} pp{j.n_prompt}/tg{j.n_gen} t{j.threads}",
+                          j.agent or "", str(j.attempts), (j.error or "")[:80])
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    table.caption = summary
+    return table
+
+
+def watch(store: Any, run_id: str, interval: float = 1.0) -> str:
+    """Refresh the status table until the run ends; returns its final status."""
+    with Live(status_table(store, run_id), console=console, refresh_per_second=2) as live:
+        while True:
+            final = store.finish_run_if_complete(store.get_run(run_id).id)
+            live.update(status_table(store, run_id))
+            if final:
+                return final
+            time.sleep(interval)
+
+
+@click.command("status")
+@click.argument("run_id", metavar="RUN")
+@db_option
+@click.option("--watch", "-w", "follow", is_flag=True, help="Refresh until the run ends.")
+def status_cmd(run_id: str, db_url: str | None, follow: bool) -> None:
+    """Progress of a run: jobs by status, what is running where, failures."""
+    store = open_store(db_url)
+    if follow:
+        watch(store, run_id)
+    else:
+        console.print(status_table(store, run_id))
+
+
+@click.command("results")
+@click.argument("run_id", metavar="RUN")
+@db_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file (required for parquet).")
+@click.option("--raw", is_flag=True, help="Every repetition instead of the per-job summary (csv/json).")
+def results_cmd(run_id: str, db_url: str | None, fmt: str, output: str | None, raw: bool) -> None:
+    """Results of a run: a table, or every repetition as csv/json/parquet for notebooks."""
+    store = open_store(db_url)
+    run = store.get_run(run_id)
+    df = store.results_frame(run.id)
+    if fmt == "table":
+        console.print(results_table(df, title=f"{run.name} · run {run.id} · {run.status}"))
+        failed = failures_table(store, run.id)
+        if failed is not None:
+            console.print(failed)
+        return
+    if not raw and fmt != "parquet":
+        from farm.analysis.summary import summarize
+
+        df = summarize(df)
+    if fmt == "parquet":
+        if not output:
+            raise ConfigError("--format parquet needs -o FILE")
+        df.to_parquet(output, index=False)
+        console.print(f"wrote {len(df)} rows to {output}")
+        return
+    text = df.to_csv(index=False) if fmt == "csv" else df.to_json(orient="records", date_format="iso", indent=1)
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@click.command("cancel")
+@click.argument("run_id", metavar="RUN")
+@db_option
+def cancel_cmd(run_id: str, db_url: str | None) -> None:
+    """Cancel a run: queued jobs never start; a running job finishes and is kept."""
+    store = open_store(db_url)
+    run = store.get_run(run_id)
+    n = store.cancel(run.id)
+    console.print(f"run {run.id}: cancelled {n} job(s)")
+
+
+commands = [runs_cmd, status_cmd, results_cmd, cancel_cmd]

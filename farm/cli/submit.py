@@ -1,0 +1,121 @@
+"""`farm submit SWEEP` and `farm plan SWEEP`: validate, plan, store and dispatch a sweep."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from farm.cli._common import console, db_option, devices_option, failures_table, open_store, results_table
+from farm.errors import ConfigError
+
+
+def _load(sweep_path: str, devices_path: str | None):  # -> (Sweep, Inventory)
+    """Validate the sweep and the inventory: both are checked before anything else happens."""
+    from farm.devices import load_inventory
+    from farm.spec import load_sweep
+
+    return load_sweep(sweep_path), load_inventory(devices_path)
+
+
+@click.command("plan")
+@click.argument("sweep_path", metavar="SWEEP", type=click.Path(dir_okay=False))
+@devices_option
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+def plan_cmd(sweep_path: str, devices_path: str | None, as_json: bool) -> None:
+    """Show the jobs a sweep expands to, the cells dropped and why, and the estimated wall time."""
+    from farm.plan import describe, make_plan
+
+    plan = make_plan(*_load(sweep_path, devices_path))
+    if as_json:
+        click.echo(json.dumps({"jobs": [j.model_dump(mode="json") for j in plan.jobs],
+                               "dropped": [{"cell": d.cell, "reason": d.reason} for d in plan.dropped],
+                               "est_s": plan.est_s}, indent=1))
+    else:
+        click.echo(describe(plan))
+
+
+@click.command("submit")
+@click.argument("sweep_path", metavar="SWEEP", type=click.Path(dir_okay=False))
+@db_option
+@devices_option
+@click.option("--executor", "executor_name", default="local", show_default=True,
+              help="local (in-process), celery or ray.")
+@click.option("--wait/--no-wait", default=None,
+              help="Wait for the run to end (default: yes for local, no for celery/ray).")
+def submit_cmd(sweep_path: str, db_url: str | None, devices_path: str | None, executor_name: str,
+               wait: bool | None) -> None:
+    """Validate, plan and run a sweep; prints the run id and, when done, the results table."""
+    from farm.executors import EXECUTORS
+    from farm.plan import make_plan
+    from farm.store import new_run_id
+
+    sweep, inventory = _load(sweep_path, devices_path)  # a bad sweep is reported before the store is touched
+    run_id = new_run_id()
+    store = open_store(db_url)
+    quarantined = {d.name: d.quarantine_reason or "" for d in store.devices() if d.status == "quarantined"}
+    plan = make_plan(sweep, inventory, run_id, quarantined)
+    if not plan.jobs:
+        reasons = "; ".join(sorted({d.reason for d in plan.dropped})) or "no cell matched the include rules"
+        raise ConfigError(f"{sweep_path}: the sweep plans no job ({reasons})")
+    executor_cls = EXECUTORS.get(executor_name)
+    executor = executor_cls(store, inventory)
+    store.create_run(sweep.name, plan.jobs, run_id=run_id, sweep_yaml=Path(sweep_path).read_text(),
+                     sweep_digest=sweep.digest(), executor=executor_name, priority=sweep.priority,
+                     meta={"dropped": [{"cell": d.cell, "reason": d.reason} for d in plan.dropped],
+                           "est_s": plan.est_s, "devices_path": devices_path})
+    for name in sorted({j.device for j in plan.jobs}):
+        entry = next(d for d in inventory.devices if d.name == name)
+        store.upsert_device(name, entry.profile, entry.transport.kind)
+    console.print(f"run [bold]{run_id}[/]: {len(plan.jobs)} jobs on {len({j.device for j in plan.jobs})} "
+                  f"device(s), {len(plan.dropped)} dropped, estimated {plan.est_s:.0f} s")
+    wait = executor.blocking if wait is None else wait
+    if not executor.blocking:
+        executor.submit(run_id, plan.jobs)
+        if not wait:
+            console.print(f"follow it with: farm status {run_id} --watch")
+            return
+        from farm.cli.runs import watch
+
+        watch(store, run_id)
+    else:
+        _run_with_progress(executor, run_id, plan)
+    df = store.results_frame(run_id)
+    console.print(results_table(df, title=f"{sweep.name} · run {run_id}"))
+    failed = failures_table(store, run_id)
+    if failed is not None:
+        console.print(failed)
+    status = store.finish_run_if_complete(run_id) or store.get_run(run_id).status
+    console.print(f"run {run_id}: {status}")
+
+
+def _run_with_progress(executor, run_id: str, plan) -> None:  # type: ignore[no-untyped-def]
+    total_est = sum(j.est_s for j in plan.jobs) or 1.0
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("jobs", total=len(plan.jobs), status="", eta="?")
+        t0 = time.monotonic()
+        done_est = 0.0
+
+        def on_event(event) -> None:  # type: ignore[no-untyped-def]
+            nonlocal done_est
+            label = f"{event.job.device} {event.job.model.label} {event.job.quant} {event.job.test}"
+            if event.status in ("done", "failed"):
+                done_est += event.job.est_s
+                elapsed = time.monotonic() - t0
+                # Scale the plan's estimate by how fast reality has been so far.
+                eta = elapsed / max(done_est, 1e-9) * (total_est - done_est)
+                progress.update(task, advance=1, eta=f"{eta:.0f}s",
+                                status=f"{event.status}: {label}" + (f" ({event.detail[:60]})" if event.detail
+                                                                     else ""))
+            else:
+                progress.update(task, status=f"{event.status}: {label}")
+
+        executor.submit(run_id, plan.jobs, progress=on_event)
+
+
+commands = [plan_cmd, submit_cmd]

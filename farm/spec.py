@@ -1,0 +1,187 @@
+"""The sweep file: what to measure, validated with line-numbered errors.
+
+A sweep is the cross product models × quants × backends × devices × prompt_tokens ×
+gen_tokens × threads, narrowed by ``include``/``exclude`` rules. Unknown keys are rejected, the
+file carries a ``version``, and :func:`json_schema` publishes the schema for editors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from farm.errors import ConfigError
+from farm.yamlio import Locator, load_yaml, loads_yaml, validate
+from farm.zoo.arch import QUANTS
+
+SPEC_VERSION = 1
+ARCH_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "head_dim")
+CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """A zoo card (optionally with architecture variants) or a GGUF file."""
+
+    card: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    vary: dict[str, list[int]] = Field(default_factory=dict)
+    seed: int = 0
+
+    @field_validator("vary")
+    @classmethod
+    def _vary_fields(cls, vary: dict[str, list[int]]) -> dict[str, list[int]]:
+        for key, values in vary.items():
+            if key not in ARCH_FIELDS:
+                raise ValueError(f"{key!r} is not one of {', '.join(ARCH_FIELDS)}")
+            if not values:
+                raise ValueError(f"{key!r} needs at least one value")
+        return vary
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.card is None) == (self.file is None):
+            raise ValueError("give exactly one of 'card' or 'file'")
+        if self.file and self.vary:
+            raise ValueError("'vary' applies to zoo cards, not to files")
+        return self
+
+
+class BackendSpec(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Timeouts(_Strict):
+    job_s: float = Field(default=1800, gt=0)
+    thermal_wait_s: float | None = Field(default=None, gt=0)
+
+
+class Sweep(_Strict):
+    """A sweep file (version 1)."""
+
+    version: Literal[1]
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    models: list[ModelSpec] = Field(min_length=1)
+    quants: list[Literal["f32", "f16", "q8_0", "q4_0"]] = Field(min_length=1)
+    backends: list[BackendSpec] = Field(default_factory=lambda: [BackendSpec(name="reference")], min_length=1)
+    devices: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
+    prompt_tokens: list[int] = Field(min_length=1)
+    gen_tokens: list[int] = Field(min_length=1)
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    repetitions: int = Field(default=5, ge=1, le=1000)
+    warmup: int = Field(default=1, ge=0, le=100)
+    cooldown_s: float = Field(default=0.0, ge=0)
+    kv_type: Literal["f16", "f32"] = "f16"
+    power: bool = True
+    thermal_gate: bool = True
+    idle_s: float = Field(default=1.0, ge=0, description="idle power baseline measured before each job")
+    include: list[dict[str, Any]] = Field(default_factory=list)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    priority: int = Field(default=0, description="higher runs first (CI regression jobs before surveys)")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _shorthand_models(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"card": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _shorthand_backends(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": b} if isinstance(b, str) else b for b in v]
+        return v
+
+    @field_validator("prompt_tokens", "gen_tokens")
+    @classmethod
+    def _non_negative(cls, v: list[int]) -> list[int]:
+        if any(x < 0 for x in v):
+            raise ValueError("token counts must be ≥ 0")
+        return v
+
+    @field_validator("threads")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError("threads must be ≥ 1")
+        return v
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _rule_keys(cls, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for rule in rules:
+            bad = set(rule) - set(CELL_KEYS)
+            if bad:
+                raise ValueError(f"rule key {sorted(bad)[0]!r} is not one of {', '.join(CELL_KEYS)}")
+        return rules
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Sweep:
+        if all(p == 0 for p in self.prompt_tokens) and all(g == 0 for g in self.gen_tokens):
+            raise ValueError("prompt_tokens and gen_tokens are all 0: nothing to measure")
+        return self
+
+    def digest(self) -> str:
+        """Content hash of the validated sweep (same meaning ⇒ same digest)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _check_registries(sweep: Sweep, loc: Locator) -> None:
+    """Names that must exist in a registry are checked here, so errors carry file:line."""
+    from farm.backends import BACKENDS
+
+    known = BACKENDS.names()
+    for i, b in enumerate(sweep.backends):
+        if b.name not in known:
+            raise ConfigError(f"{loc.where(['backends', i])}: backend {b.name!r} is not one of {', '.join(known)}")
+    for i, m in enumerate(sweep.models):
+        if m.card is not None:
+            from farm.zoo.cards import load_card
+
+            try:
+                load_card(m.card)
+            except ConfigError as exc:
+                raise ConfigError(f"{loc.where(['models', i, 'card'])}: {exc}") from None
+        elif m.file is not None and not Path(m.file).expanduser().is_file():
+            raise ConfigError(f"{loc.where(['models', i, 'file'])}: model file {m.file!r} does not exist")
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file; every problem is one ConfigError line with file:line."""
+    data, loc = load_yaml(path)
+    return _finish(data, loc)
+
+
+def loads_sweep(text: str, name: str = "<sweep>") -> Sweep:
+    data, loc = loads_yaml(text, name)
+    return _finish(data, loc)
+
+
+def _finish(data: Any, loc: Locator) -> Sweep:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{loc.path}:1: a sweep is a mapping with keys version, name, models, ...")
+    if "version" in data and data["version"] != SPEC_VERSION:
+        raise ConfigError(f"{loc.where(['version'])}: version {data['version']!r} is not supported "
+                          f"(this farm reads version {SPEC_VERSION})")
+    sweep = validate(Sweep, data, loc)
+    _check_registries(sweep, loc)
+    return sweep
+
+
+def json_schema() -> dict[str, Any]:
+    return Sweep.model_json_schema()
+
+
+__all__ = ["QUANTS", "SPEC_VERSION", "BackendSpec", "ModelSpec", "Sweep", "json_schema", "load_sweep", "loads_sweep"]
