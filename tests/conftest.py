@@ -1,0 +1,62 @@
+"""Shared fixtures: an isolated FARM_HOME per session, and real database servers.
+
+Tests that need a server (PostgreSQL, Redis, adb, sshd) use a real one. When it is missing they
+skip on a developer machine, but fail under CI (``CI=true``): a missing part is a failure there.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import need, throwaway_database
+
+# One FARM_HOME for the whole session: engine builds and zoo models are cached across tests,
+# and nothing touches the user's real store or caches.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="farm-test-home-"))
+os.environ.setdefault("FARM_HOME", str(_SESSION_HOME))
+os.environ.pop("FARM_DB_URL", None)
+os.environ.pop("FARM_DEVICES", None)
+
+PG_ADMIN_URL = os.environ.get("FARM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of a reachable PostgreSQL server."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        ok = True
+    except Exception:
+        ok = False
+    need(ok, f"PostgreSQL at {PG_ADMIN_URL}")
+    return PG_ADMIN_URL
+
+
+@pytest.fixture()
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
+    with throwaway_database(pg_server) as url:
+        yield url
+
+
+@pytest.fixture()
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'farm.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Both store dialects: every store test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'farm.db'}"
+    return request.getfixturevalue("pg_url")

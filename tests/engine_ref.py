@@ -1,0 +1,177 @@
+"""Numpy reference of the reference engine's forward pass, for the engine tests.
+
+Independent of the C code: it reads the GGUF with `gguf.GGUFReader`, dequantizes with `gguf.quants`
+and follows llama.cpp's graph (RMSNorm, RoPE norm/neox by architecture name, GQA attention, SwiGLU,
+tied or separate output, qwen2 q/k/v bias). Two optional emulations make the comparison tight:
+
+- ``quantize_acts``: activations entering a q8_0/q4_0 matmul are rounded through q8_0 blocks exactly as
+  the engine does (d = amax/127 stored as f16, q = round-half-even(x / d)). The integer dot of the engine
+  then equals float64 ``dequant(x) . dequant(w)`` up to summation order.
+- ``kv_f16``: K and V are rounded to f16 when stored, as in the engine's f16 KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, quants
+
+_QUANT_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0)
+
+
+def q8_0_roundtrip(x: np.ndarray) -> np.ndarray:
+    """x rounded through q8_0 blocks of 32 with the engine's exact float32 arithmetic."""
+    xb = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, 32)
+    amax = np.abs(xb).max(axis=1, keepdims=True)
+    d = amax / np.float32(127.0)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
+    q = np.rint(xb * inv)  # numpy rint = round half to even, like lrintf / cvtps / vcvtnq
+    d16 = d.astype(np.float16).astype(np.float32)
+    return (q * d16).astype(np.float32).reshape(x.shape)
+
+
+@dataclass
+class _Matrix:
+    w: np.ndarray  # float32 [n_out, n_in], exact dequantized values
+    quantized: bool
+
+
+class RefModel:
+    """A GGUF model loaded into float32 numpy arrays."""
+
+    def __init__(self, path: Path) -> None:
+        r = GGUFReader(str(path))
+        self.arch = str(r.get_field("general.architecture").contents())
+        a = self.arch
+
+        def meta(key: str, default: float | None = None) -> float:
+            f = r.get_field(f"{a}.{key}")
+            if f is None:
+                assert default is not None, key
+                return default
+            return f.contents()
+
+        self.n_layers = int(meta("block_count"))
+        self.d_model = int(meta("embedding_length"))
+        self.n_heads = int(meta("attention.head_count"))
+        self.n_kv_heads = int(meta("attention.head_count_kv", self.n_heads))
+        self.head_dim = int(meta("attention.key_length", self.d_model // self.n_heads))
+        self.rope_theta = float(meta("rope.freq_base", 10000.0))
+        self.eps = float(np.float32(meta("attention.layer_norm_rms_epsilon", 1e-5)))
+        self.neox = a == "qwen2"  # llama.cpp: rope type from the architecture name
+        self.t: dict[str, np.ndarray] = {}
+        self.quantized: dict[str, bool] = {}
+        for t in r.tensors:
+            arr = quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+            n_in = int(t.shape[0])
+            self.t[t.name] = arr.reshape(-1, n_in) if len(t.shape) > 1 else arr.reshape(-1)
+            self.quantized[t.name] = t.tensor_type in _QUANT_TYPES
+        self.vocab = self.t["token_embd.weight"].shape[0]
+
+    def mat(self, name: str) -> _Matrix:
+        return _Matrix(self.t[name], self.quantized[name])
+
+
+def _matmul(x: np.ndarray, m: _Matrix, quantize_acts: bool) -> np.ndarray:
+    if m.quantized and quantize_acts:
+        x = q8_0_roundtrip(x)
+    return (x.astype(np.float64) @ m.w.T.astype(np.float64)).astype(np.float32)
+
+
+def _rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    ms = (x.astype(np.float64) ** 2).mean(axis=-1, keepdims=True)
+    scale = (1.0 / np.sqrt(ms + eps)).astype(np.float32)
+    return (x * scale * w).astype(np.float32)
+
+
+def _rope(x: np.ndarray, pos: np.ndarray, theta: float, neox: bool) -> np.ndarray:
+    """x: [n_tok, n_heads, hd]. llama (NORM) rotates pairs (2i, 2i+1); NEOX rotates (i, i + hd/2)."""
+    hd = x.shape[-1]
+    half = hd // 2
+    ang = pos[:, None].astype(np.float64) * theta ** (-2.0 * np.arange(half) / hd)
+    cos = np.cos(ang).astype(np.float32)[:, None, :]
+    sin = np.sin(ang).astype(np.float32)[:, None, :]
+    out = x.copy()
+    if neox:
+        a, b = x[..., :half], x[..., half:]
+        out[..., :half] = a * cos - b * sin
+        out[..., half:] = a * sin + b * cos
+    else:
+        a, b = x[..., 0::2], x[..., 1::2]
+        out[..., 0::2] = a * cos - b * sin
+        out[..., 1::2] = a * sin + b * cos
+    return out
+
+
+def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f16: bool = True) -> np.ndarray:
+    """Logits [n_tokens, vocab] after processing `tokens` from position 0."""
+    m = model
+    n = len(tokens)
+    hd, nh, nkv = m.head_dim, m.n_heads, m.n_kv_heads
+    x = m.t["token_embd.weight"][np.asarray(tokens)].astype(np.float32)
+    pos = np.arange(n)
+    mask = np.triu(np.full((n, n), -np.inf), k=1)
+    for layer in range(m.n_layers):
+        p = f"blk.{layer}."
+        h = _rmsnorm(x, m.t[p + "attn_norm.weight"], m.eps)
+        q = _matmul(h, m.mat(p + "attn_q.weight"), quantize_acts)
+        k = _matmul(h, m.mat(p + "attn_k.weight"), quantize_acts)
+        v = _matmul(h, m.mat(p + "attn_v.weight"), quantize_acts)
+        if p + "attn_q.bias" in m.t:
+            q, k, v = q + m.t[p + "attn_q.bias"], k + m.t[p + "attn_k.bias"], v + m.t[p + "attn_v.bias"]
+        q = _rope(q.reshape(n, nh, hd), pos, m.rope_theta, m.neox)
+        k = _rope(k.reshape(n, nkv, hd), pos, m.rope_theta, m.neox)
+        v = v.reshape(n, nkv, hd)
+        if kv_f16:
+            k = k.astype(np.float16).astype(np.float32)
+            v = v.astype(np.float16).astype(np.float32)
+        k = np.repeat(k, nh // nkv, axis=1)  # GQA: query head h reads kv head h // group
+        v = np.repeat(v, nh // nkv, axis=1)
+        s = np.einsum("thd,shd->hts", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(hd) + mask
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        s /= s.sum(axis=-1, keepdims=True)
+        att = np.einsum("hts,shd->thd", s, v.astype(np.float64)).reshape(n, nh * hd).astype(np.float32)
+        x = x + _matmul(att, m.mat(p + "attn_output.weight"), quantize_acts)
+        h = _rmsnorm(x, m.t[p + "ffn_norm.weight"], m.eps)
+        g = _matmul(h, m.mat(p + "ffn_gate.weight"), quantize_acts)
+        u = _matmul(h, m.mat(p + "ffn_up.weight"), quantize_acts)
+        act = (g / (1.0 + np.exp(-g.astype(np.float64)))).astype(np.float32) * u
+        x = x + _matmul(act, m.mat(p + "ffn_down.weight"), quantize_acts)
+    h = _rmsnorm(x, m.t["output_norm.weight"], m.eps)
+    out = m.mat("output.weight") if "output.weight" in m.t else m.mat("token_embd.weight")
+    return _matmul(h, out, quantize_acts)
+
+
+# ---- helpers shared by the engine tests --------------------------------------------------------------
+
+TOKENS = [5, 17, 99, 3, 250, 42, 7, 8, 200, 31, 64, 1, 2, 300, 11, 12, 13, 14, 15, 16, 100, 101, 102, 103, 104,
+          105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 119]  # 37: crosses a 32-token GEMM tile, odd
+
+
+def tiny_arch(arch: str):  # -> Architecture
+    """2 layers, d_model 128, 4 heads / 2 KV heads (GQA, head_dim 32), d_ff 256, vocab 320.
+
+    llama: separate output matrix, pairwise RoPE; qwen2: tied embeddings, q/k/v bias, neox RoPE.
+    """
+    from farm.zoo.arch import Architecture
+
+    qwen = arch == "qwen2"
+    return Architecture(arch=arch, n_layers=2, d_model=128, n_heads=4, n_kv_heads=2, d_ff=256, vocab_size=320,
+                        rope_theta=1e6 if qwen else 1e4, rope_style="neox" if qwen else "norm",
+                        rms_eps=1e-6 if qwen else 1e-5, tied_embeddings=qwen, qkv_bias=qwen)
+
+
+def run_logits(exe: Path | list[str], model: Path, tokens: list[int], *extra: str) -> np.ndarray:
+    """The engine's logits (last token, or [n, vocab] with --all) as float32."""
+    import json
+    import subprocess
+
+    cmd = [*(exe if isinstance(exe, list) else [str(exe)]), "logits", "-m", str(model), "--tokens",
+           ",".join(map(str, tokens)), *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    return np.asarray(out["logits"], dtype=np.float32)

@@ -1,0 +1,77 @@
+"""Planning: expansion, memory fit with reasons, ordering, estimates; golden file of the description."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from farm.devices import load_inventory
+from farm.plan import describe, make_plan
+from farm.spec import load_sweep, loads_sweep
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = HERE / "golden" / "plan-golden.txt"
+
+
+@pytest.fixture()
+def plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)  # nothing may depend on the working directory
+    inventory = load_inventory(HERE / "data" / "plan-inventory.yaml")
+    return make_plan(load_sweep(HERE / "data" / "plan-sweep.yaml"), inventory, run_id="golden")
+
+
+def test_plan_matches_golden_file(plan) -> None:  # type: ignore[no-untyped-def]
+    text = describe(plan) + "\n"
+    if os.environ.get("FARM_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "plan changed; if intended, rerun with FARM_UPDATE_GOLDEN=1"
+
+
+def test_cells_that_do_not_fit_are_dropped_with_reasons(plan) -> None:  # type: ignore[no-untyped-def]
+    reasons = [d.reason for d in plan.dropped]
+    # 1.5B in f16 is ~3 GiB: never fits a 512 MiB budget; 8 threads exceed 4 cores.
+    assert any(d.cell["model"] == "qwen2.5-1.5b" and "GiB" in d.reason for d in plan.dropped)
+    assert any("8 threads > 4 cores" in r for r in reasons)
+    assert any(r == "excluded by a rule" for r in reasons)
+    for job in plan.jobs:
+        assert job.mem_bytes <= plan.profiles["test-board"].usable_ram_bytes
+        assert job.threads <= 4
+
+
+def test_jobs_are_grouped_by_model_and_ordered_light_first(plan) -> None:  # type: ignore[no-untyped-def]
+    assert [j.index for j in plan.jobs] == list(range(len(plan.jobs)))
+    for device in ("board-a", "board-b"):
+        seq = [(j.model.label, j.quant) for j in plan.jobs if j.device == device]
+        # each model file appears as one contiguous block: pushed once per device
+        blocks = [k for i, k in enumerate(seq) if i == 0 or seq[i - 1] != k]
+        assert len(blocks) == len(set(blocks))
+    ids = [j.job_id for j in plan.jobs]
+    assert len(ids) == len(set(ids))
+
+
+def test_estimate_grows_with_work(plan) -> None:  # type: ignore[no-untyped-def]
+    by_test = {(j.model.label, j.quant, j.test): j.est_s for j in plan.jobs if j.device == "board-a"}
+    assert by_test[("qwen2.5-0.5b", "q4_0", "pp128+tg32")] > by_test[("qwen2.5-0.5b", "q4_0", "pp128")]
+    assert by_test[("qwen2.5-0.5b", "q4_0", "pp128")] > by_test[("farm-tiny", "q4_0", "pp128")]
+    assert plan.est_s > 0
+
+
+def test_include_rules_and_architecture_variants() -> None:
+    sweep = loads_sweep("""
+version: 1
+name: v
+models:
+  - card: farm-tiny
+    vary: {n_layers: [2, 4, 6]}
+quants: [q4_0, q8_0]
+prompt_tokens: [16]
+gen_tokens: [8]
+include:
+  - {quant: q8_0}
+""")
+    plan = make_plan(sweep, load_inventory(None), "r")
+    assert sorted(j.model.label for j in plan.jobs) == [
+        "farm-tiny[n_layers=2]", "farm-tiny[n_layers=4]", "farm-tiny[n_layers=6]"]
+    assert {j.quant for j in plan.jobs} == {"q8_0"}

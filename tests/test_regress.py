@@ -1,0 +1,169 @@
+"""farm regress / noise / compare on real commits of the reference engine, run on this host.
+
+The engine repository is a temporary git repo: A = farm/engine/src, B = A + a calibrated busy loop in
+the decode path (bench/regression_power.py documents it), A2 = A + a comment.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.regression_power import make_engine_repo, spin_iterations
+from farm.engine_builds import checkout, resolve_commit
+from farm.errors import ConfigError
+from farm.jobs import Job, ModelRef
+from farm.regress import Side, ab_jobs
+
+SWEEP = """version: 1
+name: regress-test
+models: [farm-mini]
+quants: [q4_0]
+prompt_tokens: [32]
+gen_tokens: [32]
+threads: [1]
+repetitions: {reps}
+warmup: 1
+thermal_gate: false
+idle_s: 0
+"""
+
+
+def _job(i: int, device: str = "local") -> Job:
+    return Job(job_id=f"r-{i}", run_id="r", index=i, device=device, profile="host-auto", backend="reference",
+               model=ModelRef(card="farm-tiny"), quant="q4_0", n_prompt=8, n_gen=8, threads=1, repetitions=10,
+               warmup=1)
+
+
+def test_schedule_is_abba_per_device_with_one_rep_per_job() -> None:
+    sides = (Side("A", {"engine_commit": "a"}, {}), Side("B", {"engine_commit": "b"}, {}))
+    jobs = ab_jobs([_job(0), _job(1, "phone"), _job(2)], sides, pairs=4)
+    local = [j for j in jobs if j.device == "local"]
+    assert "".join(j.tags["variant"] for j in local) == "ABBAABBA" * 2
+    assert [j.index for j in jobs] == sorted(j.index for j in jobs) and len({j.job_id for j in jobs}) == 24
+    assert all(j.repetitions == 1 for j in jobs)
+    assert {j.backend_options["engine_commit"] for j in jobs if j.tags["variant"] == "B"} == {"b"}
+    assert [j.tags["pair"] for j in local[:4]] == ["0", "0", "1", "1"]
+    with pytest.raises(ConfigError):
+        ab_jobs([_job(0)], sides, pairs=1)
+
+
+@pytest.fixture(scope="module")
+def engine_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    from farm.zoo.files import resolve_model
+
+    model = resolve_model("farm-mini", "q4_0", 0)
+    spin, _ = spin_iterations(Path(model.path), 32, 32, 0.05, runs=3)  # decode t/s 5% lower
+    repo = tmp_path_factory.mktemp("engine") / "repo"
+    return repo, make_engine_repo(repo, spin)
+
+
+def test_checkout_archives_each_commit_once(engine_repo: tuple[Path, dict[str, str]]) -> None:
+    repo, shas = engine_repo
+    assert resolve_commit(repo, "HEAD") == shas["A2"] and resolve_commit(repo, "HEAD~2") == shas["A"]
+    a = checkout(repo, shas["A"][:8])
+    assert a.commit == shas["A"] and (a.source_dir / "forward.c").exists() and a.source_dir.name == "src"
+    assert "farm-regress-eval" in (checkout(repo, shas["B"]).source_dir / "forward.c").read_text()
+    assert checkout(repo, "HEAD~2").tree == a.tree  # cached by commit
+    assert a.backend_options(["-DX"]) == {"source_dir": str(a.source_dir), "engine_commit": shas["A"],
+                                          "flags": ["-DX"]}
+    with pytest.raises(ConfigError, match="no commit"):
+        checkout(repo, "no-such-branch")
+    with pytest.raises(ConfigError, match="not a git repository"):
+        checkout(repo / "src", "HEAD")
+
+
+def _farm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "farm.cli.main", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=900)
+
+
+def test_regress_flags_the_slow_head_and_passes_the_unchanged_one(engine_repo, tmp_path: Path) -> None:
+    repo, shas = engine_repo
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP.format(reps=10))
+    db = f"sqlite:///{tmp_path / 'farm.db'}"
+    common = ["--engine", str(repo), "--sweep", str(sweep), "--db", db]
+
+    # The noise floor first: regress then shows the A/A MDE next to each verdict.
+    noise = _farm("noise", "--engine", str(repo), "--rev", shas["A"], "--sweep", str(sweep), "--db", db,
+                  cwd=tmp_path)
+    assert noise.returncode == 0, noise.stderr
+    assert "decode_tps" in noise.stdout and "MDE" in noise.stdout
+
+    same = _farm("regress", *common, "--base", shas["A"], "--head", shas["A2"], "--json", "same.json", cwd=tmp_path)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert same.stdout.startswith("### ✅ farm regress: no regression")
+
+    slow = _farm("regress", *common, "--base", shas["A"], "--head", shas["B"], "--json", "slow.json", cwd=tmp_path)
+    report = json.loads((tmp_path / "slow.json").read_text())
+    dec = next(r for r in report["results"] if r["metric"] == "decode_tps")
+    assert dec["verdict"] != "improvement", slow.stdout
+    assert report["head"]["commit"] == shas["B"] and report["base"]["commit"] == shas["A"]
+    assert report["builds"]["A"]["engine_commit"] == shas["A"] and report["builds"]["B"]["engine_commit"] == shas["B"]
+    # Provenance on every stored repetition; and compare works on any two stored runs.
+    from farm.store import Store
+
+    store = Store(db)
+    df = store.results_frame(report["run_id"])
+    assert set(df.groupby("variant")["engine_commit"].unique().map(tuple)) == {(shas["A"],), (shas["B"],)}
+    runs = [r.id for r in store.runs() if r.kind == "regress"]
+    cmp = _farm("compare", f"{runs[-1]}:B", f"{runs[0]}:B", "--db", db, cwd=tmp_path)  # head A2 → head B
+    assert cmp.returncode == 0, cmp.stderr
+    assert _farm("compare", f"{runs[0]}:C", runs[-1], "--db", db, cwd=tmp_path).returncode == 2
+    assert "unpaired" in cmp.stdout and "| decode t/s (t/s) |" in cmp.stdout
+
+    if dec["mde"] >= 0.04 and slow.returncode == 0:
+        # farm refused to call a change its own noise cannot resolve: the right answer on a host that
+        # other jobs are loading (the figure is in the message). A quiet CI runner must detect it.
+        pytest.xfail(f"host too noisy to resolve 5%: decode MDE {dec['mde']:.1%}, pair noise {dec['noise_sd']:.1%}")
+    assert slow.returncode == 1, slow.stdout + slow.stderr
+    assert slow.stdout.startswith("### ❌ farm regress: decode t/s on local")
+    assert dec["verdict"] == "regression" and -0.09 < dec["change"] < -0.02
+    assert "(A/A)" in slow.stdout or "(this run)" in slow.stdout
+    prefill = next(r for r in report["results"] if r["metric"] == "prefill_tps")
+    assert prefill["verdict"] != "regression"  # the spin is in the decode path only
+
+
+def test_regress_rejects_bad_input(engine_repo, tmp_path: Path) -> None:
+    repo, shas = engine_repo
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP.format(reps=10))
+    res = _farm("regress", "--engine", str(repo), "--base", "nope", "--head", shas["B"], "--sweep", str(sweep),
+                "--db", f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
+    assert res.returncode == 2 and "no commit 'nope'" in res.stderr
+
+
+def test_paired_report_from_a_frame_and_its_markdown() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from farm.analysis import compare
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for pair in range(10):
+        drift = 1 + 0.05 * pair  # the host slows down over the run: ABBA pairs cancel it
+        for variant, k in (("A", 1.0), ("B", 0.94)):
+            rows.append({"device": "pixel", "backend": "reference", "model": "m", "quant": "q4_0",
+                         "test": "pp8+tg8", "threads": 4, "pair": pair, "rep": 0, "variant": variant,
+                         "exit_status": 0, "decode_tps": 100 * k / drift * rng.lognormal(0, 0.005),
+                         "prefill_tps": 500 / drift * rng.lognormal(0, 0.005), "ttft_s": None,
+                         "peak_rss_bytes": 2**27, "decode_j_per_tok": None, "prefill_j_per_tok": None})
+    df = pd.DataFrame(rows)
+    rep = compare.compare_paired(df, threshold=0.03, alpha=0.05, noise={
+        ("pixel", "reference", "m", "q4_0", "pp8+tg8", 4, "decode_tps"): 0.05})
+    by = {r.metric.column: r for r in rep.results}
+    assert by["decode_tps"].verdict.label == "regression" and by["decode_tps"].mde_source == "A/A"
+    assert by["prefill_tps"].verdict.label == "no change" and by["peak_rss_bytes"].comparison.ratio == 1
+    assert "ttft_s" not in by  # not measured: no row rather than a made-up one
+    md = compare.markdown(rep, "t", [])
+    assert "| pixel | reference m q4_0 pp8+tg8 t4 | decode t/s (t/s) |" in md and "❌ regression" in md
+    # B missing for a metric that A measured: reported as no data, not silently dropped
+    df.loc[df["variant"] == "B", "prefill_tps"] = None
+    by = {r.metric.column: r for r in compare.compare_paired(df, threshold=0.03, alpha=0.05).results}
+    assert by["prefill_tps"].comparison is None and "fewer than 2" in by["prefill_tps"].note

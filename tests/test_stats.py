@@ -1,0 +1,113 @@
+"""The A/B statistics: power and false-positive rate on simulated timings, MDE, verdict rules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from farm.analysis import stats
+
+
+def _pairs(rng: np.random.Generator, n: int, effect: float, sd: float, drift: float = 0.0):
+    """n ABBA pairs of decode t/s with multiplicative noise `sd`, a shared drift, and B = A·(1+effect)."""
+    base = 100.0 * np.exp(np.cumsum(rng.normal(0, drift, n)))  # slow drift both sides share
+    a = base * np.exp(rng.normal(0, sd, n))
+    b = base * (1 + effect) * np.exp(rng.normal(0, sd, n))
+    return a, b
+
+
+def test_paired_detects_5pct_with_10_pairs_and_holds_alpha_under_drift() -> None:
+    rng = np.random.default_rng(1)
+    trials, sd, drift = 300, 0.01, 0.03  # drift per pair 3× the noise: an unpaired test would drown
+    hits = sum(stats.paired(*_pairs(rng, 10, -0.05, sd, drift)).p_value < 0.05 for _ in range(trials))
+    false = sum(stats.paired(*_pairs(rng, 10, 0.0, sd, drift)).p_value < 0.05 for _ in range(trials))
+    assert hits / trials >= 0.95
+    assert false / trials <= 0.08  # 5% nominal, binomial slack for 300 trials
+    unpaired_hits = sum(stats.unpaired(*_pairs(rng, 10, -0.05, sd, drift)).p_value < 0.05 for _ in range(trials))
+    assert unpaired_hits < hits  # why regress pairs its samples
+
+
+def test_estimate_and_ci_cover_the_true_ratio() -> None:
+    rng = np.random.default_rng(2)
+    covered = 0
+    for _ in range(200):
+        c = stats.paired(*_pairs(rng, 10, -0.05, 0.02))
+        covered += c.ci_low <= 0.95 <= c.ci_high
+        assert 0.9 < c.ratio < 1.0
+    assert covered / 200 >= 0.85  # a percentile bootstrap of 10 pairs is a little narrow, not wildly
+
+
+def test_mde_matches_simulated_power() -> None:
+    rng = np.random.default_rng(3)
+    sd_pair = 0.02 * math.sqrt(2)  # sd of a pair's log ratio when each side has sd 2%
+    m = stats.mde(sd_pair, 10)
+    assert 0.02 < m < 0.04
+    power = np.mean([stats.paired(*_pairs(rng, 10, -m, 0.02)).p_value < 0.05 for _ in range(300)])
+    assert 0.65 <= power <= 0.95  # ≈ 80% by construction (Wilcoxon is ~95% as efficient as t)
+    assert stats.mde(sd_pair, 40) < m / 1.9  # four times the pairs, half the MDE
+
+
+def test_noise_sd_ignores_a_disturbed_pair() -> None:
+    rng = np.random.default_rng(4)
+    a, b = _pairs(rng, 10, 0.0, 0.01)
+    b[3] *= 0.5  # a neighbour's compile hit one B run
+    c = stats.paired(a, b)
+    assert c.noise_sd < 0.05 and abs(c.change) < 0.02
+
+
+def test_deterministic_metric_and_unpaired_ties() -> None:
+    same = stats.paired([100.0] * 10, [100.0] * 10)
+    assert same.ratio == 1 and same.p_value == 1
+    grown = stats.paired([100.0] * 10, [110.0] * 10)  # peak memory +10% in every pair
+    assert grown.ratio == pytest.approx(1.1) and grown.p_value == pytest.approx(2 ** -9)
+    u = stats.unpaired([5.0] * 6, [6.0] * 6)
+    assert u.ratio == pytest.approx(1.2) and u.p_value < 0.01
+
+
+def test_verdict_rules() -> None:
+    c = stats.paired(*_pairs(np.random.default_rng(5), 10, -0.05, 0.005))
+    assert stats.verdict(c, True, threshold=0.03, mde_value=0.01).label == "regression"
+    assert stats.verdict(c, False, threshold=0.03, mde_value=0.01).label == "improvement"  # e.g. lower TTFT
+    v = stats.verdict(c, True, threshold=0.03, mde_value=0.08)
+    assert v.label == "within noise" and "MDE" in v.reason and v.bar == 0.08
+    assert stats.verdict(c, True, threshold=0.10, mde_value=None).label == "within noise"
+    null = stats.paired(*_pairs(np.random.default_rng(6), 10, 0.0, 0.02))
+    assert stats.verdict(null, True, threshold=0.0, mde_value=None, alpha=1e-6).label == "no change"
+
+
+def test_a_metric_and_its_reciprocal_get_the_same_verdict() -> None:
+    rng = np.random.default_rng(7)
+    a, b = _pairs(rng, 10, -0.0295, 0.001)  # t/s 2.95% lower ⇔ time ≈ 3.04% higher
+    fast, slow = stats.paired(a, b), stats.paired(1 / a, 1 / b)
+    v_tps = stats.verdict(fast, True, threshold=0.03, mde_value=None)
+    v_time = stats.verdict(slow, False, threshold=0.03, mde_value=None)
+    assert v_tps.label == v_time.label
+
+
+def test_too_few_pairs_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        stats.paired([1.0], [1.0])
+
+
+def test_modelled_energy_is_shown_but_never_judged() -> None:
+    import pandas as pd
+
+    from farm.analysis.compare import compare_paired, markdown
+
+    rows = []
+    for pair in range(10):
+        for variant, j in (("A", 1.0), ("B", 1.5)):  # B "uses" 50% more energy: far beyond any bar
+            rows.append({"device": "local", "backend": "reference", "model": "m", "quant": "q4_0", "test": "tg16",
+                         "threads": 1, "pair": pair, "rep": 0, "variant": variant, "exit_status": 0,
+                         "decode_tps": 100.0 + pair % 3, "decode_j_per_tok": j * (1 + pair / 100),
+                         "prefill_tps": None, "ttft_s": None, "peak_rss_bytes": None, "prefill_j_per_tok": None,
+                         "power_modelled": True})
+    report = compare_paired(pd.DataFrame(rows), threshold=0.03, alpha=0.05)
+    energy = next(r for r in report.results if r.metric.column == "decode_j_per_tok")
+    assert energy.verdict is None and energy.comparison is not None and "modelled" in energy.note
+    assert report.regressions == []
+    assert "not judged: power is modelled" in markdown(report, "t", [])
+    measured = compare_paired(pd.DataFrame(rows).assign(power_modelled=False), threshold=0.03, alpha=0.05)
+    assert [r.metric.column for r in measured.regressions] == ["decode_j_per_tok"]

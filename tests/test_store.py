@@ -1,0 +1,88 @@
+"""The store on SQLite and PostgreSQL: migrations, idempotent upserts, leases, cancel, quarantine."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import inspect
+
+from farm.jobs import Job, JobResult, ModelRef, Repetition, utcnow
+from farm.store import Store
+
+
+def _jobs(run_id: str, n: int = 3) -> list[Job]:
+    return [Job(job_id=f"{run_id}-j{i}", run_id=run_id, index=i, device="dev", profile="p", backend="reference",
+                model=ModelRef(card="farm-tiny"), quant="q4_0", n_prompt=64, n_gen=16, threads=2, repetitions=3,
+                warmup=1) for i in range(n)]
+
+
+def _result(job: Job, reps: int = 3, status: str = "done") -> JobResult:
+    return JobResult(job_id=job.job_id, run_id=job.run_id, device=job.device, status=status,  # type: ignore[arg-type]
+                     repetitions=[Repetition(rep=i, n_prompt=64, n_gen=16, prefill_s=0.1 + i / 100, decode_s=0.5,
+                                             ttft_s=0.12, peak_rss_bytes=10 << 20) for i in range(reps)],
+                     provenance={"engine_commit": "abc123", "model_sha256": "f" * 64}, power={"charging": False},
+                     thermal={"throttled": False}, trace="eJwDAAAAAAE=")
+
+
+def test_schema_is_migrated(store_url: str) -> None:
+    store = Store(store_url)
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"runs", "jobs", "results", "devices", "models", "engine_builds", "traces", "alembic_version"} <= tables
+
+
+def test_result_upsert_is_idempotent(store_url: str) -> None:
+    store = Store(store_url)
+    jobs = _jobs("r1")
+    store.create_run("t", jobs, run_id="r1")
+    for _ in range(3):  # an agent re-flushing its spool, a redelivered task
+        store.save_result(_result(jobs[0]), jobs[0])
+    rows = store.results("r1")
+    assert [(r.job_id, r.rep) for r in rows] == [("r1-j0", 0), ("r1-j0", 1), ("r1-j0", 2)]
+    assert rows[0].prefill_tps == 64 / 0.1 and rows[0].decode_tps == 16 / 0.5
+    assert rows[0].engine_commit == "abc123"
+    # A later attempt with fewer repetitions replaces, never mixes.
+    store.save_result(_result(jobs[0], reps=2), jobs[0])
+    assert len(store.results("r1")) == 2
+    df = store.results_frame("r1")
+    assert len(df) == 2 and set(df["test"]) == {"pp64+tg16"}
+
+
+def test_claim_is_exclusive_and_leases_expire(store_url: str) -> None:
+    store = Store(store_url)
+    jobs = _jobs("r2")
+    store.create_run("t", jobs, run_id="r2")
+    assert store.claim("r2-j0", "agent-a", lease_s=60)
+    assert not store.claim("r2-j0", "agent-b", lease_s=60)
+    assert store.get_run("r2").status == "running"
+    assert store.heartbeat("r2-j0", "agent-a", 60)
+    assert not store.heartbeat("r2-j0", "agent-b", 60)
+    assert store.reap_expired(utcnow() + timedelta(seconds=30)) == []
+    assert store.reap_expired(utcnow() + timedelta(seconds=120)) == ["r2-j0"]
+    assert store.job_status("r2-j0") == "queued"
+    assert store.claim("r2-j0", "agent-b", lease_s=60)
+
+
+def test_run_completion_and_cancel(store_url: str) -> None:
+    store = Store(store_url)
+    jobs = _jobs("r3")
+    store.create_run("t", jobs, run_id="r3")
+    store.save_result(_result(jobs[0]), jobs[0])
+    store.fail_job(jobs[1], "job", "farm-engine exited 1")
+    assert store.finish_run_if_complete("r3") is None
+    assert store.cancel("r3") == 1
+    assert store.finish_run_if_complete("r3") == "cancelled"
+    assert store.counts("r3") == {"done": 1, "failed": 1, "cancelled": 1}
+    failed = next(j for j in store.job_rows("r3") if j.status == "failed")
+    assert failed.error_class == "job" and "exited 1" in (failed.error or "")
+    assert store.get_run("r3"[:2]).id == "r3"  # unique prefixes resolve
+
+
+def test_device_quarantine_after_repeated_infra_failures(store_url: str) -> None:
+    store = Store(store_url)
+    store.upsert_device("phone-1", "pixel-8", "adb")
+    assert not store.record_device_failure("phone-1", "offline")
+    assert not store.record_device_failure("phone-1", "offline")
+    assert store.record_device_failure("phone-1", "offline")
+    assert store.quarantined() == {"phone-1"}
+    store.set_device_status("phone-1", "online")
+    assert store.quarantined() == set()

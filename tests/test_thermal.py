@@ -1,0 +1,88 @@
+"""Thermal gate on zone files we heat and cool, and the throttle verdict from cpufreq caps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from farm.agent.thermal import ThermalState, read_state, throttled, wait_until_cool
+from farm.devices import ThermalConfig, host_profile
+from farm.errors import InfraError
+from farm.transports.local import LocalTransport
+
+
+def profile_with(tmp_path: Path, **thermal):
+    zone = tmp_path / "thermal_zone0" / "temp"
+    zone.parent.mkdir(parents=True, exist_ok=True)
+    cpu = tmp_path / "cpu0" / "cpufreq"
+    cpu.mkdir(parents=True, exist_ok=True)
+    for name, value in (("scaling_cur_freq", 1800000), ("cpuinfo_max_freq", 2400000),
+                        ("scaling_max_freq", 2400000)):
+        (cpu / name).write_text(f"{value}\n")
+    cfg = ThermalConfig(zones=[str(zone), str(tmp_path / "missing" / "temp")], cpufreq=[str(cpu / "scaling_cur_freq")],
+                        cpufreq_max=[str(cpu / "cpuinfo_max_freq")], **thermal)
+    return host_profile().model_copy(update={"thermal": cfg}), zone, cpu
+
+
+def test_read_state(tmp_path: Path) -> None:
+    profile, zone, cpu = profile_with(tmp_path)
+    zone.write_text("41250\n")
+    state = read_state(LocalTransport(), profile)
+    assert state.temps_c == {str(zone): 41.25}  # the missing zone is left out, not guessed
+    assert state.freqs_khz == {str(cpu / "scaling_cur_freq"): 1800000}
+    assert state.cap_khz[str(cpu / "scaling_cur_freq")] == 2400000 and state.t_mono_ns
+
+
+def test_wait_until_cool_waits_for_cooling_and_flatness(tmp_path: Path) -> None:
+    profile, zone, _ = profile_with(tmp_path, start_temp_c=45.0, stable_delta_c=0.5, stable_window_s=1.0,
+                                    timeout_s=20)
+    zone.write_text("60000\n")
+    halt = threading.Event()
+
+    def cool() -> None:  # Newton cooling towards 38 °C
+        temp = 60.0
+        while not halt.is_set():
+            temp = 38.0 + (temp - 38.0) * 0.7
+            zone.write_text(f"{int(temp * 1000)}\n")
+            time.sleep(0.1)
+
+    cooler = threading.Thread(target=cool, daemon=True)
+    waits: list[str] = []
+    start = time.monotonic()
+    cooler.start()
+    try:
+        state = wait_until_cool(LocalTransport(), profile, on_wait=lambda s, why: waits.append(why), poll_s=0.1)
+    finally:
+        halt.set()
+    assert state.hottest_c is not None and state.hottest_c < 45.0
+    assert time.monotonic() - start >= 1.0 and waits and "≥ start" in waits[0]
+
+
+def test_wait_until_cool_times_out_with_a_clear_message(tmp_path: Path) -> None:
+    profile, zone, _ = profile_with(tmp_path, start_temp_c=45.0, stable_window_s=0.5, timeout_s=1.0)
+    zone.write_text("52500\n")
+    with pytest.raises(InfraError, match=r"host-auto.*52\.5 °C.*threshold 45\.0 °C"):
+        wait_until_cool(LocalTransport(), profile, poll_s=0.1)
+
+
+def test_no_zones_no_gating() -> None:
+    profile = host_profile().model_copy(update={"thermal": ThermalConfig()})
+    state = wait_until_cool(LocalTransport(), profile)
+    assert state.temps_c == {} and state.freqs_khz == {}
+    assert throttled(state, state, profile) == (False, "")
+
+
+def test_throttled(tmp_path: Path) -> None:
+    profile, zone, cpu = profile_with(tmp_path, throttle_temp_c=80.0)
+    zone.write_text("50000\n")
+    start = read_state(LocalTransport(), profile)
+    assert throttled(start, start, profile) == (False, "")
+    (cpu / "scaling_max_freq").write_text("1200000\n")  # a cooling device capped the policy
+    zone.write_text("83000\n")
+    hit, why = throttled(start, read_state(LocalTransport(), profile), profile)
+    assert hit and "capped at 1200000 kHz" in why and "83.0 °C" in why
+    idle = ThermalState({}, {"c": 300000}, None, {"c": 2400000}, {"c": 2400000})
+    assert throttled(idle, idle, profile)[0] is False  # low current frequency alone is idleness
