@@ -1,0 +1,238 @@
+"""How often does `farm regress` catch a 5% decode slowdown, and how often does it cry wolf on A/A?
+
+Builds a throwaway git repository of the reference engine with three commits:
+
+- ``A``      the engine as it is in farm/engine/src;
+- ``B``      A plus a calibrated busy loop (K iterations of a volatile counter) at the end of every
+             single-token forward pass: the decode path only, prefill calls forward() with n > 1. It is
+             extra CPU work, not a wait, so under load it slows down with the rest of the engine and the
+             relative slowdown stays put. K is measured on this host so decode t/s drops by `slowdown`
+             (5%): K = t_token · (1/(1 − slowdown) − 1) · loop rate, with t_token and the loop rate
+             measured alternately so both see the same load. It is an honest source change — a new
+             commit, a new build — standing in for a throttled kernel;
+- ``A2``     A plus a comment: a different commit and binary with identical code paths.
+
+Then it runs `trials` regressions A→B and A→A2 through the real pipeline (plan, ABBA schedule, local
+executor, store, paired analysis, verdict) and reports the detection rate (B flagged as a decode
+regression) and the false-positive rate (A2 flagged as any regression), each with a Wilson 95% interval.
+
+    python bench/regression_power.py --trials 20 --pairs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENGINE_SRC = REPO_ROOT / "farm" / "engine" / "src"
+SPIN_MARK = "/* farm-regress-eval: decode slowdown */"
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "farm", "GIT_AUTHOR_EMAIL": "farm@localhost",
+           "GIT_COMMITTER_NAME": "farm", "GIT_COMMITTER_EMAIL": "farm@localhost"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
+
+
+SPIN_C = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+static int64_t now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+int main(int argc, char **argv) {
+    const uint64_t n = strtoull(argv[1], 0, 10);
+    const int64_t t0 = now();
+    for (volatile uint64_t i = 0; i < n; i++) {
+    }
+    printf("%lld\n", (long long)(now() - t0));
+    return 0;
+}
+"""
+
+
+def _decode_once(exe: Path, model_path: Path, n_prompt: int, n_gen: int) -> float:
+    out = subprocess.run([str(exe), "bench", "-m", str(model_path), "-p", str(n_prompt), "-n", str(n_gen),
+                          "-t", "1", "-r", "3", "-w", "1"], check=True, capture_output=True, text=True).stdout
+    return statistics.median(r["decode_ns"] / n_gen for r in json.loads(out)["repetitions"] if not r["warmup"])
+
+
+def spin_iterations(model_path: Path, n_prompt: int, n_gen: int, slowdown: float, runs: int = 7) -> tuple[int, float]:
+    """(K, t_token ns): loop iterations per decoded token that cost `slowdown` of decode t/s on this host."""
+    from farm.engine.build import TARGETS, build, host_flags
+
+    exe = build(source_dir=ENGINE_SRC).path
+    work = Path(tempfile.mkdtemp(prefix="farm-spin-"))
+    try:
+        (work / "spin.c").write_text(SPIN_C)
+        cc = str(TARGETS["host"]["cc"])
+        flags = [f for f in TARGETS["host"]["flags"] if f.startswith(("-O", "-std", "-D_GNU"))] + host_flags()
+        subprocess.run([cc, *flags, "-o", str(work / "spin"), str(work / "spin.c")], check=True)
+        ks, toks = [], []
+        n_loop = 20_000_000
+        for _ in range(runs):  # alternate, so the token time and the loop rate see the same load
+            t_tok = _decode_once(exe, model_path, n_prompt, n_gen)
+            loop_ns = int(subprocess.run([str(work / "spin"), str(n_loop)], check=True, capture_output=True,
+                                         text=True).stdout)
+            ks.append(t_tok * (1 / (1 - slowdown) - 1) * n_loop / loop_ns)
+            toks.append(t_tok)
+        return int(statistics.median(ks)), statistics.median(toks)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def slow_forward(source: str, iterations: int) -> str:
+    """forward.c with `iterations` of a volatile busy loop after each single-token (decode) forward pass."""
+    tail = source.rstrip()
+    assert tail.endswith("}"), "forward.c is expected to end with forward()'s closing brace"
+    spin = (f"    {SPIN_MARK}\n    if (n == 1) {{\n        for (volatile uint64_t i = 0; i < {iterations}ULL; i++) {{\n"
+            "        }\n    }\n")
+    return tail[:-1] + spin + "}\n"
+
+
+def make_engine_repo(dest: Path, spin: int) -> dict[str, str]:
+    """A git repo at `dest` with commits A, B (`spin` loop iterations per decoded token) and A2 (comment only)."""
+    src = dest / "src"
+    shutil.copytree(ENGINE_SRC, src)
+    _git(dest, "init", "-q", "-b", "main")
+    _git(dest, "add", "-A")
+    _git(dest, "commit", "-q", "-m", "A: engine as in farm")
+    shas = {"A": _git(dest, "rev-parse", "HEAD")}
+    original = (src / "forward.c").read_text()
+    (src / "forward.c").write_text(slow_forward(original, spin))
+    _git(dest, "commit", "-q", "-am", f"B: decode path spins {spin} iterations per token")
+    shas["B"] = _git(dest, "rev-parse", "HEAD")
+    _git(dest, "checkout", "-q", shas["A"], "--", "src/forward.c")
+    with open(src / "forward.c", "a") as f:
+        f.write("/* A2: same code as A, a different commit and binary */\n")
+    _git(dest, "commit", "-q", "-am", "A2: comment only")
+    shas["A2"] = _git(dest, "rev-parse", "HEAD")
+    return shas
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def run_trial(store, inventory, sweep, repo: Path, base: str, head: str, pairs: int, threshold: float,
+              alpha: float) -> dict:
+    """One `farm regress` through the library: plan → ABBA jobs → local executor → paired verdicts."""
+    from farm import regress
+    from farm.engine_builds import checkout
+    from farm.plan import make_plan
+    from farm.store import new_run_id
+
+    run_id = new_run_id()
+    plan = make_plan(sweep, inventory, run_id)
+    sides = tuple(regress.Side(n, checkout(repo, rev).backend_options(), {"rev": rev}) for n, rev in
+                  (("A", base), ("B", head)))
+    jobs = regress.ab_jobs(plan.jobs, sides, pairs=pairs)
+    regress.prebuild(jobs, plan.profiles)
+    store.create_run(sweep.name, jobs, run_id=run_id, kind="regress")
+    regress.execute(store, inventory, run_id, jobs)
+    rep = regress.analyse(store, run_id, threshold=threshold, alpha=alpha)
+    dec = next(r for r in rep.results if r.metric.column == "decode_tps")
+    return {"run_id": run_id, "load1": round(os.getloadavg()[0], 2),
+            "regressions": [r.metric.column for r in rep.regressions],
+            "decode_change": dec.comparison.change, "decode_p": dec.comparison.p_value, "decode_mde": dec.mde,
+            "decode_verdict": dec.verdict.label}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=20, help="regressions per condition (B and A2)")
+    ap.add_argument("--pairs", type=int, default=10, help="repetitions per side (ABBA pairs)")
+    ap.add_argument("--slowdown", type=float, default=0.05)
+    ap.add_argument("--threshold", type=float, default=0.03)
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--model", default="farm-mini")
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--gen", type=int, default=32)
+    ap.add_argument("--json", dest="json_path", default=None)
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("FARM_HOME", tempfile.mkdtemp(prefix="farm-power-"))
+    from farm.devices import load_inventory
+    from farm.spec import loads_sweep
+    from farm.store import Store
+    from farm.zoo.files import resolve_model
+
+    model = resolve_model(args.model, "q4_0", 0)
+    spin, t_tok = spin_iterations(Path(model.path), args.prompt, args.gen, args.slowdown)
+    print(f"decode {t_tok / 1e6:.3f} ms/token on this host → {spin} loop iterations/token for a "
+          f"{args.slowdown:.0%} slowdown")
+    sweep = loads_sweep(f"""version: 1
+name: regression-power
+models: [{args.model}]
+quants: [q4_0]
+prompt_tokens: [{args.prompt}]
+gen_tokens: [{args.gen}]
+threads: [1]
+repetitions: {args.pairs}
+warmup: 1
+thermal_gate: false
+idle_s: 0.2
+""")
+    work = Path(tempfile.mkdtemp(prefix="farm-engine-repo-"))
+    shas = make_engine_repo(work / "engine", spin)
+    store = Store(f"sqlite:///{work / 'farm.db'}")
+    inventory = load_inventory(None)
+    out: dict[str, list[dict]] = {"B": [], "A2": []}
+    t0 = time.monotonic()
+    for t in range(args.trials):
+        for cond in ("B", "A2"):
+            res = run_trial(store, inventory, sweep, work / "engine", shas["A"], shas[cond], args.pairs,
+                            args.threshold, args.alpha)
+            out[cond].append(res)
+            print(f"trial {t + 1:3d} {cond:>2} load {res['load1']:5.2f}: decode {res['decode_change']:+.2%} "
+                  f"p={res['decode_p']:.3g} "
+                  f"MDE={res['decode_mde']:.1%} → {res['decode_verdict']}; regressions: {res['regressions'] or '-'}",
+                  flush=True)
+    detected = sum("decode_tps" in r["regressions"] for r in out["B"])
+    false_pos = sum(bool(r["regressions"]) for r in out["A2"])
+    n = args.trials
+    summary = {
+        "slowdown": args.slowdown, "pairs_per_side": args.pairs, "trials": n, "threshold": args.threshold,
+        "alpha": args.alpha, "model": args.model, "decode_ms_per_token": t_tok / 1e6, "spin_iterations": spin,
+        "detection_rate": detected / n, "detection_ci95": wilson(detected, n),
+        "false_positive_rate": false_pos / n, "false_positive_ci95": wilson(false_pos, n),
+        "median_measured_slowdown": statistics.median(r["decode_change"] for r in out["B"]),
+        "median_mde": statistics.median(r["decode_mde"] for r in out["B"] + out["A2"]),
+        "wall_s": round(time.monotonic() - t0, 1), "cpus": os.cpu_count(),
+        "median_load1": statistics.median(r["load1"] for r in out["B"] + out["A2"]), "trials_detail": out,
+    }
+    print(f"\ndetection of a {args.slowdown:.0%} decode slowdown: {detected}/{n} = {detected / n:.0%} "
+          f"(95% CI {wilson(detected, n)[0]:.0%}–{wilson(detected, n)[1]:.0%})")
+    print(f"A/A false positives (any metric): {false_pos}/{n} = {false_pos / n:.0%} "
+          f"(95% CI {wilson(false_pos, n)[0]:.0%}–{wilson(false_pos, n)[1]:.0%}); {args.pairs} reps per side; "
+          f"median MDE {summary['median_mde']:.1%}, median 1-min load {summary['median_load1']} "
+          f"on {os.cpu_count()} CPUs")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(summary, indent=1, default=str))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
