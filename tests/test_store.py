@@ -62,6 +62,19 @@ def test_claim_is_exclusive_and_leases_expire(store_url: str) -> None:
     assert store.claim("r2-j0", "agent-b", lease_s=60)
 
 
+def test_claim_retried_after_a_lost_reply_recognises_its_own_token(store_url: str) -> None:
+    """The first claim committed but its reply was lost: the retry must not skip the job."""
+    store = Store(store_url)
+    store.create_run("t", _jobs("r2t"), run_id="r2t")
+    assert store.claim_on("r2t-j0", "agent-a", 60, token="t1") == ""
+    assert store.claim_on("r2t-j0", "agent-a", 60, token="t1") == ""  # the retry: still ours
+    assert store.claim_on("r2t-j0", "agent-a", 60, token="t2") is None  # another delivery: not ours
+    assert store.claim_on("r2t-j0", "agent-a", 60) is None
+    assert store.reap_expired(utcnow() + timedelta(seconds=120)) == ["r2t-j0"]
+    assert store.claim_on("r2t-j0", "agent-a", 60, token="t1") == ""  # requeued: claimable again
+    assert [j.attempts for j in store.job_rows("r2t") if j.id == "r2t-j0"] == [2]
+
+
 def test_run_completion_and_cancel(store_url: str) -> None:
     store = Store(store_url)
     jobs = _jobs("r3")

@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -149,7 +150,9 @@ def execute(rt: Runtime, job: Job, attempt: int = 1, tried: list[str] | None = N
     if device not in rt.devices:
         return Outcome("skipped", job, attempt, tried, f"{device} is not attached to agent {agent}")
     # One round trip claims the job and reads whether its device was quarantined meanwhile.
-    status = rt.wait_store(lambda: rt.store.claim_on(job.job_id, agent, cfg.lease_s, device=device), "claim")
+    token = uuid.uuid4().hex  # this delivery's claim: a retry after a dropped connection recognises its own
+    status = rt.wait_store(lambda: rt.store.claim_on(job.job_id, agent, cfg.lease_s, device=device, token=token),
+                           "claim")
     if status is None:  # done, cancelled, moved, or another delivery runs it
         return Outcome("skipped", job, attempt, tried, "not claimable")
     result: JobResult | None = None

@@ -188,7 +188,7 @@ class Reaper:
             with self.store.session() as s:  # the same guard as Store.reap_expired, per job
                 hit = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running",
                                                      JobRow.lease_until < now)
-                                .values(status="queued", agent=None, lease_until=None,
+                                .values(status="queued", agent=None, claim_token=None, lease_until=None,
                                         error=f"agent {agent} lease expired")).rowcount
             if not hit:
                 continue

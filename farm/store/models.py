@@ -90,6 +90,7 @@ class JobRow(Base):
     error_class: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
     agent: Mapped[str | None] = mapped_column(String(128))
+    claim_token: Mapped[str | None] = mapped_column(String(32))  # the delivery that holds the lease
     lease_until: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]

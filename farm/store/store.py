@@ -125,22 +125,28 @@ class Store:
         """
         return self.claim_on(job_id, agent, lease_s, device) is not None
 
-    def claim_on(self, job_id: str, agent: str, lease_s: float, device: str | None = None) -> str | None:
+    def claim_on(self, job_id: str, agent: str, lease_s: float, device: str | None = None,
+                 token: str | None = None) -> str | None:
         """:meth:`claim`, also reading the device's status in the same transaction (one round trip
-        where an agent needs both): None when not claimed, else the device's status ("" if unknown)."""
+        where an agent needs both): None when not claimed, else the device's status ("" if unknown).
+
+        `token` names the delivery: a claim retried after a dropped connection (the first try may
+        have committed unseen) finds the job running under its own token and takes it as claimed.
+        """
         now = utcnow()
         where = [JobRow.id == job_id, JobRow.status == "queued"]
         if device is not None:
             where.append(JobRow.device == device)
         with self.session() as s:
             res = s.execute(update(JobRow).where(*where)
-                            .values(status="running", agent=agent, started_at=now, heartbeat_at=now,
-                                    lease_until=now + timedelta(seconds=lease_s),
+                            .values(status="running", agent=agent, claim_token=token, started_at=now,
+                                    heartbeat_at=now, lease_until=now + timedelta(seconds=lease_s),
                                     attempts=JobRow.attempts + 1))
             if res.rowcount:
                 s.execute(update(Run).where(Run.id == select(JobRow.run_id).where(JobRow.id == job_id)
                                             .scalar_subquery(), Run.status == "queued").values(status="running"))
-            if not res.rowcount:
+            elif token is None or not s.scalar(select(func.count()).where(
+                    JobRow.id == job_id, JobRow.status == "running", JobRow.claim_token == token)):
                 return None
             if device is None:
                 return ""
@@ -157,7 +163,7 @@ class Store:
     def requeue(self, job_id: str, reason: str) -> None:
         with self.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
-                      .values(status="queued", agent=None, lease_until=None, error=reason))
+                      .values(status="queued", agent=None, claim_token=None, lease_until=None, error=reason))
 
     def reap_expired(self, now: datetime | None = None) -> list[str]:
         """Jobs whose agent stopped heartbeating go back to the queue."""
@@ -166,7 +172,8 @@ class Store:
             ids = list(s.scalars(select(JobRow.id).where(JobRow.status == "running", JobRow.lease_until < now)))
             if ids:
                 s.execute(update(JobRow).where(JobRow.id.in_(ids), JobRow.status == "running")
-                          .values(status="queued", agent=None, lease_until=None, error="agent lease expired"))
+                          .values(status="queued", agent=None, claim_token=None, lease_until=None,
+                                  error="agent lease expired"))
         return ids
 
     def fail_job(self, job: Job, error_class: str, error: str) -> None:
