@@ -159,7 +159,11 @@ class _Cut:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
-            with self.lock:
+            with self.lock:  # a connection accepted while cut() ran must not slip through the partition
+                if not self.open.is_set() or listener is not self.listener:
+                    client.close()
+                    upstream.close()
+                    return
                 self.socks += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -174,10 +178,10 @@ class _Cut:
                 s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
-        self.open.clear()
-        assert self.listener is not None
-        self.listener.close()
         with self.lock:
+            self.open.clear()
+            assert self.listener is not None
+            self.listener.close()
             for s in self.socks:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
