@@ -27,15 +27,17 @@ class Metric:
     unit: str
     scale: float = 1.0
     energy: bool = False  # judged only when power was measured, not modelled
+    family: str = ""  # metrics of one family are one hypothesis in the multiple-testing correction
 
 
 METRICS = [
-    Metric("decode_tps", "decode t/s", True, "t/s"),
-    Metric("prefill_tps", "prefill t/s", True, "t/s"),
-    Metric("ttft_s", "TTFT", False, "ms", 1e3),
-    Metric("peak_rss_bytes", "peak memory", False, "MiB", 1 / 2**20),
-    Metric("decode_j_per_tok", "decode energy/token", False, "mJ", 1e3, energy=True),
-    Metric("prefill_j_per_tok", "prefill energy/token", False, "mJ", 1e3, energy=True),
+    Metric("decode_tps", "decode t/s", True, "t/s", family="decode"),
+    Metric("prefill_tps", "prefill t/s", True, "t/s", family="prefill"),
+    # TTFT is the prefill time plus one token: the same measurement as prefill t/s, not a new chance.
+    Metric("ttft_s", "TTFT", False, "ms", 1e3, family="prefill"),
+    Metric("peak_rss_bytes", "peak memory", False, "MiB", 1 / 2**20, family="memory"),
+    Metric("decode_j_per_tok", "decode energy/token", False, "mJ", 1e3, energy=True, family="decode energy"),
+    Metric("prefill_j_per_tok", "prefill energy/token", False, "mJ", 1e3, energy=True, family="prefill energy"),
 ]
 
 
@@ -48,12 +50,14 @@ class MetricResult:
     mde_source: str = ""
     verdict: stats.Verdict | None = None
     note: str = ""
+    p_adjusted: float | None = None  # Holm-adjusted over the cell's judged metric families
+
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.cell, "metric": self.metric.column, "label": self.metric.label,
                 "higher_is_better": self.metric.higher_is_better,
                 **(self.comparison.as_dict() if self.comparison else {}),
-                "mde": self.mde, "mde_source": self.mde_source,
+                "p_adjusted": self.p_adjusted, "mde": self.mde, "mde_source": self.mde_source,
                 "verdict": self.verdict.label if self.verdict else ("not judged" if self.comparison else "no data"),
                 "reason": self.verdict.reason if self.verdict else self.note}
 
@@ -87,14 +91,48 @@ def paired_frames(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return wide[["A", "B"]].dropna().rename(columns={"A": "a", "B": "b"}).reset_index()
 
 
+def holm(p_by_family: dict[str, float]) -> dict[str, float]:
+    """Holm step-down adjusted p-values: the family-wise error stays ≤ alpha over all the families."""
+    order = sorted(p_by_family, key=p_by_family.__getitem__)
+    m, running, out = len(order), 0.0, {}
+    for i, fam in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p_by_family[fam]))
+        out[fam] = running
+    return out
+
+
+def _judge(judged: list[tuple[MetricResult, float | None]], *, threshold: float, alpha: float) -> None:
+    """Verdicts for one cell's compared metrics, on p-values Holm-adjusted over their families."""
+    family_p: dict[str, float] = {}
+    for r, _ in judged:
+        assert r.comparison is not None
+        family_p[r.metric.family] = min(family_p.get(r.metric.family, 1.0), r.comparison.p_value)
+    adjusted = holm(family_p)
+    factor = {fam: len(family_p) - i for i, fam in enumerate(sorted(family_p, key=family_p.__getitem__))}
+    for r, mde_val in judged:
+        assert r.comparison is not None
+        fam = r.metric.family
+        # A family's other members keep their own p, scaled by the family's Holm factor.
+        r.p_adjusted = max(adjusted[fam], min(1.0, factor[fam] * r.comparison.p_value))
+        r.verdict = stats.verdict(r.comparison, r.metric.higher_is_better, threshold=threshold,
+                                  mde_value=mde_val, alpha=alpha, p_value=r.p_adjusted)
+
+
 def compare_paired(df: pd.DataFrame, *, threshold: float, alpha: float,
                    noise: dict[tuple, float] | None = None) -> Report:
-    """Compare variant B with A in a run of ABBA pairs. `noise` maps (cell..., metric) → A/A log-ratio sd."""
+    """Compare variant B with A in a run of ABBA pairs. `noise` maps (cell..., metric) → A/A log-ratio sd.
+
+    Within a cell every judged metric is a chance of a false alarm, so p-values are Holm-adjusted
+    over the cell's metric families (decode; prefill with TTFT; memory; energies): an A/A run then
+    raises any alarm in a cell with probability ≤ alpha, not alpha per metric. A clear regression
+    loses nothing: 10 pairs all slower give p ≈ 0.002, ×4 families is still ≪ 0.05.
+    """
     report = Report()
     usable = _usable(df)
     frames = {m.column: paired_frames(df, m.column) for m in METRICS}
     for cell in usable[CELL].drop_duplicates().to_dict("records"):
         measured = usable[(usable[CELL] == pd.Series(cell)).all(axis=1)]
+        judged: list[tuple[MetricResult, float | None]] = []  # (result, MDE) awaiting a verdict
         for metric in METRICS:
             frame = frames[metric.column]
             rows = frame[(frame[CELL] == pd.Series(cell)).all(axis=1)] if len(frame) else frame
@@ -119,8 +157,10 @@ def compare_paired(df: pd.DataFrame, *, threshold: float, alpha: float,
             # The bar is the larger of the stored A/A noise and this run's own: a run disturbed by a
             # neighbour's compile cannot call a change its own spread does not resolve.
             mde_val, source = (mde_run, "this run") if mde_aa is None or mde_run > mde_aa else (mde_aa, "A/A")
-            v = stats.verdict(c, metric.higher_is_better, threshold=threshold, mde_value=mde_val, alpha=alpha)
-            report.results.append(MetricResult(cell, metric, c, mde_val, source, v))
+            result = MetricResult(cell, metric, c, mde_val, source)
+            report.results.append(result)
+            judged.append((result, mde_val))
+        _judge(judged, threshold=threshold, alpha=alpha)
     return report
 
 
@@ -132,14 +172,16 @@ def compare_unpaired(a: pd.DataFrame, b: pd.DataFrame, *, threshold: float, alph
     for cell in common.to_dict("records"):
         sel_a = (a[CELL] == pd.Series(cell)).all(axis=1)
         sel_b = (b[CELL] == pd.Series(cell)).all(axis=1)
+        judged: list[tuple[MetricResult, float | None]] = []
         for metric in METRICS:
             va = a.loc[sel_a, metric.column].dropna().to_numpy(dtype=float)
             vb = b.loc[sel_b, metric.column].dropna().to_numpy(dtype=float)
             if len(va) < 2 or len(vb) < 2:
                 continue
-            c = stats.unpaired(va, vb)
-            v = stats.verdict(c, metric.higher_is_better, threshold=threshold, mde_value=None, alpha=alpha)
-            report.results.append(MetricResult(cell, metric, c, None, "", v))
+            result = MetricResult(cell, metric, stats.unpaired(va, vb))
+            report.results.append(result)
+            judged.append((result, None))
+        _judge(judged, threshold=threshold, alpha=alpha)
     return report
 
 
@@ -175,7 +217,7 @@ def pct(x: float) -> str:
 def markdown(report: Report, title: str, header_lines: list[str]) -> str:
     """The CI comment: a headline, context lines, and one table row per cell × metric."""
     lines = [f"### {title}", "", *header_lines, "",
-             "| device | cell | metric | base | head | change | 95% CI | p | MDE | verdict |",
+             "| device | cell | metric | base | head | change | 95% CI | p (Holm) | MDE | verdict |",
              "|---|---|---|---:|---:|---:|---|---:|---:|---|"]
     for r in report.results:
         cell = f"{r.cell['backend']} {r.cell['model']} {r.cell['quant']} {r.cell['test']} t{r.cell['threads']}"
@@ -188,6 +230,6 @@ def markdown(report: Report, title: str, header_lines: list[str]) -> str:
         lines.append(
             f"| {r.cell['device']} | {cell} | {r.metric.label} ({r.metric.unit}) | {_fmt(c.median_a, r.metric)} | "
             f"{_fmt(c.median_b, r.metric)} | {c.change:+.1%} | [{c.ci_low - 1:+.1%}, {c.ci_high - 1:+.1%}] | "
-            f"{c.p_value:.2g} | {mde} | "
+            f"{c.p_value if r.p_adjusted is None else r.p_adjusted:.2g} | {mde} | "
             f"{_ICON[r.verdict.label] if r.verdict else '· not judged: ' + r.note} |")
     return "\n".join(lines) + "\n"

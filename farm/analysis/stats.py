@@ -145,19 +145,23 @@ class Verdict:
 
 
 def verdict(c: Comparison, higher_is_better: bool, *, threshold: float, mde_value: float | None,
-            alpha: float = 0.05) -> Verdict:
-    """Call a change only when it is significant, its CI excludes no-change, and it clears threshold and MDE."""
+            alpha: float = 0.05, p_value: float | None = None) -> Verdict:
+    """Call a change only when it is significant, its CI excludes no-change, and it clears threshold and MDE.
+
+    `p_value`: the p to judge by when it was adjusted for multiple testing (default: the comparison's).
+    """
+    p = c.p_value if p_value is None else p_value
     bar = max(threshold, mde_value if mde_value is not None and math.isfinite(mde_value) else 0.0)
     worse = (c.ratio < 1) if higher_is_better else (c.ratio > 1)
     # Sizes compare on the log scale, so a metric and its reciprocal (prefill t/s and TTFT) get the
     # same verdict: -3% t/s is +3.09% time, and neither may clear a 3% bar that the other misses.
     size = abs(math.log(c.ratio)) if c.ratio > 0 else math.inf
     ci_excludes_one = c.ci_high < 1 or c.ci_low > 1
-    if c.p_value >= alpha or not ci_excludes_one:
-        return Verdict("no change", worse, bar, f"p={c.p_value:.3g}, CI includes 1" if not ci_excludes_one
-                       else f"p={c.p_value:.3g} ≥ {alpha}")
+    if p >= alpha or not ci_excludes_one:
+        return Verdict("no change", worse, bar, f"p={p:.3g}, CI includes 1" if not ci_excludes_one
+                       else f"p={p:.3g} ≥ {alpha}")
     if size < math.log1p(bar):
         what = "MDE" if mde_value is not None and bar == mde_value and mde_value > threshold else "threshold"
         return Verdict("within noise", worse, bar, f"|{c.change:+.1%}| < {what} {bar:.1%}")
     return Verdict("regression" if worse else "improvement", worse, bar,
-                   f"{c.change:+.1%} beyond {bar:.1%}, p={c.p_value:.2g}")
+                   f"{c.change:+.1%} beyond {bar:.1%}, p={p:.2g}")
