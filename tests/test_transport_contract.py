@@ -122,3 +122,19 @@ def test_lab_devices_answer_real_paths(lab, lab_transport):  # noqa: F811 - pyte
     assert hw.stdout.split() == ["VDD_IN", "ina3221"]
     Path(lab.sandbox_file("board1", "/sys/class/thermal/thermal_zone0/temp")).write_text("51234\n")
     assert board.read_text("/sys/class/thermal/thermal_zone0/temp").strip() == "51234"
+
+
+def test_wait_exited_returns_the_status_and_times_out() -> None:
+    import subprocess
+
+    from farm.transports.local import wait_exited
+
+    assert wait_exited(subprocess.Popen(["sh", "-c", "exit 7"]), 10) == 7
+    assert wait_exited(subprocess.Popen(["true"]), None) == 0
+    slow = subprocess.Popen(["sleep", "5"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_exited(slow, 0.1)
+    finally:
+        slow.kill()
+        slow.wait()
