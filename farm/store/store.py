@@ -193,7 +193,16 @@ class Store:
             return s.scalar(select(Run.status).where(Run.id == run_id)) == "cancelled"
 
     def finish_run_if_complete(self, run_id: str) -> str | None:
-        """Close a run when no job is left queued or running; returns its final status."""
+        """Close a run when no job is left queued or running; returns its final status.
+
+        Agents call this after every result, so the common answer ("jobs left") is one index probe,
+        not a count over the run. It runs after the result's own commit: of two agents saving a
+        run's last two jobs at once, the later one sees both.
+        """
+        with self.session() as s:
+            if s.scalar(select(JobRow.id).where(JobRow.run_id == run_id, JobRow.status.in_(["queued", "running"]))
+                        .limit(1)) is not None:
+                return None
         counts = self.counts(run_id)
         if counts.get("queued") or counts.get("running"):
             return None
