@@ -1,7 +1,8 @@
 """farm regress / noise / compare on real commits of the reference engine, run on this host.
 
 The engine repository is a temporary git repo: A = farm/engine/src, B = A + a calibrated busy loop in
-the decode path (bench/regression_power.py documents it), A2 = A + a comment.
+the decode path costing ~15% of decode t/s (bench/regression_power.py documents it and measures the
+detection rate of a 5% slowdown), A2 = A + a comment.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from farm.errors import ConfigError
 from farm.jobs import Job, ModelRef
 from farm.regress import Side, ab_jobs
 
+SLOWDOWN = 0.15
 SWEEP = """version: 1
 name: regress-test
 models: [farm-mini]
@@ -57,7 +59,9 @@ def engine_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     from farm.zoo.files import resolve_model
 
     model = resolve_model("farm-mini", "q4_0", 0)
-    spin, _ = spin_iterations(Path(model.path), 32, 32, 0.05, runs=3)  # decode t/s 5% lower
+    # Decode t/s ~15% lower: a verdict this test can hold on a busy CI runner. Detecting 5% with ≤ 10
+    # repetitions per side is a rate, measured over many trials by bench/regression_power.py.
+    spin, _ = spin_iterations(Path(model.path), 32, 32, SLOWDOWN, runs=3)
     repo = tmp_path_factory.mktemp("engine") / "repo"
     return repo, make_engine_repo(repo, spin)
 
@@ -117,13 +121,14 @@ def test_regress_flags_the_slow_head_and_passes_the_unchanged_one(engine_repo, t
     assert _farm("compare", f"{runs[0]}:C", runs[-1], "--db", db, cwd=tmp_path).returncode == 2
     assert "unpaired" in cmp.stdout and "| decode t/s (t/s) |" in cmp.stdout
 
-    if dec["mde"] >= 0.04 and slow.returncode == 0:
+    if dec["mde"] >= 0.10 and slow.returncode == 0:
         # farm refused to call a change its own noise cannot resolve: the right answer on a host that
-        # other jobs are loading (the figure is in the message). A quiet CI runner must detect it.
-        pytest.xfail(f"host too noisy to resolve 5%: decode MDE {dec['mde']:.1%}, pair noise {dec['noise_sd']:.1%}")
+        # other jobs are loading (the figure is in the message). A CI runner short of that must detect it.
+        pytest.xfail(f"host too noisy to resolve {SLOWDOWN:.0%}: decode MDE {dec['mde']:.1%}, "
+                     f"pair noise {dec['noise_sd']:.1%}")
     assert slow.returncode == 1, slow.stdout + slow.stderr
     assert slow.stdout.startswith("### ❌ farm regress: decode t/s on local")
-    assert dec["verdict"] == "regression" and -0.09 < dec["change"] < -0.02
+    assert dec["verdict"] == "regression" and -0.30 < dec["change"] < -0.06
     assert "(A/A)" in slow.stdout or "(this run)" in slow.stdout
     prefill = next(r for r in report["results"] if r["metric"] == "prefill_tps")
     assert prefill["verdict"] != "regression"  # the spin is in the decode path only
