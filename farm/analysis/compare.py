@@ -52,7 +52,6 @@ class MetricResult:
     note: str = ""
     p_adjusted: float | None = None  # Holm-adjusted over the cell's judged metric families
 
-
     def as_dict(self) -> dict[str, Any]:
         return {**self.cell, "metric": self.metric.column, "label": self.metric.label,
                 "higher_is_better": self.metric.higher_is_better,

@@ -185,12 +185,7 @@ class Reaper:
         devices = device_rows(self.store) if rows else {}
         for job_id, spec, attempts, agent in rows:
             job = Job.model_validate(spec)
-            with self.store.session() as s:  # the same guard as Store.reap_expired, per job
-                hit = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running",
-                                                     JobRow.lease_until < now)
-                                .values(status="queued", agent=None, claim_token=None, lease_until=None,
-                                        error=f"agent {agent} lease expired")).rowcount
-            if not hit:
+            if not self.store.requeue(job_id, f"agent {agent} lease expired", lease_expired_before=now):
                 continue
             log.warning("reaper: job %s of silent agent %s back in the queue", job_id, agent)
             if attempts >= MAX_ATTEMPTS:

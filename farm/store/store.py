@@ -23,6 +23,8 @@ from farm.store.db import make_engine, migrate, resolve_url
 from farm.store.models import Device, JobRow, ResultRow, Run, Trace
 
 TERMINAL = ("done", "failed", "cancelled")
+# A job handed back to the queue holds no lease, agent or claim.
+_REQUEUED: dict[str, Any] = {"status": "queued", "agent": None, "claim_token": None, "lease_until": None}
 
 
 def new_run_id() -> str:
@@ -160,10 +162,14 @@ class Store:
                             .values(heartbeat_at=now, lease_until=now + timedelta(seconds=lease_s)))
             return bool(res.rowcount)
 
-    def requeue(self, job_id: str, reason: str) -> None:
+    def requeue(self, job_id: str, reason: str, lease_expired_before: datetime | None = None) -> bool:
+        """Put a running job back in the queue (only if its lease ended before the given time, when
+        given: a reaper must not take a job whose agent heartbeated meanwhile). True if it moved."""
+        where = [JobRow.id == job_id, JobRow.status == "running"]
+        if lease_expired_before is not None:
+            where.append(JobRow.lease_until < lease_expired_before)
         with self.session() as s:
-            s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.status == "running")
-                      .values(status="queued", agent=None, claim_token=None, lease_until=None, error=reason))
+            return bool(s.execute(update(JobRow).where(*where).values(**_REQUEUED, error=reason)).rowcount)
 
     def reap_expired(self, now: datetime | None = None) -> list[str]:
         """Jobs whose agent stopped heartbeating go back to the queue."""
@@ -172,8 +178,7 @@ class Store:
             ids = list(s.scalars(select(JobRow.id).where(JobRow.status == "running", JobRow.lease_until < now)))
             if ids:
                 s.execute(update(JobRow).where(JobRow.id.in_(ids), JobRow.status == "running")
-                          .values(status="queued", agent=None, claim_token=None, lease_until=None,
-                                  error="agent lease expired"))
+                          .values(**_REQUEUED, error="agent lease expired"))
         return ids
 
     def fail_job(self, job: Job, error_class: str, error: str) -> None:
