@@ -138,3 +138,25 @@ def test_wait_exited_returns_the_status_and_times_out() -> None:
     finally:
         slow.kill()
         slow.wait()
+
+
+def test_more_concurrent_commands_than_sshd_allows_sessions(lab_transport):  # noqa: F811 - pytest fixture
+    # sshd's MaxSessions is 10 per connection (the SFTP channel counts): 14 commands at once on one
+    # board must all run, waiting for a session rather than failing.
+    t = lab_transport("board1")
+    t.shell("true")
+    out: list[str] = []
+    errors: list[Exception] = []
+
+    def one(i: int) -> None:
+        try:
+            out.append(t.shell(f"sleep 0.5; echo {i}").stdout.strip())
+        except Exception as exc:  # collected: a thread's exception would not fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(14)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and sorted(out, key=int) == [str(i) for i in range(14)]

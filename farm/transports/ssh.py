@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from farm.errors import InfraError, JobError
 from farm.transports.base import CommandResult, DeviceInfo, LineCallback, Transport
@@ -173,9 +174,8 @@ class SshTransport(Transport):
         deadline = None if timeout is None else start + timeout
         out, err = StdoutFilter(on_line), Lines(None)
         with self._infra("shell"):
-            chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
+            chan = self._exec(script)
             try:
-                chan.exec_command(with_pid(script))
                 chan.shutdown_write()
                 code = self._pump(chan, out, err, deadline)
             finally:
@@ -192,6 +192,26 @@ class SshTransport(Transport):
                              f"board no longer answers: {script[:120]}")
         return CommandResult(script, code, out.text(), err.text(), time.monotonic() - start)
 
+    def _exec(self, script: str) -> paramiko.Channel:
+        """A session channel running `script`.
+
+        sshd refuses a session beyond its MaxSessions (10 per connection by default, the SFTP channel
+        included), and closes one whose command it could not start: either way the command never
+        ran, so the session is asked for again after a short wait (concurrent commands on one board
+        - the engine, a power sampler, thermal reads - are normal use, not an error).
+        """
+        for attempt in Retrying(stop=stop_after_attempt(6), wait=wait_exponential(multiplier=0.05, max=1.0),
+                                retry=retry_if_exception_type(paramiko.SSHException), reraise=True):
+            with attempt:
+                chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
+                try:
+                    chan.exec_command(with_pid(script))
+                except BaseException:
+                    chan.close()
+                    raise
+                return chan
+        raise AssertionError("unreachable: Retrying re-raises the last error")
+
     def _pump(self, chan: paramiko.Channel, out: Lines, err: Lines, deadline: float | None) -> int | None:
         while True:
             while chan.recv_ready():
@@ -199,9 +219,12 @@ class SshTransport(Transport):
             while chan.recv_stderr_ready():
                 err.feed(chan.recv_stderr(CHUNK))
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                # Drain what raced in with the exit status.
+                # sshd may send the exit status before the last output: read both streams to the
+                # channel's EOF (recv returns b"" there), stderr too, or a late "err" line is lost.
                 while data := chan.recv(CHUNK):
                     out.feed(data)
+                while data := chan.recv_stderr(CHUNK):
+                    err.feed(data)
                 return chan.recv_exit_status()
             if chan.closed or not chan.get_transport().is_active():
                 return -1
