@@ -7,15 +7,17 @@ Builds a throwaway git repository of the reference engine with three commits:
              single-token forward pass: the decode path only, prefill calls forward() with n > 1. It is
              extra CPU work, not a wait, so under load it slows down with the rest of the engine and the
              relative slowdown stays put. K is calibrated on this host so decode t/s drops by `slowdown`
-             (5%): first K = t_token · (1/(1 − slowdown) − 1) · loop rate, then closed-loop — build B,
-             measure its slowdown against A in direct ABBA engine runs, rescale K — until the measured
-             slowdown is within 0.4 points. It is an honest source change — a new commit, a new
-             build — standing in for a throttled kernel;
+             (5%): first K = t_token · (1/(1 − slowdown) − 1) · loop rate, then closed-loop inside one
+             engine process, spinning steps timed against their neighbours (see :func:`calibrate`).
+             It is an honest source change — a new commit, a new build — standing in for a throttled
+             kernel;
 - ``A2``     A plus a comment: a different commit and binary with identical code paths.
 
 Then it runs `trials` regressions A→B and A→A2 through the real pipeline (plan, ABBA schedule, local
 executor, store, paired analysis, verdict) and reports the detection rate (B flagged as a decode
-regression) and the false-positive rate (A2 flagged as any regression), each with a Wilson 95% interval.
+regression: decode t/s or decode t/s at the 10th-percentile step, the two measures of the decode family) and the
+false-positive rate (A2 flagged as any regression), each with a Wilson 95% interval. `--json` keeps every
+trial's pairs (A and B decode t/s, total and fast steps), so another test can be tried on the same runs.
 
     python bench/regression_power.py --trials 20 --pairs 10
 """
@@ -97,31 +99,37 @@ def spin_iterations(model_path: Path, n_prompt: int, n_gen: int, slowdown: float
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _decode_pair_ratio(exe_a: Path, exe_b: Path, model_path: Path, n_prompt: int, n_gen: int,
-                       pairs: int) -> float:
-    """Median over ABBA pairs of decode time per token B/A, measured on the two binaries directly."""
+def _odd_step_extra(exe: Path, model_path: Path, n_prompt: int, n_gen: int, runs: int = 3) -> float:
+    """Median extra time of a step that spins over its two neighbours that do not, inside one process."""
     ratios = []
-    for i in range(pairs):
-        order = (exe_a, exe_b) if i % 2 == 0 else (exe_b, exe_a)
-        t = {exe: _decode_once(exe, model_path, n_prompt, n_gen) for exe in order}
-        ratios.append(t[exe_b] / t[exe_a])
-    return statistics.median(ratios)
+    for _ in range(runs):
+        out = subprocess.run([str(exe), "bench", "-m", str(model_path), "-p", str(n_prompt), "-n", str(n_gen),
+                              "-t", "1", "-r", "5", "-w", "1"], check=True, capture_output=True, text=True).stdout
+        for rep in json.loads(out)["repetitions"]:
+            if rep["warmup"]:
+                continue
+            steps = rep["decode_token_ns"]
+            for g in range(1, len(steps) - 1):
+                if (n_prompt + g) % 2 == 1:  # this step spun; its neighbours did not
+                    ratios.append(steps[g] / ((steps[g - 1] + steps[g + 1]) / 2))
+    return statistics.median(ratios) - 1
 
 
-def calibrate(model_path: Path, n_prompt: int, n_gen: int, slowdown: float, rounds: int = 4,
-              pairs: int = 8) -> tuple[int, float, list[tuple[int, float]]]:
-    """(K, t_token ns, history): closed-loop, so B's decode t/s really drops by `slowdown` on this host.
+def calibrate(model_path: Path, n_prompt: int, n_gen: int, slowdown: float,
+              rounds: int = 3) -> tuple[int, float, list[tuple[int, float]]]:
+    """(K, t_token ns, history of (K, measured decode slowdown)): closed-loop, inside one process.
 
     The open-loop estimate (loop rate × token time, :func:`spin_iterations`) misses by a point or two:
-    the loop runs in another binary, without the engine's cache and frequency state. So B is built
-    with that K, its slowdown measured against A in ABBA pairs of direct engine runs, and K scaled by
-    the ratio of wanted to measured extra time per token (the extra time is linear in K), until the
-    measured slowdown is within 0.4 points of the target.
+    the loop runs in another binary, without the engine's cache and frequency state. Measuring B
+    against A in separate processes does not settle on a shared VM either, whose speed moves by 20-30%
+    from one tenth of a second to the next. So the calibration build spins on odd decode positions
+    only: each spinning step is timed against its two neighbours a few milliseconds away, at the same
+    host speed, and the median over hundreds of such triples is the extra time per token of K
+    iterations. K is rescaled (the extra time is linear in K) and measured again.
     """
     from farm.engine.build import build
 
     k, t_tok = spin_iterations(model_path, n_prompt, n_gen, slowdown)
-    exe_a = build(source_dir=ENGINE_SRC).path
     want = 1 / (1 - slowdown) - 1  # extra time per token, relative to A's
     history: list[tuple[int, float]] = []
     work = Path(tempfile.mkdtemp(prefix="farm-calib-"))
@@ -129,25 +137,27 @@ def calibrate(model_path: Path, n_prompt: int, n_gen: int, slowdown: float, roun
         for r in range(rounds):
             src = work / f"src-{r}"
             shutil.copytree(ENGINE_SRC, src)
-            (src / "forward.c").write_text(slow_forward((ENGINE_SRC / "forward.c").read_text(), k))
-            exe_b = build(source_dir=src, out_dir=work / f"build-{r}").path
-            got = 1 - 1 / _decode_pair_ratio(exe_a, exe_b, model_path, n_prompt, n_gen, pairs)  # t/s drop
+            (src / "forward.c").write_text(slow_forward((ENGINE_SRC / "forward.c").read_text(), k, odd_only=True))
+            extra = _odd_step_extra(build(source_dir=src, out_dir=work / f"build-{r}").path, model_path,
+                                    n_prompt, n_gen)
+            got = 1 - 1 / (1 + extra)  # the decode t/s drop if every step spun
             history.append((k, got))
-            print(f"calibration round {r + 1}: K={k} → decode {-got:+.2%}", flush=True)
-            if abs(got - slowdown) < 0.004:
+            print(f"calibration round {r + 1}: K={k} → decode {-got:+.2%} (every step spinning)", flush=True)
+            if abs(got - slowdown) < 0.002:
                 break
-            extra = 1 / (1 - got) - 1 if got < 1 else want
             k = max(1, round(k * want / max(extra, want / 10)))
-        return k, t_tok, history
+        return history[-1][0], t_tok, history
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def slow_forward(source: str, iterations: int) -> str:
-    """forward.c with `iterations` of a volatile busy loop after each single-token (decode) forward pass."""
+def slow_forward(source: str, iterations: int, odd_only: bool = False) -> str:
+    """forward.c with `iterations` of a volatile busy loop after each single-token (decode) forward pass
+    (`odd_only`: only at odd positions, for the in-process calibration)."""
     tail = source.rstrip()
     assert tail.endswith("}"), "forward.c is expected to end with forward()'s closing brace"
-    spin = (f"    {SPIN_MARK}\n    if (n == 1) {{\n        for (volatile uint64_t i = 0; i < {iterations}ULL; i++) {{\n"
+    cond = "n == 1 && (pos0 & 1)" if odd_only else "n == 1"
+    spin = (f"    {SPIN_MARK}\n    if ({cond}) {{\n        for (volatile uint64_t i = 0; i < {iterations}ULL; i++) {{\n"
             "        }\n    }\n")
     return tail[:-1] + spin + "}\n"
 
@@ -198,12 +208,18 @@ def run_trial(store, inventory, sweep, repo: Path, base: str, head: str, pairs: 
     regress.prebuild(jobs, plan.profiles)
     store.create_run(sweep.name, jobs, run_id=run_id, kind="regress")
     regress.execute(store, inventory, run_id, jobs)
-    rep = regress.analyse(store, run_id, threshold=threshold, alpha=alpha)
-    dec = next(r for r in rep.results if r.metric.column == "decode_tps")
+    frame = regress.results_with_pairs(store, run_id)
+    rep = regress.compare.compare_paired(frame, threshold=threshold, alpha=alpha)
+    by = {r.metric.column: r for r in rep.results}
+    dec, step = by["decode_tps"], by["decode_step_tps"]
+    wide = frame.pivot_table(index="pair", columns="variant", values=["decode_tps", "decode_step_tps"])
     return {"run_id": run_id, "load1": round(os.getloadavg()[0], 2),
             "regressions": [r.metric.column for r in rep.regressions],
-            "decode_change": dec.comparison.change, "decode_p": dec.comparison.p_value, "decode_mde": dec.mde,
-            "decode_verdict": dec.verdict.label}
+            "decode_change": dec.comparison.change, "decode_p": dec.p_adjusted, "decode_mde": dec.mde,
+            "decode_verdict": dec.verdict.label, "step_change": step.comparison.change, "step_p": step.p_adjusted,
+            "step_mde": step.mde, "step_verdict": step.verdict.label,
+            "pairs": {f"{m}_{v}": wide[(m, v)].round(4).tolist() for m in ("decode_tps", "decode_step_tps")
+                      for v in ("A", "B")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     model = resolve_model(args.model, "q4_0", 0)
     spin, t_tok, history = calibrate(Path(model.path), args.prompt, args.gen, args.slowdown)
     print(f"decode {t_tok / 1e6:.3f} ms/token on this host → {spin} loop iterations/token for a "
-          f"{args.slowdown:.0%} slowdown (measured {history[-1][1]:.2%} in direct A/B runs)")
+          f"{args.slowdown:.0%} slowdown (measured {history[-1][1]:.2%} step against step, in-process)")
     sweep = loads_sweep(f"""version: 1
 name: regression-power
 models: [{args.model}]
@@ -253,10 +269,10 @@ idle_s: 0.2
                             args.threshold, args.alpha)
             out[cond].append(res)
             print(f"trial {t + 1:3d} {cond:>2} load {res['load1']:5.2f}: decode {res['decode_change']:+.2%} "
-                  f"p={res['decode_p']:.3g} "
-                  f"MDE={res['decode_mde']:.1%} → {res['decode_verdict']}; regressions: {res['regressions'] or '-'}",
-                  flush=True)
-    detected = sum("decode_tps" in r["regressions"] for r in out["B"])
+                  f"p={res['decode_p']:.3g} MDE={res['decode_mde']:.1%} → {res['decode_verdict']}; p10 step "
+                  f"{res['step_change']:+.2%} p={res['step_p']:.3g} MDE={res['step_mde']:.1%} → "
+                  f"{res['step_verdict']}; regressions: {res['regressions'] or '-'}", flush=True)
+    detected = sum(bool({"decode_tps", "decode_step_tps"} & set(r["regressions"])) for r in out["B"])
     false_pos = sum(bool(r["regressions"]) for r in out["A2"])
     n = args.trials
     summary = {
@@ -267,6 +283,7 @@ idle_s: 0.2
         "false_positive_rate": false_pos / n, "false_positive_ci95": wilson(false_pos, n),
         "median_measured_slowdown": statistics.median(r["decode_change"] for r in out["B"]),
         "median_mde": statistics.median(r["decode_mde"] for r in out["B"] + out["A2"]),
+        "median_step_mde": statistics.median(r["step_mde"] for r in out["B"] + out["A2"]),
         "wall_s": round(time.monotonic() - t0, 1), "cpus": os.cpu_count(),
         "median_load1": statistics.median(r["load1"] for r in out["B"] + out["A2"]), "trials_detail": out,
     }
@@ -274,7 +291,8 @@ idle_s: 0.2
           f"(95% CI {wilson(detected, n)[0]:.0%}–{wilson(detected, n)[1]:.0%})")
     print(f"A/A false positives (any metric): {false_pos}/{n} = {false_pos / n:.0%} "
           f"(95% CI {wilson(false_pos, n)[0]:.0%}–{wilson(false_pos, n)[1]:.0%}); {args.pairs} reps per side; "
-          f"median MDE {summary['median_mde']:.1%}, median 1-min load {summary['median_load1']} "
+          f"median MDE {summary['median_mde']:.1%} (p10 step {summary['median_step_mde']:.1%}), "
+          f"median 1-min load {summary['median_load1']} "
           f"on {os.cpu_count()} CPUs")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(summary, indent=1, default=str))

@@ -15,7 +15,7 @@ from farm.zoo.writer import write_gguf
 from tests.engine_ref import tiny_arch
 
 REP_KEYS = {"rep", "warmup", "prefill_start_ns", "prefill_end_ns", "decode_start_ns", "decode_end_ns", "prefill_ns",
-            "decode_ns", "ttft_ns", "n_prompt", "n_gen"}
+            "decode_ns", "ttft_ns", "n_prompt", "n_gen", "decode_preemptions", "decode_token_ns"}
 TOP_KEYS = {"engine", "version", "build_flags", "simd", "model_filename", "model_type", "model_size",
             "model_n_params", "n_threads", "n_prompt", "n_gen", "kv_type", "clock", "load_ns", "peak_rss_bytes",
             "repetitions"}
@@ -65,6 +65,9 @@ def test_bench_json_shape_and_monotonic_phases(engine: Path, model: Path) -> Non
         last = t[3]
         assert r["prefill_ns"] == t[1] - t[0] > 0 and r["decode_ns"] == t[3] - t[2]
         assert r["ttft_ns"] == r["prefill_ns"]
+        # every decode step timed on its own; the steps tile the decode exactly
+        assert len(r["decode_token_ns"]) == 8 and min(r["decode_token_ns"]) > 0
+        assert sum(r["decode_token_ns"]) == r["decode_ns"] and r["decode_preemptions"] >= 0
         assert (r["n_prompt"], r["n_gen"]) == (16, 8)
     # stderr markers carry the same raw timestamps, in order, as they happened
     names = ["prefill_start", "prefill_end", "decode_start", "decode_end"]
@@ -77,9 +80,27 @@ def test_bench_pure_decode_and_pure_prefill(engine: Path, model: Path) -> None:
     (r,) = dec["repetitions"]
     assert r["n_prompt"] == 0 and r["prefill_ns"] >= 0 and r["decode_ns"] > 0
     assert 0 < r["ttft_ns"] <= r["decode_ns"]  # with -p 0 the first token comes from the first decode step
+    assert r["ttft_ns"] == r["decode_token_ns"][0]
     pre, _ = bench(engine, model, "-p", "8", "-n", "0", "-r", "2", "-w", "0")
     assert all(r["n_gen"] == 0 and r["prefill_ns"] > 0 for r in pre["repetitions"])
     assert all(r["decode_ns"] < r["prefill_ns"] for r in pre["repetitions"])
+    assert all(r["decode_token_ns"] == [] for r in pre["repetitions"])
+
+
+def test_reference_backend_keeps_the_fast_steps(engine: Path, model: Path) -> None:
+    from farm.backends.reference import fast_step_s, parse_repetitions
+
+    out, _ = bench(engine, model, "-p", "4", "-n", "5", "-r", "2", "-w", "1")
+    reps = parse_repetitions(out)
+    assert len(reps) == 2
+    for rep, raw in zip(reps, out["repetitions"][1:], strict=True):
+        assert rep.decode_step_p10_s == pytest.approx(np.percentile(raw["decode_token_ns"], 10) / 1e9)
+        assert rep.decode_step_tps == pytest.approx(1 / rep.decode_step_p10_s)
+    assert fast_step_s([7]) == 7e-9 and fast_step_s([]) is None
+    # an engine that reports totals only (older farm-engine JSON) leaves it empty
+    for r in out["repetitions"]:
+        del r["decode_token_ns"]
+    assert parse_repetitions(out)[0].decode_step_tps is None
 
 
 def test_bench_is_deterministic_and_kv_f32(engine: Path, model: Path) -> None:

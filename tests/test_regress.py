@@ -8,6 +8,7 @@ detection rate of a 5% slowdown), A2 = A + a comment.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,14 +122,19 @@ def test_regress_flags_the_slow_head_and_passes_the_unchanged_one(engine_repo, t
     assert _farm("compare", f"{runs[0]}:C", runs[-1], "--db", db, cwd=tmp_path).returncode == 2
     assert "unpaired" in cmp.stdout and "| decode t/s (t/s) |" in cmp.stdout
 
-    if dec["mde"] >= 0.10 and slow.returncode == 0:
+    # Decode speed is judged by two measures of one family (whole-decode t/s and the p10 of per-step times);
+    # the verdict may come from either, whichever resolves the change on this host.
+    decode = [r for r in report["results"] if r["metric"] in ("decode_tps", "decode_step_tps")]
+    assert {r["metric"] for r in decode} == {"decode_tps", "decode_step_tps"}
+    if min(r["mde"] for r in decode) >= 0.10 and slow.returncode == 0:
         # farm refused to call a change its own noise cannot resolve: the right answer on a host that
         # other jobs are loading (the figure is in the message). A CI runner short of that must detect it.
-        pytest.xfail(f"host too noisy to resolve {SLOWDOWN:.0%}: decode MDE {dec['mde']:.1%}, "
-                     f"pair noise {dec['noise_sd']:.1%}")
+        pytest.xfail(f"host too noisy to resolve {SLOWDOWN:.0%}: decode MDE "
+                     + ", ".join(f"{r['metric']} {r['mde']:.1%}" for r in decode))
     assert slow.returncode == 1, slow.stdout + slow.stderr
-    assert slow.stdout.startswith("### ❌ farm regress: decode t/s on local")
-    assert dec["verdict"] == "regression" and -0.30 < dec["change"] < -0.06
+    assert re.match(r"### ❌ farm regress: decode t/s(, fast steps \(p10\))? on local", slow.stdout), slow.stdout
+    flagged = [r for r in decode if r["verdict"] == "regression"]
+    assert flagged and all(-0.30 < r["change"] < -0.06 for r in flagged), decode
     assert "(A/A)" in slow.stdout or "(this run)" in slow.stdout
     prefill = next(r for r in report["results"] if r["metric"] == "prefill_tps")
     assert prefill["verdict"] != "regression"  # the spin is in the decode path only

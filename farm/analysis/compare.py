@@ -32,6 +32,10 @@ class Metric:
 
 METRICS = [
     Metric("decode_tps", "decode t/s", True, "t/s", family="decode"),
+    # The same decodes at their 10th-percentile step time (reference engine): a second look at one
+    # question, blind to interference that slows some steps, blind also to a stall in a few steps or
+    # to a slowdown of late (long-context) steps only, which the total sees.
+    Metric("decode_step_tps", "decode t/s, fast steps (p10)", True, "t/s", family="decode"),
     Metric("prefill_tps", "prefill t/s", True, "t/s", family="prefill"),
     # TTFT is the prefill time plus one token: the same measurement as prefill t/s, not a new chance.
     Metric("ttft_s", "TTFT", False, "ms", 1e3, family="prefill"),
@@ -100,22 +104,45 @@ def holm(p_by_family: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def hochberg(ps: list[float]) -> list[float]:
+    """Hochberg step-up adjusted p-values (valid for positively dependent tests: measures of one quantity)."""
+    k = len(ps)
+    order = sorted(range(k), key=ps.__getitem__, reverse=True)  # largest p first
+    out, running = [1.0] * k, 1.0
+    for i, idx in enumerate(order):
+        running = min(running, (i + 1) * ps[idx])
+        out[idx] = min(1.0, running)
+    return out
+
+
 def _judge(judged: list[tuple[MetricResult, float | None]], *, threshold: float, alpha: float) -> None:
-    """Verdicts for one cell's compared metrics, on p-values Holm-adjusted over their families."""
-    family_p: dict[str, float] = {}
+    """Verdicts for one cell's compared metrics: Hochberg within a family, Holm across families.
+
+    A family is one question (did decode get slower?) asked of several measures of the same runs;
+    they are positively dependent, so Hochberg's step-up inside it is valid and costs little (two
+    near-identical measures such as prefill t/s and TTFT keep their p). The family's p is its
+    smallest adjusted member p (the Simes test of "nothing changed in this family"); families are
+    Holm-adjusted against each other, and a member's final p is the larger of the two adjustments.
+    """
+    members: dict[str, list[MetricResult]] = {}
     for r, _ in judged:
         c = r.comparison
         assert c is not None
         if c.p_value >= 1.0 and c.ci_low == c.ci_high:
             continue  # every pair identical (peak memory, typically): no test, no chance of a false alarm
-        family_p[r.metric.family] = min(family_p.get(r.metric.family, 1.0), c.p_value)
+        members.setdefault(r.metric.family, []).append(r)
+    within: dict[int, float] = {}
+    family_p: dict[str, float] = {}
+    for fam, rs in members.items():
+        for r, q in zip(rs, hochberg([r.comparison.p_value for r in rs]), strict=True):  # type: ignore[union-attr]
+            within[id(r)] = q
+        family_p[fam] = min(within[id(r)] for r in rs)
     adjusted = holm(family_p)
     factor = {fam: len(family_p) - i for i, fam in enumerate(sorted(family_p, key=family_p.__getitem__))}
     for r, mde_val in judged:
         assert r.comparison is not None
         fam = r.metric.family
-        # A family's other members keep their own p, scaled by the family's Holm factor.
-        r.p_adjusted = (max(adjusted[fam], min(1.0, factor[fam] * r.comparison.p_value)) if fam in adjusted
+        r.p_adjusted = (max(adjusted[fam], min(1.0, factor[fam] * within[id(r)])) if id(r) in within
                         else r.comparison.p_value)
         r.verdict = stats.verdict(r.comparison, r.metric.higher_is_better, threshold=threshold,
                                   mde_value=mde_val, alpha=alpha, p_value=r.p_adjusted)
@@ -134,11 +161,12 @@ def compare_paired(df: pd.DataFrame, *, threshold: float, alpha: float,
     """
     report = Report()
     usable = _usable(df)
-    frames = {m.column: paired_frames(df, m.column) for m in METRICS}
+    metrics = [m for m in METRICS if m.column in df]  # a frame from an older store may lack newer metrics
+    frames = {m.column: paired_frames(df, m.column) for m in metrics}
     for cell in usable[CELL].drop_duplicates().to_dict("records"):
         measured = usable[(usable[CELL] == pd.Series(cell)).all(axis=1)]
         judged: list[tuple[MetricResult, float | None]] = []  # (result, MDE) awaiting a verdict
-        for metric in METRICS:
+        for metric in metrics:
             frame = frames[metric.column]
             rows = frame[(frame[CELL] == pd.Series(cell)).all(axis=1)] if len(frame) else frame
             # Ratios need positive values: net energy can come out ≤ 0 when the idle baseline was noisy.
@@ -178,7 +206,7 @@ def compare_unpaired(a: pd.DataFrame, b: pd.DataFrame, *, threshold: float, alph
         sel_a = (a[CELL] == pd.Series(cell)).all(axis=1)
         sel_b = (b[CELL] == pd.Series(cell)).all(axis=1)
         judged: list[tuple[MetricResult, float | None]] = []
-        for metric in METRICS:
+        for metric in (m for m in METRICS if m.column in a and m.column in b):
             va = a.loc[sel_a, metric.column].dropna().to_numpy(dtype=float)
             vb = b.loc[sel_b, metric.column].dropna().to_numpy(dtype=float)
             if len(va) < 2 or len(vb) < 2:

@@ -136,7 +136,7 @@ def regress_cmd(engine: str, base: str, head: str, sweep_path: str, engine_subdi
         title = "✅ farm regress: no regression"
     header = [f"base `{a['commit'][:10]}` ({a['subject']}) → head `{b['commit'][:10]}` ({b['subject']})",
               f"sweep `{sweep.name}` · run `{run_id}` · {run.meta['pairs']} ABBA pairs per cell · threshold "
-              f"{threshold:.0%} · α {alpha} · Wilcoxon signed-rank on pair log-ratios, HL estimate, bootstrap CI"]
+              f"{threshold:.0%} · α {alpha} · Yuen 20%-trimmed t on pair log-ratios · Holm across metric families"]
     blind = sorted({f"{r.metric.label} of {r.cell['model']} {regress.compare.pct(r.mde)}" for r in report.results
                     if r.mde is not None and r.mde > threshold and r.verdict and r.verdict.label != "regression"})
     if blind:  # say when "no regression" only means "nothing this large could be seen"

@@ -132,6 +132,7 @@ class ResultRow(Base):
     decode_s: Mapped[float | None] = mapped_column(Float)
     prefill_tps: Mapped[float | None] = mapped_column(Float)
     decode_tps: Mapped[float | None] = mapped_column(Float)
+    decode_step_tps: Mapped[float | None] = mapped_column(Float)  # 1 / 10th-percentile decode step time
     ttft_s: Mapped[float | None] = mapped_column(Float)
     peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
     exit_status: Mapped[int] = mapped_column(Integer, default=0)

@@ -9,6 +9,10 @@
  *   decode   = exactly n_gen single-token forward passes, each followed by the argmax that picks the next
  *              input (the first input is the token chosen by prefill, or BOS with -p 0), like llama-bench's
  *              tg test; decode_ns = decode_end - decode_start, decode t/s = n_gen / decode_s.
+ *   decode_token_ns = the n_gen steps one by one (they sum to decode_ns): the per-token view that a
+ *              burst of interference or a single slow step cannot hide in a total.
+ *   decode_preemptions = involuntary context switches of the process during the decode: how often
+ *              the scheduler gave one of its cores to someone else (a busy host, not the engine).
  * The KV cache holds n_prompt + n_gen positions; every repetition restarts at position 0.
  *
  * logits -m M --tokens 1,2,3 [-t T] [--kv f16|f32] [--all] [--ubatch N]: the last (or every) token's
@@ -104,6 +108,18 @@ static int64_t peak_rss_bytes(void) {
     return (int64_t)ru.ru_maxrss * 1024;
 }
 
+/* Involuntary context switches of the process so far: how often the scheduler took a core away. */
+static long involuntary_switches(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_nivcsw : 0;
+}
+
+static void json_ints(const int64_t *x, int n) {
+    putchar('[');
+    for (int i = 0; i < n; i++) printf("%s%lld", i ? "," : "", (long long)x[i]);
+    putchar(']');
+}
+
 static void json_str(const char *s) {
     putchar('"');
     for (; *s; s++) {
@@ -141,6 +157,8 @@ static int cmd_bench(const opts_t *o) {
     const int n_reps = o->warmup + o->reps;
     int64_t(*ts)[4] = calloc((size_t)n_reps, sizeof *ts);
     int64_t *ttft = calloc((size_t)n_reps, sizeof *ttft);
+    int64_t *tok_ns = calloc((size_t)n_reps * (size_t)(G > 0 ? G : 1), sizeof *tok_ns); /* per decode step */
+    long *preempt = calloc((size_t)n_reps, sizeof *preempt);
     for (int r = 0; r < n_reps; r++) {
         int tok = bos;
         ts[r][0] = farm_now_ns();
@@ -154,12 +172,18 @@ static int cmd_bench(const opts_t *o) {
         ttft[r] = ts[r][1] - ts[r][0];
         ts[r][2] = farm_now_ns();
         phase("decode_start", ts[r][2]);
+        int64_t t_step = ts[r][2];
+        const long csw0 = involuntary_switches();
         for (int g = 0; g < G; g++) {
             forward(&c, &tok, 1, P + g, 0);
             tok = argmax(c.logits, m.n_vocab);
-            if (g == 0 && P == 0) ttft[r] = farm_now_ns() - ts[r][2];
+            const int64_t t_done = farm_now_ns();
+            tok_ns[(size_t)r * G + g] = t_done - t_step;
+            t_step = t_done;
+            if (g == 0 && P == 0) ttft[r] = tok_ns[(size_t)r * G];
         }
-        ts[r][3] = farm_now_ns();
+        ts[r][3] = t_step;
+        preempt[r] = involuntary_switches() - csw0;
         phase("decode_end", ts[r][3]);
     }
     printf("{\"engine\":\"farm-ref\",\"version\":\"%s\",\"build_flags\":", FARM_VERSION);
@@ -170,17 +194,22 @@ static int cmd_bench(const opts_t *o) {
            P, G, o->kv_f16 ? "f16" : "f32");
     printf(",\"load_ns\":%lld,\"peak_rss_bytes\":%lld,\"repetitions\":[", (long long)load_ns,
            (long long)peak_rss_bytes());
-    for (int r = 0; r < n_reps; r++)
+    for (int r = 0; r < n_reps; r++) {
         printf("%s{\"rep\":%d,\"warmup\":%s,\"prefill_start_ns\":%lld,\"prefill_end_ns\":%lld,\"decode_start_ns\":%lld,"
                "\"decode_end_ns\":%lld,\"prefill_ns\":%lld,\"decode_ns\":%lld,\"ttft_ns\":%lld,\"n_prompt\":%d,"
-               "\"n_gen\":%d}",
+               "\"n_gen\":%d,\"decode_preemptions\":%ld,\"decode_token_ns\":",
                r ? "," : "", r, r < o->warmup ? "true" : "false", (long long)ts[r][0], (long long)ts[r][1],
                (long long)ts[r][2], (long long)ts[r][3], (long long)(ts[r][1] - ts[r][0]),
-               (long long)(ts[r][3] - ts[r][2]), (long long)ttft[r], P, G);
+               (long long)(ts[r][3] - ts[r][2]), (long long)ttft[r], P, G, preempt[r]);
+        json_ints(tok_ns + (size_t)r * G, G);
+        printf("}");
+    }
     printf("]}\n");
     free(prompt);
     free(ts);
     free(ttft);
+    free(tok_ns);
+    free(preempt);
     ctx_free(&c);
     model_free(&m);
     return 0;
