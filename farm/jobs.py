@@ -91,6 +91,9 @@ class Repetition(BaseModel):
     n_gen: int
     prefill_s: float | None = None
     decode_s: float | None = None
+    # 10th-percentile time of one decode step (engines that time every token): interference only ever
+    # adds time, so the fast steps show the engine's own speed; regressions judge it next to the total.
+    decode_step_p10_s: float | None = None
     ttft_s: float | None = None
     peak_rss_bytes: int | None = None
     prefill_start_ns: int | None = None
@@ -112,6 +115,11 @@ class Repetition(BaseModel):
     @property
     def decode_tps(self) -> float | None:
         return self.n_gen / self.decode_s if self.decode_s and self.n_gen else None
+
+    @property
+    def decode_step_tps(self) -> float | None:
+        """Tokens/s at the 10th-percentile step time (None when the engine does not time single steps)."""
+        return 1.0 / self.decode_step_p10_s if self.decode_step_p10_s else None
 
 
 class JobResult(BaseModel):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import inspect
 
+from farm.errors import ConfigError
 from farm.jobs import Job, JobResult, ModelRef, Repetition, utcnow
 from farm.store import Store
 
@@ -73,6 +75,26 @@ def test_claim_retried_after_a_lost_reply_recognises_its_own_token(store_url: st
     assert store.reap_expired(utcnow() + timedelta(seconds=120)) == ["r2t-j0"]
     assert store.claim_on("r2t-j0", "agent-a", 60, token="t1") == ""  # requeued: claimable again
     assert [j.attempts for j in store.job_rows("r2t") if j.id == "r2t-j0"] == [2]
+
+
+def test_claim_reads_the_device_and_a_result_keeps_what_it_does_not_say(store_url: str) -> None:
+    store = Store(store_url)
+    jobs = _jobs("r2d")
+    store.create_run("t", jobs, run_id="r2d")
+    assert store.claim_on("r2d-j0", "agent-a", 60, device="other") is None  # moved elsewhere: not this delivery
+    assert store.claim_on("r2d-j0", "agent-a", 60, device="dev") == ""  # a device nobody registered
+    store.upsert_device("dev", "p", "local")
+    store.set_device_status("dev", "quarantined", "flaky")
+    assert store.claim_on("r2d-j1", "agent-a", 60, device="dev", token="t") == "quarantined"
+    assert store.claim_on("r2d-j1", "agent-a", 60, device="dev", token="t") == "quarantined"  # its retry
+    assert store.get_run("r2d").status == "running"
+    result = _result(jobs[0]).model_copy(update={"agent": "", "attempt": 1})
+    store.save_result(result)  # no Job given: the store reads the spec
+    row = next(r for r in store.job_rows("r2d") if r.id == "r2d-j0")
+    assert (row.status, row.agent, row.attempts, row.lease_until) == ("done", "agent-a", 1, None)
+    assert [r.rep for r in store.results("r2d")] == [0, 1, 2]
+    with pytest.raises(ConfigError):
+        store.save_result(result.model_copy(update={"job_id": "r2d-nope"}))
 
 
 def test_run_completion_and_cancel(store_url: str) -> None:

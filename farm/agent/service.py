@@ -5,7 +5,7 @@
 Celery worker per device, or a Ray node advertising one resource per device), flushes the spool,
 and reaps jobs of silent agents. :func:`execute` is what a consumer calls for one job, whichever
 executor delivered it: claim in the store (the device is an exclusive lease), heartbeat the lease,
-run, spool the result, flush it.
+run, store the result (or spool it while the store is unreachable).
 """
 
 from __future__ import annotations
@@ -188,11 +188,23 @@ def execute(rt: Runtime, job: Job, attempt: int = 1, tried: list[str] | None = N
                 result = JobResult(job_id=job.job_id, run_id=job.run_id, device=device, status="failed",
                                    error_class="bug", error=f"{type(exc).__name__}: {exc}", attempt=attempt,
                                    agent=agent)
-    path = rt.spool.put(result, job)  # durable before the executor acknowledges the delivery
-    rt.spool.deliver(rt.store, path, (result, job))
+    _keep(rt, result, job)
     if result.status == "done" and device in rt._failed_devices:
         _reset_failures(rt, device)
     return Outcome(result.status, job, attempt, tried, result.error or "")
+
+
+def _keep(rt: Runtime, result: JobResult, job: Job) -> None:
+    """Make the result durable before the executor acknowledges the delivery: in the store when it
+    answers (one transaction), else in the spool, which flushes it once the store is back."""
+    try:
+        rt.store.save_result(result, job)
+        rt.store.finish_run_if_complete(result.run_id)
+        return
+    except Exception as exc:  # the spool keeps it, whatever went wrong, and retries
+        log.warning("job %s: result not stored yet (%s); spooling it", job.job_id, exc)
+    path = rt.spool.put(result, job)
+    rt.spool.deliver(rt.store, path, (result, job))
 
 
 def _reset_failures(rt: Runtime, device: str) -> None:

@@ -1,7 +1,8 @@
-"""The agent's spool: results written to local disk before the broker hears "done", flushed to the store.
+"""The agent's spool: results the store could not take yet, on local disk until a flush gets them there.
 
-A result is durable on the agent (fsync + atomic rename) before its job is acknowledged, so a
-store or broker outage loses nothing: the file stays until a flush succeeds. Flushing is
+A job is acknowledged only once its result is durable: committed in the store or, while the
+store is unreachable, here (fsync + atomic rename), so a store or broker outage loses nothing:
+the file stays until a flush succeeds. Flushing is
 idempotent (the store upserts by job id and repetition), so two processes flushing one spool, or
 a flush repeated after a crash, leave one copy.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,6 +31,20 @@ ACTIVE_RUN = ("queued", "running")
 def order(jobs: list[Job]) -> list[Job]:
     """Higher priority first (CI regressions before surveys), then the plan's order."""
     return sorted(jobs, key=lambda j: (-j.priority, j.index))
+
+
+def device_rounds(jobs: list[Job]) -> list[Job]:
+    """The same jobs, devices taking turns: every device's first job, then every device's second...
+
+    Each device keeps its own jobs in the given order (priority first, see :func:`order`), so a
+    publisher going through the list gives every device work before it sends anyone's backlog.
+    """
+    seen: Counter[str] = Counter()
+    rounds = []
+    for job in jobs:
+        rounds.append(seen[job.device])
+        seen[job.device] += 1
+    return [job for _, job in sorted(zip(rounds, jobs, strict=True), key=lambda rj: rj[0])]
 
 
 def device_rows(store: Store) -> dict[str, Device]:

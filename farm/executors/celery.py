@@ -6,7 +6,8 @@ Agent side, :class:`CeleryConsumers` forks one solo-pool Celery worker per devic
 ``prefetch_multiplier=1`` and ``acks_late``: a device holds at most one unacknowledged job, so
 it is an exclusive lease, and a job of a killed agent stays in Redis. Redelivery after
 ``visibility_timeout`` is only the backstop; the store's leases and the reapers re-dispatch a
-silent agent's job within a lease period. Messages are acknowledged after the result is spooled.
+silent agent's job within a lease period. Messages are acknowledged after the result is stored
+(or spooled, while the store is unreachable).
 
 Profile-level routing (retry elsewhere, move off a quarantined or offline device) is decided in
 the store (:mod:`farm.executors._dispatch`) and sent to the chosen device's queue, not through a
@@ -25,15 +26,17 @@ from functools import cache
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import BatchPublishError
 
 from farm.agent.config import AgentConfig
-from farm.executors._dispatch import prepare_dispatch
+from farm.executors._dispatch import device_rounds, prepare_dispatch
 from farm.executors.base import Executor, ProgressCallback
 from farm.jobs import Job
 
 log = logging.getLogger("farm.celery")
 TASK = "farm.run_job"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+PUBLISH_CHUNK = 100  # messages per Redis round trip: devices get their first jobs while the rest follow
 
 
 def broker_url(explicit: str | None = None) -> str:
@@ -85,7 +88,30 @@ def publish(app: Celery, job: Job, attempt: int = 1, tried: list[str] | None = N
                   queue=queue_for(job.device), priority=broker_priority(job.priority),
                   task_id=f"{job.job_id}.{attempt}", producer=producer, retry=True,
                   retry_policy={"max_retries": 60, "interval_start": 0.1, "interval_step": 0.5,
-                                "interval_max": 2.0})
+                                "interval_max": 2.0},
+                  # what logs and monitors show of the arguments; Celery's own repr of the whole job
+                  # would cost more than the rest of the publish
+                  argsrepr="()", kwargsrepr=f"{{'job': {job.job_id!r}, 'attempt': {attempt}}}")
+
+
+def publish_many(app: Celery, jobs: list[Job], chunk: int = PUBLISH_CHUNK) -> None:
+    """Publish `jobs` in order, `chunk` messages per Redis round trip (a pipeline).
+
+    A chunk whose pipeline fails (Redis restarting) is published again one message at a time,
+    with :func:`publish`'s retries. Some of its messages may then be in Redis twice: harmless,
+    since a job runs only for the delivery that claims it in the store.
+    """
+    with app.producer_or_acquire() as producer:
+        for i in range(0, len(jobs), chunk):
+            part = jobs[i:i + chunk]
+            try:
+                with producer.batch(max_size=len(part)):
+                    for job in part:
+                        publish(app, job, producer=producer)
+            except (BatchPublishError, *producer.connection.connection_errors) as exc:
+                log.warning("publishing %d job(s) in one batch failed (%s); one by one", len(part), exc)
+                for job in part:
+                    publish(app, job, producer=producer)
 
 
 class CeleryExecutor(Executor):
@@ -96,10 +122,7 @@ class CeleryExecutor(Executor):
 
     def submit(self, run_id: str, jobs: list[Job], progress: ProgressCallback | None = None) -> None:
         app = make_app(broker_url(self.options.get("broker_url")))  # type: ignore[arg-type]
-        ready = prepare_dispatch(self.store, run_id, jobs)
-        with app.producer_or_acquire() as producer:
-            for job in ready:
-                publish(app, job, producer=producer)
+        publish_many(app, device_rounds(prepare_dispatch(self.store, run_id, jobs)))
 
 
 def _die_with_parent() -> None:

@@ -9,9 +9,11 @@ The dispatcher creates one :class:`AgentActor` per live agent node, pinned there
 ``agent:NAME`` resource, and reuses it for every job of that node's devices: one worker process
 per agent, started once, instead of a worker per task (a Python worker costs ~1 s of CPU and
 ~100 MB to start). It pulls queued jobs of all Ray runs from the store in priority order and keeps
-at most ``depth`` (default 1) job per device in flight, so a CI job submitted later waits behind
-one job, not a whole survey; the actor also holds a lock per device, so a device never runs two
-jobs even if it were sent two. Failures map onto the error taxonomy: a dead actor or node is an
+at most ``depth`` (default 2) jobs per device in flight: the running one and the next, which waits
+in the actor on the device's lock (unclaimed, so still queued in the store) and starts the moment
+the device is free, with no round trip to the dispatcher in between. A CI job submitted later
+waits behind at most those two, not a whole survey. The lock also means a device never runs two
+jobs at once, whatever it is sent. Failures map onto the error taxonomy: a dead actor or node is an
 infrastructure error handled by the same policy as Celery's (:mod:`farm.executors._dispatch`), and
 the actor is replaced once its node answers again.
 """
@@ -100,7 +102,7 @@ def cluster_agents() -> dict[str, tuple[str, list[str]]]:
 class Dispatcher:
     """Feeds queued jobs of Ray runs to the agents' actors, highest priority first; one per store."""
 
-    def __init__(self, store_url: str, lease_s: float = 60.0, depth: int = 1) -> None:
+    def __init__(self, store_url: str, lease_s: float = 60.0, depth: int = 2) -> None:
         self.store, self.lease_s, self.depth = Store(store_url), lease_s, depth
         self.inflight: dict[Any, tuple[Job, int, list[str], str]] = {}  # ref → job, attempt, tried, agent
         self.actor_of: dict[Any, Any] = {}  # ref → the actor running it
@@ -230,10 +232,15 @@ class Dispatcher:
         try:
             out = ray.get(ref)
         except Exception as exc:  # the actor or its node died under the job: infrastructure
-            if isinstance(exc, ray.exceptions.RayActorError):
+            died = isinstance(exc, ray.exceptions.RayActorError)
+            if died:
                 self._actor_died(agent, actor)
-            if self.store.job_status(job.job_id) not in ("queued", "running"):
+            status = self.store.job_status(job.job_id)
+            if status not in ("queued", "running"):
                 return  # its result arrived before the worker went away
+            if died and status == "queued":  # it never started (it waited for its device): send it again
+                self.wake_event.set()
+                return
             if any(j == job.job_id for j, _ in self.keys) or job.job_id in self.retrying:
                 return  # already re-sent (a reaper moved it): that delivery owns it now
             d = after_infra_error(self.store, job, job.device, attempt, f"ray: {type(exc).__name__}: {exc}"[:300],

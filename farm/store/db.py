@@ -55,7 +55,10 @@ def make_engine(url: str | None = None) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # No pre-ping: it would cost a round trip per transaction. A pooled connection the server dropped
+    # fails its first statement instead, with InfraError, which every store caller already retries
+    # (agents, reapers, spool flushes); SQLAlchemy then replaces the pool's connections.
+    return create_engine(url, pool_size=5, max_overflow=10)
 
 
 def migrate(engine: Engine) -> None:

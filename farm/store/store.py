@@ -10,9 +10,10 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +32,20 @@ def new_run_id() -> str:
     return utcnow().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
+@cache
+def _upsert_stmt(dialect: str, table: Any, keys: tuple[str, ...], columns: tuple[str, ...]) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE, built once and run with rows as parameters: a statement
+    with the rows in its VALUES would be built and compiled anew on every call (~ms for results' columns)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table)
+    return stmt.on_conflict_do_update(index_elements=list(keys),
+                                      set_={c: stmt.excluded[c] for c in columns if c not in keys})
+
+
+def _unreachable(exc: OperationalError) -> InfraError:
+    return InfraError(f"store unreachable: {str(exc.orig).strip().splitlines()[0]}")
+
+
 def _aware(dt: datetime | None) -> datetime | None:
     from datetime import UTC
 
@@ -45,6 +60,7 @@ class Store:
         self.engine = make_engine(self.url)
         migrate(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def dialect(self) -> str:
@@ -56,15 +72,20 @@ class Store:
             with self._sessions.begin() as session:
                 yield session
         except OperationalError as exc:
-            raise InfraError(f"store unreachable: {str(exc.orig).strip().splitlines()[0]}") from exc
+            raise _unreachable(exc) from exc
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A connection outside any transaction, for one statement: one round trip, no BEGIN or COMMIT."""
+        try:
+            with self._autocommit.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise _unreachable(exc) from exc
 
     def _upsert(self, session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
-        if not rows:
-            return
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = insert(table).values(rows)
-        cols = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
-        session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=cols))
+        if rows:  # Core, not the ORM's bulk insert: the rows are plain dicts already
+            session.connection().execute(_upsert_stmt(self.dialect, table, tuple(keys), tuple(rows[0])), rows)
 
     # Runs and jobs ---------------------------------------------------------------------------
 
@@ -129,7 +150,7 @@ class Store:
 
     def claim_on(self, job_id: str, agent: str, lease_s: float, device: str | None = None,
                  token: str | None = None) -> str | None:
-        """:meth:`claim`, also reading the device's status in the same transaction (one round trip
+        """:meth:`claim`, also reading the device's status in the same statement (one round trip
         where an agent needs both): None when not claimed, else the device's status ("" if unknown).
 
         `token` names the delivery: a claim retried after a dropped connection (the first try may
@@ -139,20 +160,26 @@ class Store:
         where = [JobRow.id == job_id, JobRow.status == "queued"]
         if device is not None:
             where.append(JobRow.device == device)
-        with self.session() as s:
-            res = s.execute(update(JobRow).where(*where)
-                            .values(status="running", agent=agent, claim_token=token, started_at=now,
-                                    heartbeat_at=now, lease_until=now + timedelta(seconds=lease_s),
-                                    attempts=JobRow.attempts + 1))
-            if res.rowcount:
-                s.execute(update(Run).where(Run.id == select(JobRow.run_id).where(JobRow.id == job_id)
-                                            .scalar_subquery(), Run.status == "queued").values(status="running"))
-            elif token is None or not s.scalar(select(func.count()).where(
+        device_status = (select(Device.status).where(Device.name == device).scalar_subquery()
+                         if device is not None else literal(""))
+        with self.autocommit() as conn:
+            # The common case is this one statement, atomic on its own (no BEGIN/COMMIT round trips):
+            # the claim returns what else the agent needs to know.
+            claimed = conn.execute(update(JobRow).where(*where)
+                                   .values(status="running", agent=agent, claim_token=token, started_at=now,
+                                           heartbeat_at=now, lease_until=now + timedelta(seconds=lease_s),
+                                           attempts=JobRow.attempts + 1)
+                                   .returning(JobRow.run_id, select(Run.status).where(Run.id == JobRow.run_id)
+                                              .scalar_subquery(), device_status)).first()
+            if claimed is not None:
+                run_id, run_status, status = claimed
+                if run_status == "queued":  # the run's first claim
+                    conn.execute(update(Run).where(Run.id == run_id, Run.status == "queued").values(status="running"))
+                return status or ""
+            if token is None or not conn.scalar(select(func.count()).where(
                     JobRow.id == job_id, JobRow.status == "running", JobRow.claim_token == token)):
                 return None
-            if device is None:
-                return ""
-            return s.scalar(select(Device.status).where(Device.name == device)) or ""
+            return conn.scalar(select(device_status)) or ""
 
     def heartbeat(self, job_id: str, agent: str, lease_s: float) -> bool:
         now = utcnow()
@@ -204,9 +231,9 @@ class Store:
         not a count over the run. It runs after the result's own commit: of two agents saving a
         run's last two jobs at once, the later one sees both.
         """
-        with self.session() as s:
-            if s.scalar(select(JobRow.id).where(JobRow.run_id == run_id, JobRow.status.in_(["queued", "running"]))
-                        .limit(1)) is not None:
+        with self.autocommit() as conn:
+            if conn.scalar(select(JobRow.id).where(JobRow.run_id == run_id, JobRow.status.in_(["queued", "running"]))
+                           .limit(1)) is not None:
                 return None
         counts = self.counts(run_id)
         if counts.get("queued") or counts.get("running"):
@@ -221,14 +248,19 @@ class Store:
 
     def save_result(self, result: JobResult, job: Job | None = None) -> None:
         """Store a job's outcome. Idempotent: the same result saved twice leaves one copy."""
+        values = {**self._outcome(result), "attempts": case((JobRow.attempts > result.attempt, JobRow.attempts),
+                                                            else_=result.attempt)}
+        if result.agent:
+            values["agent"] = result.agent
         with self.session() as s:
-            row = s.get(JobRow, result.job_id)
-            if row is None:
+            conn = s.connection()  # Core statements: this path runs once per job, the ORM adds nothing to it
+            found = conn.execute(update(JobRow).where(JobRow.id == result.job_id).values(**values)
+                                 .returning(JobRow.spec if job is None else JobRow.id)).scalar()
+            if found is None:
                 raise ConfigError(f"result for unknown job {result.job_id}")
-            job = job or Job.model_validate(row.spec)
-            self._apply_outcome(row, result)
+            job = job or Job.model_validate(found)
             reps = [r.rep for r in result.repetitions]
-            s.execute(delete(ResultRow).where(ResultRow.job_id == result.job_id, ResultRow.rep.not_in(reps)))
+            conn.execute(delete(ResultRow).where(ResultRow.job_id == result.job_id, ResultRow.rep.not_in(reps)))
             self._upsert(s, ResultRow, [self._result_row(job, result, r) for r in result.repetitions],
                          ["job_id", "rep"])
             if result.trace:
@@ -236,22 +268,25 @@ class Store:
                                          "meta": {"source": result.power.get("source")}}], ["job_id"])
 
     @staticmethod
-    def _apply_outcome(row: JobRow, result: JobResult) -> None:
-        # a result that arrives after cancel is still data worth keeping, so status is not checked
-        row.status = result.status
-        row.error_class, row.error = result.error_class, result.error
+    def _outcome(result: JobResult) -> dict[str, Any]:
+        """The job row's columns a result sets, except agent and attempts (a result does not erase them).
+
+        A result that arrives after cancel is still data worth keeping, so status is not checked.
+        """
+        return {"status": result.status, "error_class": result.error_class, "error": result.error,
+                # a retried job may have moved to another device of its profile
+                "device": result.device, "started_at": result.started_at, "finished_at": result.finished_at,
+                "lease_until": None, "fingerprint": result.fingerprint, "provenance": result.provenance,
+                "thermal": result.thermal, "power": result.power, "throttled": result.thermal.get("throttled"),
+                "charging": result.power.get("charging"), "model_sha256": result.provenance.get("model_sha256"),
+                "engine_build": result.provenance.get("engine_build"), "bytes_pushed": result.bytes_pushed}
+
+    @classmethod
+    def _apply_outcome(cls, row: JobRow, result: JobResult) -> None:
+        for column, value in cls._outcome(result).items():
+            setattr(row, column, value)
         row.agent = result.agent or row.agent
-        row.device = result.device  # a retried job may have moved to another device of its profile
-        row.started_at, row.finished_at = result.started_at, result.finished_at
         row.attempts = max(row.attempts, result.attempt)
-        row.lease_until = None
-        row.fingerprint, row.provenance = result.fingerprint, result.provenance
-        row.thermal, row.power = result.thermal, result.power
-        row.throttled = result.thermal.get("throttled")
-        row.charging = result.power.get("charging")
-        row.model_sha256 = result.provenance.get("model_sha256")
-        row.engine_build = result.provenance.get("engine_build")
-        row.bytes_pushed = result.bytes_pushed
 
     def save_results(self, results: Sequence[JobResult], jobs: Sequence[Job] | None = None) -> None:
         """The bulk path: many jobs' outcomes in one transaction (agents flushing a spool, imports).
@@ -302,7 +337,8 @@ class Store:
             "profile": job.profile, "backend": job.backend, "model": job.model.label, "quant": job.quant,
             "threads": job.threads, "test": job.test, "n_prompt": r.n_prompt, "n_gen": r.n_gen,
             "prefill_s": r.prefill_s, "decode_s": r.decode_s, "prefill_tps": r.prefill_tps,
-            "decode_tps": r.decode_tps, "ttft_s": r.ttft_s, "peak_rss_bytes": r.peak_rss_bytes,
+            "decode_tps": r.decode_tps, "decode_step_tps": r.decode_step_tps, "ttft_s": r.ttft_s,
+            "peak_rss_bytes": r.peak_rss_bytes,
             "exit_status": r.exit_status, "error_class": result.error_class,
             "prefill_energy_j": r.prefill_energy_j, "decode_energy_j": r.decode_energy_j,
             "prefill_j_per_tok": r.prefill_j_per_tok, "decode_j_per_tok": r.decode_j_per_tok,
