@@ -18,7 +18,7 @@ REP_KEYS = {"rep", "warmup", "prefill_start_ns", "prefill_end_ns", "decode_start
             "decode_ns", "ttft_ns", "n_prompt", "n_gen", "decode_preemptions", "decode_token_ns"}
 TOP_KEYS = {"engine", "version", "build_flags", "simd", "model_filename", "model_type", "model_size",
             "model_n_params", "n_threads", "n_prompt", "n_gen", "kv_type", "clock", "load_ns", "peak_rss_bytes",
-            "repetitions"}
+            "lockstep", "repetitions"}
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,8 @@ def _bad_inputs(tmp: Path, model: Path) -> list[tuple[list[str], str]]:
         (["info", "-m", str(q5)], "unsupported type"),
         (["bench", "-m", str(model), "-t", "0"], "bad value"),
         (["bench", "-m", str(model), "--kv", "q8"], "--kv"),
+        (["bench", "-m", str(model), "--lockstep", "97,98"], "--lockstep"),
+        (["bench", "-m", str(model), "--lockstep", "3"], "--lockstep"),
         (["logits", "-m", str(model), "--tokens", "1,99999"], "out of range"),
         (["frobnicate"], "usage"),
         (["bench"], "missing -m"),

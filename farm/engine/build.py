@@ -33,6 +33,7 @@ SOURCE_DIR = Path(__file__).resolve().parent / "src"
 PROGRAMS: dict[str, list[str]] = {
     "farm-engine": ["main.c", "gguf.c", "model.c", "forward.c", "quant.c", "threadpool.c"],
     "farm-sampler": ["sampler/sampler.c"],  # farm.power's on-device sampler (CLOCK_MONOTONIC)
+    "farm-pair": ["pair/pair.c"],  # runs two engine builds in lock step, one timed phase each (farm regress)
 }
 # Headers every program may include; they are part of the cache key.
 _LAYOUT = 2  # bump when build.json changes, so old cache entries are not read

@@ -15,14 +15,22 @@
  *              the scheduler gave one of its cores to someone else (a busy host, not the engine).
  * The KV cache holds n_prompt + n_gen positions; every repetition restarts at position 0.
  *
+ * --lockstep R,W (bench): before every timed phase (each repetition's prefill, each decode step) read one
+ * byte from fd R, after it write one byte to fd W. farm-pair (src/pair) runs two builds this way, their
+ * steps interleaved A B B A on one core, so both see the same host at millisecond distance. decode_ns is
+ * then the sum of the steps (the waits between them are not the engine's time); without --lockstep the
+ * steps are back to back and the sum equals the wall time, so the two definitions agree.
+ *
  * logits -m M --tokens 1,2,3 [-t T] [--kv f16|f32] [--all] [--ubatch N]: the last (or every) token's
  * logits after the prompt path; --ubatch 1 feeds the tokens one at a time through the decode path. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "model.h"
@@ -46,6 +54,7 @@ static void usage(void) {
 typedef struct {
     const char *model, *tokens;
     int n_prompt, n_gen, threads, reps, warmup, kv_f16, all, seed, ubatch;
+    int sync_in, sync_out; /* --lockstep R,W; -1 = free running */
 } opts_t;
 
 static int parse_int(const char *flag, const char *v, int lo) {
@@ -57,7 +66,8 @@ static int parse_int(const char *flag, const char *v, int lo) {
 }
 
 static void parse(int argc, char **argv, opts_t *o) {
-    *o = (opts_t){.n_prompt = 512, .n_gen = 128, .threads = 1, .reps = 5, .warmup = 1, .kv_f16 = 1, .ubatch = 512};
+    *o = (opts_t){.n_prompt = 512, .n_gen = 128, .threads = 1, .reps = 5, .warmup = 1, .kv_f16 = 1, .ubatch = 512,
+                 .sync_in = -1, .sync_out = -1};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--all")) {
@@ -75,6 +85,11 @@ static void parse(int argc, char **argv, opts_t *o) {
         else if (!strcmp(a, "--seed")) o->seed = parse_int(a, v, 0);
         else if (!strcmp(a, "--tokens")) o->tokens = v;
         else if (!strcmp(a, "--ubatch")) o->ubatch = parse_int(a, v, 1);
+        else if (!strcmp(a, "--lockstep")) {
+            if (sscanf(v, "%d,%d", &o->sync_in, &o->sync_out) != 2 || o->sync_in < 0 || o->sync_out < 0 ||
+                fcntl(o->sync_in, F_GETFD) < 0 || fcntl(o->sync_out, F_GETFD) < 0)
+                farm_fail("--lockstep needs two open file descriptors R,W, got '%s'", v);
+        }
         else if (!strcmp(a, "--kv")) {
             if (strcmp(v, "f16") && strcmp(v, "f32")) farm_fail("--kv must be f16 or f32, got '%s'", v);
             o->kv_f16 = !strcmp(v, "f16");
@@ -112,6 +127,26 @@ static int64_t peak_rss_bytes(void) {
 static long involuntary_switches(void) {
     struct rusage ru;
     return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_nivcsw : 0;
+}
+
+/* Lock-step turn taking (--lockstep): wait for the conductor's go, then report the phase done. A closed
+ * pipe means the conductor is gone: stop quietly rather than time steps nobody is pairing. */
+static void turn_wait(const opts_t *o) {
+    if (o->sync_in < 0) return;
+    char b;
+    ssize_t n;
+    do n = read(o->sync_in, &b, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1) farm_fail("lockstep: the conductor closed fd %d", o->sync_in);
+}
+
+static void turn_done(const opts_t *o) {
+    if (o->sync_out < 0) return;
+    const char b = '.';
+    ssize_t n;
+    do n = write(o->sync_out, &b, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1) farm_fail("lockstep: cannot write to fd %d", o->sync_out);
 }
 
 static void json_ints(const int64_t *x, int n) {
@@ -159,8 +194,10 @@ static int cmd_bench(const opts_t *o) {
     int64_t *ttft = calloc((size_t)n_reps, sizeof *ttft);
     int64_t *tok_ns = calloc((size_t)n_reps * (size_t)(G > 0 ? G : 1), sizeof *tok_ns); /* per decode step */
     long *preempt = calloc((size_t)n_reps, sizeof *preempt);
+    int64_t *decode_ns = calloc((size_t)n_reps, sizeof *decode_ns);
     for (int r = 0; r < n_reps; r++) {
         int tok = bos;
+        turn_wait(o);
         ts[r][0] = farm_now_ns();
         phase("prefill_start", ts[r][0]);
         if (P > 0) {
@@ -170,16 +207,24 @@ static int cmd_bench(const opts_t *o) {
         ts[r][1] = farm_now_ns();
         phase("prefill_end", ts[r][1]);
         ttft[r] = ts[r][1] - ts[r][0];
+        turn_done(o);
         ts[r][2] = farm_now_ns();
         phase("decode_start", ts[r][2]);
         int64_t t_step = ts[r][2];
+        decode_ns[r] = 0;
         const long csw0 = involuntary_switches();
         for (int g = 0; g < G; g++) {
+            if (o->sync_in >= 0) {
+                turn_wait(o);
+                t_step = farm_now_ns();
+            }
             forward(&c, &tok, 1, P + g, 0);
             tok = argmax(c.logits, m.n_vocab);
             const int64_t t_done = farm_now_ns();
             tok_ns[(size_t)r * G + g] = t_done - t_step;
+            decode_ns[r] += t_done - t_step;
             t_step = t_done;
+            turn_done(o);
             if (g == 0 && P == 0) ttft[r] = tok_ns[(size_t)r * G];
         }
         ts[r][3] = t_step;
@@ -192,15 +237,15 @@ static int cmd_bench(const opts_t *o) {
     print_model_fields(&m, o->model);
     printf(",\"n_threads\":%d,\"n_prompt\":%d,\"n_gen\":%d,\"kv_type\":\"%s\",\"clock\":\"CLOCK_MONOTONIC\"", o->threads,
            P, G, o->kv_f16 ? "f16" : "f32");
-    printf(",\"load_ns\":%lld,\"peak_rss_bytes\":%lld,\"repetitions\":[", (long long)load_ns,
-           (long long)peak_rss_bytes());
+    printf(",\"load_ns\":%lld,\"peak_rss_bytes\":%lld,\"lockstep\":%s,\"repetitions\":[", (long long)load_ns,
+           (long long)peak_rss_bytes(), o->sync_in >= 0 ? "true" : "false");
     for (int r = 0; r < n_reps; r++) {
         printf("%s{\"rep\":%d,\"warmup\":%s,\"prefill_start_ns\":%lld,\"prefill_end_ns\":%lld,\"decode_start_ns\":%lld,"
                "\"decode_end_ns\":%lld,\"prefill_ns\":%lld,\"decode_ns\":%lld,\"ttft_ns\":%lld,\"n_prompt\":%d,"
                "\"n_gen\":%d,\"decode_preemptions\":%ld,\"decode_token_ns\":",
                r ? "," : "", r, r < o->warmup ? "true" : "false", (long long)ts[r][0], (long long)ts[r][1],
                (long long)ts[r][2], (long long)ts[r][3], (long long)(ts[r][1] - ts[r][0]),
-               (long long)(ts[r][3] - ts[r][2]), (long long)ttft[r], P, G, preempt[r]);
+               (long long)decode_ns[r], (long long)ttft[r], P, G, preempt[r]);
         json_ints(tok_ns + (size_t)r * G, G);
         printf("}");
     }
@@ -210,6 +255,7 @@ static int cmd_bench(const opts_t *o) {
     free(ttft);
     free(tok_ns);
     free(preempt);
+    free(decode_ns);
     ctx_free(&c);
     model_free(&m);
     return 0;
