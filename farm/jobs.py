@@ -107,6 +107,8 @@ class Repetition(BaseModel):
     prefill_avg_w: float | None = None
     decode_avg_w: float | None = None
     exit_status: int = 0
+    # Which build ran it, when one job runs two in lock step (farm regress --interleave step); else the job's tag.
+    variant: str | None = None
 
     @property
     def prefill_tps(self) -> float | None:

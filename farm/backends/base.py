@@ -56,6 +56,12 @@ class Backend(ABC):
         """Whether this backend can run `job` on a device of `profile`, and why not."""
         return True, ""
 
+    def can_interleave_steps(self, other: dict[str, Any]) -> bool:
+        """Whether this build and the one the options `other` select can share one job in lock step,
+        timed phase by timed phase (``farm regress --interleave step``). Engines that cannot are compared
+        one process per side."""
+        return False
+
     @abstractmethod
     def prepare(self, job: Job, profile: DeviceProfile) -> Prepared:
         """Build or find the engine binary and model file for this job (on the agent host)."""

@@ -332,6 +332,10 @@ class Store:
 
     @staticmethod
     def _result_row(job: Job, result: JobResult, r: Any) -> dict[str, Any]:
+        variant = r.variant or job.tags.get("variant")
+        # A lock-step job ran two builds: each repetition carries its own build's commit.
+        commit = (result.provenance.get("variants") or {}).get(variant, {}).get("engine_commit") \
+            or result.provenance.get("engine_commit")
         return {
             "job_id": job.job_id, "rep": r.rep, "run_id": job.run_id, "device": result.device,
             "profile": job.profile, "backend": job.backend, "model": job.model.label, "quant": job.quant,
@@ -344,8 +348,8 @@ class Store:
             "prefill_j_per_tok": r.prefill_j_per_tok, "decode_j_per_tok": r.decode_j_per_tok,
             "prefill_avg_w": r.prefill_avg_w, "decode_avg_w": r.decode_avg_w,
             "power_modelled": result.power.get("modelled"), "throttled": result.thermal.get("throttled"),
-            "charging": result.power.get("charging"), "engine_commit": result.provenance.get("engine_commit"),
-            "variant": job.tags.get("variant"), "created_at": result.finished_at,
+            "charging": result.power.get("charging"), "engine_commit": commit,
+            "variant": variant, "created_at": result.finished_at,
         }
 
     def results(self, run_id: str | None = None) -> list[ResultRow]:
