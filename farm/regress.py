@@ -11,6 +11,14 @@ process is deliberate: memory layout, page placement and frequency decisions dif
 repetitions inside one process are correlated and would understate the noise; a new process per
 sample lets the noise estimate see every source that differs between two CI runs.
 
+Step interleaving (``interleave="step"``, the default where the engine supports it). A job runs both
+builds at once under ``farm-pair``, which hands out turns of one timed phase (a prefill, one decode
+step) in the order A B | B A | ...: the two builds see the same host milliseconds apart instead of a
+process apart (~0.1-1 s). On a shared host whose speed changes at the scale of a repetition this is the
+difference between a 15% and a ~1% pair-to-pair spread. Each job is one pair (``block`` repetitions
+per side); its rows carry the variant, numbered rep = 2·i + side. Energy is not attributed in this
+mode (both builds share every power sample): judge energy with ``interleave="process"``.
+
 Noise. ``farm noise`` is the same schedule with one build on both sides (A/A); the spread of its
 pair log ratios is stored in the run's meta and turned into the minimum detectable effect at the
 pair count of each later ``farm regress`` on that device.
@@ -43,24 +51,47 @@ class Side:
     describe: dict[str, Any]
 
 
-def ab_jobs(base: list[Job], sides: tuple[Side, Side], pairs: int, block: int = 1) -> list[Job]:
-    """Expand planned cells into the ABBA schedule: per device, `pairs` pairs per cell, `block` reps per job."""
+INTERLEAVES = ("step", "process")
+
+
+def ab_jobs(base: list[Job], sides: tuple[Side, Side], pairs: int, block: int = 1,
+            interleave: str = "process") -> list[Job]:
+    """Expand planned cells into the ABBA schedule: per device, `pairs` pairs per cell, `block` reps per job
+    and side; `interleave` "process" makes a job per side, "step" one lock-step job per pair."""
     if pairs < 2:
         raise ConfigError("an A/B comparison needs at least 2 pairs (repetitions per side ≥ 2)")
+    if interleave not in INTERLEAVES:
+        raise ConfigError(f"interleave must be one of {', '.join(INTERLEAVES)}, got {interleave!r}")
     out: list[Job] = []
     for cell in sorted(base, key=lambda j: j.index):
         for p in range(pairs):
             order = sides if p % 2 == 0 else (sides[1], sides[0])
+            tags = {**cell.tags, "pair": str(p), "cell": cell.job_id, "interleave": interleave}
+            if interleave == "step":  # one job, both builds; who takes the first turn alternates too
+                out.append(cell.model_copy(update={
+                    "job_id": f"{cell.job_id}-{p:03d}AB", "repetitions": block,
+                    "backend_options": {**cell.backend_options, **sides[0].options,
+                                        "lockstep_with": {**cell.backend_options, **sides[1].options},
+                                        "first": order[0].name},
+                    "tags": {**tags, "variant": "AB"}}))
+                continue
             for side in order:
                 out.append(cell.model_copy(update={
                     "job_id": f"{cell.job_id}-{p:03d}{side.name}",
                     "backend_options": {**cell.backend_options, **side.options},
                     "repetitions": block,
-                    "tags": {**cell.tags, "variant": side.name, "pair": str(p), "cell": cell.job_id},
+                    "tags": {**tags, "variant": side.name},
                 }))
     # Devices run in parallel, each in Job.index order: a stable sort by device keeps each one's ABBA.
     ordered = sorted(out, key=lambda j: j.device)
     return [j.model_copy(update={"index": i}) for i, j in enumerate(ordered)]
+
+
+def step_interleave_supported(backend: str, sides: tuple[Side, Side]) -> bool:
+    """Whether `backend` can run these two builds in lock step (see the module docstring)."""
+    from farm.backends import get_backend
+
+    return get_backend(backend, **sides[0].options).can_interleave_steps(sides[1].options)
 
 
 def prebuild(jobs: list[Job], profiles: dict[str, DeviceProfile],
@@ -84,8 +115,9 @@ def prebuild(jobs: list[Job], profiles: dict[str, DeviceProfile],
             raise ConfigError(f"backend {job.backend} cannot run {job.test} on {profile.name}: {why}")
         prov = backend.prepare(job, profile).provenance
         done[key] = prov
-        per_variant.setdefault(str(job.tags.get("variant")), {
-            k: prov.get(k) for k in ("engine", "engine_commit", "engine_build", "build_flags", "target", "compiler")})
+        for variant, p in (prov.get("variants") or {str(job.tags.get("variant")): prov}).items():
+            per_variant.setdefault(variant, {
+                k: p.get(k) for k in ("engine", "engine_commit", "engine_build", "build_flags", "target", "compiler")})
     return per_variant
 
 
@@ -107,12 +139,15 @@ def record_builds(store: Store, backend: str, builds: dict[str, dict[str, Any]])
 
 
 def results_with_pairs(store: Store, run_id: str) -> pd.DataFrame:
-    """The run's repetitions with the ABBA pair index of their job."""
+    """The run's repetitions with the ABBA pair index of their job; a lock-step job's rows (rep = 2·i + side)
+    get their index i back, so A's and B's i-th repetitions line up as in a pair of jobs."""
     df = store.results_frame(run_id)
-    pair = {j.job_id: int(j.tags.get("pair", -1)) for j in store.jobs(run_id)}
+    jobs = store.jobs(run_id)
+    pair = {j.job_id: int(j.tags.get("pair", -1)) for j in jobs}
+    step = {j.job_id for j in jobs if j.tags.get("interleave") == "step"}
     if df.empty:
         return df.assign(pair=pd.Series(dtype=int))
-    return df.assign(pair=df["job_id"].map(pair))
+    return df.assign(pair=df["job_id"].map(pair), rep=df["rep"].where(~df["job_id"].isin(step), df["rep"] // 2))
 
 
 def analyse(store: Store, run_id: str, *, threshold: float, alpha: float,
@@ -129,11 +164,12 @@ def save_noise(store: Store, run_id: str, table: list[dict[str, Any]]) -> None:
         run.meta = {**(run.meta or {}), "noise": _jsonable(table)}
 
 
-def load_noise(store: Store, devices: set[str], limit: int = 200) -> dict[tuple, float]:
-    """The newest A/A log-ratio sd per (cell..., metric) among finished noise runs on `devices`."""
+def load_noise(store: Store, devices: set[str], interleave: str = "process", limit: int = 200) -> dict[tuple, float]:
+    """The newest A/A log-ratio sd per (cell..., metric) among finished noise runs on `devices` that used
+    the same interleaving (a step-interleaved A/A says nothing about process-level noise, and back)."""
     found: dict[tuple, float] = {}
     for run in store.runs(limit=limit):  # newest first: the first hit per key wins
-        if run.kind != "noise":
+        if run.kind != "noise" or (run.meta or {}).get("interleave", "process") != interleave:
             continue
         for row in (run.meta or {}).get("noise", []):
             if row.get("device") not in devices:
@@ -173,7 +209,10 @@ def failed_jobs(store: Store, run_id: str) -> dict[str, list[str]]:
     variant = {j.job_id: j.tags.get("variant", "?") for j in store.jobs(run_id)}
     for row in store.job_rows(run_id):
         if row.status == "failed":
-            out.setdefault(variant.get(row.id, "?"), []).append(f"{row.device}: {row.error_class}: {row.error}")
+            side = variant.get(row.id, "?")
+            if side == "AB":  # a lock-step job: its error names the build that failed ("B: ...")
+                side = (row.error or "")[:1] if (row.error or "")[1:3] == ": " else "AB"
+            out.setdefault(side, []).append(f"{row.device}: {row.error_class}: {row.error}")
     return out
 
 

@@ -161,3 +161,29 @@ def test_board_tegrastats_on_its_path_follows_the_load(lab, lab_transport):  # n
     assert report.source == "tegrastats" and report.details["rail"] == "VDD_IN"
     assert report.idle_w == pytest.approx(lab.device("board1").feed.idle_w, rel=0.2)
     assert busy.avg_w > report.idle_w
+
+
+def test_lock_step_pair_runs_on_a_phone(lab, swept):  # noqa: F811 - pytest fixture
+    """`farm regress --interleave step` on a phone: farm-pair and both engines staged (aarch64, run under
+    qemu there), one job per pair, each repetition stored under its own variant and commit, no energy
+    attributed to either side (their phases overlap in time)."""
+    from farm import regress
+
+    store, inv = swept
+    sweep = loads_sweep(SWEEP.replace("devices: [phone1, phone2, board1]", "devices: [phone1]"))
+    plan = make_plan(sweep, inv, "lab-ab")
+    sides = (regress.Side("A", {"engine_commit": "a" * 40}, {}), regress.Side("B", {"engine_commit": "b" * 40}, {}))
+    assert regress.step_interleave_supported("reference", sides)
+    jobs = regress.ab_jobs(plan.jobs, sides, pairs=2, block=2, interleave="step")
+    assert regress.prebuild(jobs, plan.profiles)["B"]["engine_commit"] == "b" * 40
+    store.create_run(sweep.name, jobs, run_id="lab-ab", kind="regress")
+    regress.execute(store, inv, "lab-ab", jobs)
+    rows = store.job_rows("lab-ab")
+    assert [j.status for j in rows] == ["done", "done"], [(j.status, j.error) for j in rows]
+    df = regress.results_with_pairs(store, "lab-ab")
+    assert sorted(zip(df["pair"], df["rep"], df["variant"], strict=True)) == [
+        (p, r, v) for p in (0, 1) for r in (0, 1) for v in "AB"]
+    assert set(zip(df["variant"], df["engine_commit"], strict=True)) == {("A", "a" * 40), ("B", "b" * 40)}
+    assert (df["decode_tps"] > 0).all() and df["decode_j_per_tok"].isna().all()
+    root = lab.sandbox_file("phone1", WORKDIRS["phone1"])
+    assert any(p.name.endswith("-farm-pair") and is_aarch64_elf(p) for p in root.rglob("*") if p.is_file())

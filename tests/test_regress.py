@@ -55,6 +55,19 @@ def test_schedule_is_abba_per_device_with_one_rep_per_job() -> None:
         ab_jobs([_job(0)], sides, pairs=1)
 
 
+def test_step_schedule_is_one_lock_step_job_per_pair_with_alternating_first_turn() -> None:
+    sides = (Side("A", {"engine_commit": "a"}, {}), Side("B", {"engine_commit": "b"}, {}))
+    jobs = ab_jobs([_job(0), _job(1, "phone")], sides, pairs=4, block=2, interleave="step")
+    assert len(jobs) == 8 and all(j.tags["variant"] == "AB" and j.tags["interleave"] == "step" for j in jobs)
+    local = [j for j in jobs if j.device == "local"]
+    assert [j.backend_options["first"] for j in local] == ["A", "B", "A", "B"]
+    assert all(j.backend_options["engine_commit"] == "a" and j.repetitions == 2 for j in jobs)
+    assert all(j.backend_options["lockstep_with"] == {"engine_commit": "b"} for j in jobs)
+    assert [j.tags["pair"] for j in local] == ["0", "1", "2", "3"]
+    with pytest.raises(ConfigError, match="interleave"):
+        ab_jobs([_job(0)], sides, pairs=2, interleave="thread")
+
+
 @pytest.fixture(scope="module")
 def engine_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     from farm.zoo.files import resolve_model
@@ -100,12 +113,17 @@ def test_regress_flags_the_slow_head_and_passes_the_unchanged_one(engine_repo, t
     assert noise.returncode == 0, noise.stderr
     assert "decode_tps" in noise.stdout and "MDE" in noise.stdout
 
-    same = _farm("regress", *common, "--base", shas["A"], "--head", shas["A2"], "--json", "same.json", cwd=tmp_path)
+    # One process per side: the mode that attributes energy (and the only one for engines without --lockstep).
+    same = _farm("regress", *common, "--base", shas["A"], "--head", shas["A2"], "--json", "same.json",
+                 "--interleave", "process", cwd=tmp_path)
     assert same.returncode == 0, same.stdout + same.stderr
-    assert same.stdout.startswith("### ✅ farm regress: no regression")
+    assert same.stdout.startswith("### ✅ farm regress: no regression") and "interleaved per process" in same.stdout
+    assert json.loads((tmp_path / "same.json").read_text())["interleave"] == "process"
 
+    # Both builds in lock step, a timed phase each (the default for an engine that knows --lockstep).
     slow = _farm("regress", *common, "--base", shas["A"], "--head", shas["B"], "--json", "slow.json", cwd=tmp_path)
     report = json.loads((tmp_path / "slow.json").read_text())
+    assert report["interleave"] == "step" and "energy/token not judged" in slow.stdout
     dec = next(r for r in report["results"] if r["metric"] == "decode_tps")
     assert dec["verdict"] != "improvement", slow.stdout
     assert report["head"]["commit"] == shas["B"] and report["base"]["commit"] == shas["A"]

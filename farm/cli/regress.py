@@ -23,6 +23,11 @@ err = Console(stderr=True, highlight=False)
 
 threshold_option = click.option("--threshold", default=0.03, show_default=True, type=click.FloatRange(0, 1),
                                 help="Smallest relative change that fails CI (0.03 = 3%); the MDE raises it.")
+interleave_option = click.option(
+    "--interleave", default="auto", show_default=True, type=click.Choice(["auto", "step", "process"]),
+    help="step: one job runs both builds in lock step, a timed phase each (farm-pair), for the tightest "
+         "timing; process: one process per side, the only way to attribute energy/token. auto: step "
+         "where the engine supports it.")
 alpha_option = click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0001, 0.5),
                             help="Significance level of each test.")
 
@@ -52,24 +57,31 @@ def _progress(event: Any) -> None:
 
 
 def _run_ab(kind: str, sweep_path: str, devices_path: str | None, db_url: str | None, sides_for, block: int,
-            meta: dict[str, Any]):  # -> (store, run_id, sweep, provenance)
+            interleave: str, meta: dict[str, Any]):  # -> (store, run_id, sweep)
     from farm import regress
     from farm.store import new_run_id
 
     run_id = new_run_id()
     sweep, inventory, plan, backend = _plan(sweep_path, devices_path, run_id)
     sides = sides_for(backend)
+    can_step = regress.step_interleave_supported(backend, sides)
+    if interleave == "step" and not can_step:
+        raise ConfigError(f"--interleave step: backend {backend} cannot run these two builds in lock step "
+                          "(an engine without --lockstep, or another backend); use --interleave process")
+    interleave = "step" if interleave == "auto" and can_step else ("process" if interleave == "auto" else interleave)
     pairs = math.ceil(sweep.repetitions / block)
-    jobs = regress.ab_jobs(plan.jobs, sides, pairs=pairs, block=block)
+    jobs = regress.ab_jobs(plan.jobs, sides, pairs=pairs, block=block, interleave=interleave)
     err.print(f"run {run_id}: building {len({s.options.get('engine_commit') for s in sides})} engine build(s)")
     provenance = regress.prebuild(jobs, plan.profiles, on_build=lambda what: err.print(f"  build {what}"))
     store = open_store(db_url)
     store.create_run(sweep.name, jobs, run_id=run_id, kind=kind, sweep_yaml=Path(sweep_path).read_text(),
                      sweep_digest=sweep.digest(), priority=sweep.priority,
-                     meta={**meta, "pairs": pairs, "block": block, "sides": {s.name: s.describe for s in sides},
+                     meta={**meta, "pairs": pairs, "block": block, "interleave": interleave,
+                           "sides": {s.name: s.describe for s in sides},
                            "builds": provenance})
     regress.record_builds(store, backend, provenance)
-    err.print(f"run {run_id}: {len(jobs)} jobs ({pairs} ABBA pairs × {len(plan.jobs)} cell(s), {block} rep/job)")
+    err.print(f"run {run_id}: {len(jobs)} jobs ({pairs} ABBA pairs × {len(plan.jobs)} cell(s), {block} rep/side, "
+              f"interleaved per {'timed phase' if interleave == 'step' else 'process'})")
     regress.execute(store, inventory, run_id, jobs, progress=_progress)
     return store, run_id, sweep
 
@@ -101,15 +113,16 @@ def _emit(md: str, payload: dict[str, Any], json_path: str | None) -> None:
 @click.option("--engine-subdir", default=None, help="Engine sources inside the repository (auto-detected).")
 @click.option("--flag", "flags", multiple=True, help="Extra build flag for both sides (repeatable).")
 @click.option("--block", default=1, show_default=True, type=click.IntRange(1, 100),
-              help="Timed repetitions per job (process); 1 samples process-level noise best.")
+              help="Timed repetitions per side and job (process); 1 samples process-level noise best.")
+@interleave_option
 @threshold_option
 @alpha_option
 @click.option("--json", "json_path", default="farm-regress.json", show_default=True, help="Write the verdicts here.")
 @db_option
 @devices_option
 def regress_cmd(engine: str, base: str, head: str, sweep_path: str, engine_subdir: str | None,
-                flags: tuple[str, ...], block: int, threshold: float, alpha: float, json_path: str | None,
-                db_url: str | None, devices_path: str | None) -> None:
+                flags: tuple[str, ...], block: int, interleave: str, threshold: float, alpha: float,
+                json_path: str | None, db_url: str | None, devices_path: str | None) -> None:
     """Build BASE and HEAD of an engine, run them ABBA on each device and judge every metric."""
     from farm import regress
 
@@ -117,13 +130,15 @@ def regress_cmd(engine: str, base: str, head: str, sweep_path: str, engine_subdi
         return (_side("A", engine, base, backend, engine_subdir, flags),
                 _side("B", engine, head, backend, engine_subdir, flags))
 
-    store, run_id, sweep = _run_ab("regress", sweep_path, devices_path, db_url, sides, block,
+    store, run_id, sweep = _run_ab("regress", sweep_path, devices_path, db_url, sides, block, interleave,
                                    {"engine": str(Path(engine).resolve()), "base": base, "head": head,
                                     "threshold": threshold, "alpha": alpha})
     run = store.get_run(run_id)
     a, b = run.meta["sides"]["A"], run.meta["sides"]["B"]
     devices = {j.device for j in store.jobs(run_id)}
-    report = regress.analyse(store, run_id, threshold=threshold, alpha=alpha, noise=regress.load_noise(store, devices))
+    interleave = run.meta["interleave"]
+    report = regress.analyse(store, run_id, threshold=threshold, alpha=alpha,
+                             noise=regress.load_noise(store, devices, interleave))
     failed = regress.failed_jobs(store, run_id)
     head_broke = bool(failed.get("B")) and not failed.get("A")
     bad = report.regressions
@@ -135,17 +150,22 @@ def regress_cmd(engine: str, base: str, head: str, sweep_path: str, engine_subdi
     else:
         title = "✅ farm regress: no regression"
     header = [f"base `{a['commit'][:10]}` ({a['subject']}) → head `{b['commit'][:10]}` ({b['subject']})",
-              f"sweep `{sweep.name}` · run `{run_id}` · {run.meta['pairs']} ABBA pairs per cell · threshold "
+              f"sweep `{sweep.name}` · run `{run_id}` · {run.meta['pairs']} ABBA pairs per cell, interleaved "
+              f"{'per timed phase (lock step)' if interleave == 'step' else 'per process'} · threshold "
               f"{threshold:.0%} · α {alpha} · Yuen 20%-trimmed t on pair log-ratios · Holm across metric families"]
     blind = sorted({f"{r.metric.label} of {r.cell['model']} {regress.compare.pct(r.mde)}" for r in report.results
                     if r.mde is not None and r.mde > threshold and r.verdict and r.verdict.label != "regression"})
+    if interleave == "step":
+        header.append("energy/token not judged: in lock step both builds share every power sample "
+                      "(`--interleave process` attributes it)")
     if blind:  # say when "no regression" only means "nothing this large could be seen"
         header.append(f"⚠ noisy: changes below the MDE cannot be called here ({', '.join(blind)})")
     for variant, errors in sorted(failed.items()):
         header.append(f"**{len(errors)} failed job(s) on {'base' if variant == 'A' else 'head'}**: {errors[0][:200]}")
     md = regress.compare.markdown(report, title, header)
     payload = regress.report_json(report, run_id=run_id, base=a, head=b, threshold=threshold, alpha=alpha,
-                                  pairs=run.meta["pairs"], failed=failed, builds=run.meta.get("builds"),
+                                  pairs=run.meta["pairs"], interleave=interleave, failed=failed,
+                                  builds=run.meta.get("builds"),
                                   verdict="regression" if bad or head_broke else "ok")
     _emit(md, payload, json_path)
     sys.exit(1 if bad or head_broke else 0)
@@ -159,12 +179,13 @@ def regress_cmd(engine: str, base: str, head: str, sweep_path: str, engine_subdi
               type=click.Path(dir_okay=False))
 @click.option("--engine-subdir", default=None)
 @click.option("--block", default=1, show_default=True, type=click.IntRange(1, 100))
+@interleave_option
 @alpha_option
 @click.option("--json", "json_path", default=None, help="Also write the noise table here.")
 @db_option
 @devices_option
-def noise_cmd(engine: str | None, rev: str, sweep_path: str, engine_subdir: str | None, block: int, alpha: float,
-              json_path: str | None, db_url: str | None, devices_path: str | None) -> None:
+def noise_cmd(engine: str | None, rev: str, sweep_path: str, engine_subdir: str | None, block: int, interleave: str,
+              alpha: float, json_path: str | None, db_url: str | None, devices_path: str | None) -> None:
     """Run one build against itself (A/A) on each device; store the noise and minimum detectable effect."""
     from farm import regress
     from farm.analysis import compare
@@ -173,12 +194,14 @@ def noise_cmd(engine: str | None, rev: str, sweep_path: str, engine_subdir: str 
         one = _side("A", engine, rev, backend, engine_subdir, ())
         return one, regress.Side("B", one.options, one.describe)
 
-    store, run_id, _ = _run_ab("noise", sweep_path, devices_path, db_url, sides, block,
+    store, run_id, _ = _run_ab("noise", sweep_path, devices_path, db_url, sides, block, interleave,
                                {"engine": engine, "rev": rev, "alpha": alpha})
     report = regress.analyse(store, run_id, threshold=0.0, alpha=alpha)
     table = compare.noise_table(report)
     regress.save_noise(store, run_id, table)
-    lines = [f"### farm noise: A/A on `{rev}` · run `{run_id}`", "",
+    mode = store.get_run(run_id).meta["interleave"]
+    lines = [f"### farm noise: A/A on `{rev}` · run `{run_id}` · interleaved per "
+             f"{'timed phase' if mode == 'step' else 'process'}", "",
              "| device | cell | metric | pairs | noise sd | MDE | A/A change | p |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for row in table:
