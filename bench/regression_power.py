@@ -19,6 +19,10 @@ regression: decode t/s or decode t/s at the 10th-percentile step, the two measur
 false-positive rate (A2 flagged as any regression), each with a Wilson 95% interval. `--json` keeps every
 trial's pairs (A and B decode t/s, total and fast steps), so another test can be tried on the same runs.
 
+Both interleavings run side by side, trial by trial, so they face the same host: ``step`` (one job runs
+A and B in lock step under farm-pair, a timed phase each: farm regress's default) and ``process`` (one
+process per side and repetition). The ratio of their MDEs is the figure to read on a noisy host.
+
     python bench/regression_power.py --trials 20 --pairs 10
 """
 
@@ -193,7 +197,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def run_trial(store, inventory, sweep, repo: Path, base: str, head: str, pairs: int, threshold: float,
-              alpha: float) -> dict:
+              alpha: float, interleave: str = "step") -> dict:
     """One `farm regress` through the library: plan → ABBA jobs → local executor → paired verdicts."""
     from farm import regress
     from farm.engine_builds import checkout
@@ -204,7 +208,7 @@ def run_trial(store, inventory, sweep, repo: Path, base: str, head: str, pairs: 
     plan = make_plan(sweep, inventory, run_id)
     sides = tuple(regress.Side(n, checkout(repo, rev).backend_options(), {"rev": rev}) for n, rev in
                   (("A", base), ("B", head)))
-    jobs = regress.ab_jobs(plan.jobs, sides, pairs=pairs)
+    jobs = regress.ab_jobs(plan.jobs, sides, pairs=pairs, interleave=interleave)
     regress.prebuild(jobs, plan.profiles)
     store.create_run(sweep.name, jobs, run_id=run_id, kind="regress")
     regress.execute(store, inventory, run_id, jobs)
@@ -213,7 +217,7 @@ def run_trial(store, inventory, sweep, repo: Path, base: str, head: str, pairs: 
     by = {r.metric.column: r for r in rep.results}
     dec, step = by["decode_tps"], by["decode_step_tps"]
     wide = frame.pivot_table(index="pair", columns="variant", values=["decode_tps", "decode_step_tps"])
-    return {"run_id": run_id, "load1": round(os.getloadavg()[0], 2),
+    return {"run_id": run_id, "interleave": interleave, "load1": round(os.getloadavg()[0], 2),
             "regressions": [r.metric.column for r in rep.regressions],
             "decode_change": dec.comparison.change, "decode_p": dec.p_adjusted, "decode_mde": dec.mde,
             "decode_verdict": dec.verdict.label, "step_change": step.comparison.change, "step_p": step.p_adjusted,
@@ -232,8 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="farm-mini")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--gen", type=int, default=32)
+    ap.add_argument("--interleave", action="append", choices=["step", "process"],
+                    help="interleaving(s) to measure, side by side (default: both)")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
+    modes = args.interleave or ["step", "process"]
 
     os.environ.setdefault("FARM_HOME", tempfile.mkdtemp(prefix="farm-power-"))
     from farm.devices import load_inventory
@@ -261,39 +268,47 @@ idle_s: 0.2
     shas = make_engine_repo(work / "engine", spin)
     store = Store(f"sqlite:///{work / 'farm.db'}")
     inventory = load_inventory(None)
-    out: dict[str, list[dict]] = {"B": [], "A2": []}
+    out = {m: {"B": [], "A2": []} for m in modes}
     t0 = time.monotonic()
     for t in range(args.trials):
-        for cond in ("B", "A2"):
-            res = run_trial(store, inventory, sweep, work / "engine", shas["A"], shas[cond], args.pairs,
-                            args.threshold, args.alpha)
-            out[cond].append(res)
-            print(f"trial {t + 1:3d} {cond:>2} load {res['load1']:5.2f}: decode {res['decode_change']:+.2%} "
-                  f"p={res['decode_p']:.3g} MDE={res['decode_mde']:.1%} → {res['decode_verdict']}; p10 step "
-                  f"{res['step_change']:+.2%} p={res['step_p']:.3g} MDE={res['step_mde']:.1%} → "
-                  f"{res['step_verdict']}; regressions: {res['regressions'] or '-'}", flush=True)
-    detected = sum(bool({"decode_tps", "decode_step_tps"} & set(r["regressions"])) for r in out["B"])
-    false_pos = sum(bool(r["regressions"]) for r in out["A2"])
+        for mode in modes:
+            for cond in ("B", "A2"):
+                res = run_trial(store, inventory, sweep, work / "engine", shas["A"], shas[cond], args.pairs,
+                                args.threshold, args.alpha, interleave=mode)
+                out[mode][cond].append(res)
+                print(f"trial {t + 1:3d} {mode:>7} {cond:>2} load {res['load1']:5.2f}: decode "
+                      f"{res['decode_change']:+.2%} p={res['decode_p']:.3g} MDE={res['decode_mde']:.1%} → "
+                      f"{res['decode_verdict']}; p10 step {res['step_change']:+.2%} p={res['step_p']:.3g} "
+                      f"MDE={res['step_mde']:.1%} → {res['step_verdict']}; regressions: "
+                      f"{res['regressions'] or '-'}", flush=True)
     n = args.trials
-    summary = {
+    summary: dict = {
         "slowdown": args.slowdown, "pairs_per_side": args.pairs, "trials": n, "threshold": args.threshold,
         "alpha": args.alpha, "model": args.model, "decode_ms_per_token": t_tok / 1e6, "spin_iterations": spin,
-        "calibration": history,
-        "detection_rate": detected / n, "detection_ci95": wilson(detected, n),
-        "false_positive_rate": false_pos / n, "false_positive_ci95": wilson(false_pos, n),
-        "median_measured_slowdown": statistics.median(r["decode_change"] for r in out["B"]),
-        "median_mde": statistics.median(r["decode_mde"] for r in out["B"] + out["A2"]),
-        "median_step_mde": statistics.median(r["step_mde"] for r in out["B"] + out["A2"]),
-        "wall_s": round(time.monotonic() - t0, 1), "cpus": os.cpu_count(),
-        "median_load1": statistics.median(r["load1"] for r in out["B"] + out["A2"]), "trials_detail": out,
-    }
-    print(f"\ndetection of a {args.slowdown:.0%} decode slowdown: {detected}/{n} = {detected / n:.0%} "
-          f"(95% CI {wilson(detected, n)[0]:.0%}–{wilson(detected, n)[1]:.0%})")
-    print(f"A/A false positives (any metric): {false_pos}/{n} = {false_pos / n:.0%} "
-          f"(95% CI {wilson(false_pos, n)[0]:.0%}–{wilson(false_pos, n)[1]:.0%}); {args.pairs} reps per side; "
-          f"median MDE {summary['median_mde']:.1%} (p10 step {summary['median_step_mde']:.1%}), "
-          f"median 1-min load {summary['median_load1']} "
-          f"on {os.cpu_count()} CPUs")
+        "calibration": history, "wall_s": round(time.monotonic() - t0, 1), "cpus": os.cpu_count(), "modes": {}}
+    print()
+    for mode in modes:
+        b, a2 = out[mode]["B"], out[mode]["A2"]
+        detected = sum(bool({"decode_tps", "decode_step_tps"} & set(r["regressions"])) for r in b)
+        false_pos = sum(bool(r["regressions"]) for r in a2)
+        m = summary["modes"][mode] = {
+            "detection_rate": detected / n, "detection_ci95": wilson(detected, n),
+            "false_positive_rate": false_pos / n, "false_positive_ci95": wilson(false_pos, n),
+            "median_measured_slowdown": statistics.median(r["decode_change"] for r in b),
+            "median_measured_step_slowdown": statistics.median(r["step_change"] for r in b),
+            "median_mde": statistics.median(r["decode_mde"] for r in b + a2),
+            "median_step_mde": statistics.median(r["step_mde"] for r in b + a2),
+            "median_load1": statistics.median(r["load1"] for r in b + a2), "trials_detail": out[mode]}
+        print(f"[{mode}] detection of a {args.slowdown:.0%} decode slowdown: {detected}/{n} = {detected / n:.0%} "
+              f"(95% CI {wilson(detected, n)[0]:.0%}–{wilson(detected, n)[1]:.0%}); A/A false positives (any "
+              f"metric): {false_pos}/{n} = {false_pos / n:.0%} (95% CI {wilson(false_pos, n)[0]:.0%}–"
+              f"{wilson(false_pos, n)[1]:.0%}); measured slowdown {m['median_measured_slowdown']:+.1%} (p10 step "
+              f"{m['median_measured_step_slowdown']:+.1%}); median MDE {m['median_mde']:.1%} (p10 step "
+              f"{m['median_step_mde']:.1%}); median 1-min load {m['median_load1']}")
+    if len(modes) == 2:
+        a, b = (summary["modes"][m] for m in modes)
+        print(f"MDE ratio {modes[0]} ÷ {modes[1]}: decode {a['median_mde'] / b['median_mde']:.2f}, p10 step "
+              f"{a['median_step_mde'] / b['median_step_mde']:.2f} ({args.pairs} reps per side, {os.cpu_count()} CPUs)")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(summary, indent=1, default=str))
     shutil.rmtree(work, ignore_errors=True)
