@@ -140,8 +140,9 @@ static void turn_wait(const opts_t *o) {
     if (n != 1) farm_fail("lockstep: the conductor closed fd %d", o->sync_in);
 }
 
-static void turn_done(const opts_t *o) {
+static void turn_done(const opts_t *o, pool_t *pool) {
     if (o->sync_out < 0) return;
+    pool_park(pool); /* the other build's turn: our idle workers must not spin on its cores */
     const char b = '.';
     ssize_t n;
     do n = write(o->sync_out, &b, 1);
@@ -207,7 +208,7 @@ static int cmd_bench(const opts_t *o) {
         ts[r][1] = farm_now_ns();
         phase("prefill_end", ts[r][1]);
         ttft[r] = ts[r][1] - ts[r][0];
-        turn_done(o);
+        turn_done(o, c.pool);
         ts[r][2] = farm_now_ns();
         phase("decode_start", ts[r][2]);
         int64_t t_step = ts[r][2];
@@ -224,7 +225,7 @@ static int cmd_bench(const opts_t *o) {
             tok_ns[(size_t)r * G + g] = t_done - t_step;
             decode_ns[r] += t_done - t_step;
             t_step = t_done;
-            turn_done(o);
+            turn_done(o, c.pool);
             if (g == 0 && P == 0) ttft[r] = tok_ns[(size_t)r * G];
         }
         ts[r][3] = t_step;

@@ -30,6 +30,7 @@ struct pool {
     _Atomic int generation;
     _Atomic int pending;
     _Atomic int stop;
+    _Atomic int parked; /* pool_park: sleep now instead of spinning until the next pool_run */
     pool_task task;
     void *arg;
     pthread_mutex_t mu;
@@ -50,6 +51,7 @@ static void *worker(void *a) {
     for (;;) {
         int spins = 0, gen;
         while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen) {
+            if (atomic_load_explicit(&p->parked, memory_order_relaxed)) spins = SPIN_ITERS + YIELD_ITERS;
             if (++spins < SPIN_ITERS) {
                 CPU_RELAX();
                 continue;
@@ -87,7 +89,10 @@ pool_t *pool_create(int n) {
 
 int pool_size(const pool_t *p) { return p->n; }
 
+void pool_park(pool_t *p) { atomic_store_explicit(&p->parked, 1, memory_order_relaxed); }
+
 static void publish(pool_t *p) {
+    atomic_store_explicit(&p->parked, 0, memory_order_relaxed);
     atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);

@@ -10,6 +10,9 @@ pool_t *pool_create(int n_threads);
 /* Runs task(arg, ith, nth) on every thread (ith 0 is the caller) and waits for all of them. */
 void pool_run(pool_t *p, pool_task task, void *arg);
 int pool_size(const pool_t *p);
+/* Idle workers go to sleep at once rather than spin and yield until the next pool_run: for a caller
+ * that hands the CPU to another process between runs (farm-engine --lockstep). */
+void pool_park(pool_t *p);
 void pool_destroy(pool_t *p);
 
 #endif
