@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--interleave", action="append", choices=["step", "process"],
                     help="interleaving(s) to measure, side by side (default: both)")
+    ap.add_argument("--background-load", type=int, default=0, metavar="N",
+                    help="keep N busy-looping processes running during the trials (a CI runner's other jobs)")
     ap.add_argument("--json", dest="json_path", default=None)
     args = ap.parse_args(argv)
     modes = args.interleave or ["step", "process"]
@@ -269,6 +271,7 @@ idle_s: 0.2
     store = Store(f"sqlite:///{work / 'farm.db'}")
     inventory = load_inventory(None)
     out = {m: {"B": [], "A2": []} for m in modes}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.background_load)]
     t0 = time.monotonic()
     for t in range(args.trials):
         for mode in modes:
@@ -281,11 +284,15 @@ idle_s: 0.2
                       f"{res['decode_verdict']}; p10 step {res['step_change']:+.2%} p={res['step_p']:.3g} "
                       f"MDE={res['step_mde']:.1%} → {res['step_verdict']}; regressions: "
                       f"{res['regressions'] or '-'}", flush=True)
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
     n = args.trials
     summary: dict = {
         "slowdown": args.slowdown, "pairs_per_side": args.pairs, "trials": n, "threshold": args.threshold,
         "alpha": args.alpha, "model": args.model, "decode_ms_per_token": t_tok / 1e6, "spin_iterations": spin,
-        "calibration": history, "wall_s": round(time.monotonic() - t0, 1), "cpus": os.cpu_count(), "modes": {}}
+        "calibration": history, "wall_s": round(time.monotonic() - t0, 1), "cpus": os.cpu_count(),
+        "background_load": args.background_load, "modes": {}}
     print()
     for mode in modes:
         b, a2 = out[mode]["B"], out[mode]["A2"]
@@ -308,7 +315,8 @@ idle_s: 0.2
     if len(modes) == 2:
         a, b = (summary["modes"][m] for m in modes)
         print(f"MDE ratio {modes[0]} ÷ {modes[1]}: decode {a['median_mde'] / b['median_mde']:.2f}, p10 step "
-              f"{a['median_step_mde'] / b['median_step_mde']:.2f} ({args.pairs} reps per side, {os.cpu_count()} CPUs)")
+              f"{a['median_step_mde'] / b['median_step_mde']:.2f} ({args.pairs} reps per side, {os.cpu_count()} CPUs, "
+              f"{args.background_load} busy background process(es))")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(summary, indent=1, default=str))
     shutil.rmtree(work, ignore_errors=True)
