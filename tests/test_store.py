@@ -121,3 +121,19 @@ def test_device_quarantine_after_repeated_infra_failures(store_url: str) -> None
     assert store.quarantined() == {"phone-1"}
     store.set_device_status("phone-1", "online")
     assert store.quarantined() == set()
+
+
+def test_touch_devices_is_upsert_device_for_many(store_url: str) -> None:
+    store = Store(store_url)
+    store.upsert_device("t-1", "pixel-8", "adb", agent="a0", fingerprint={"serial": "s1"})
+    store.set_device_status("t-1", "offline")
+    store.upsert_device("t-2", "pixel-8", "adb", agent="a0")
+    store.set_device_status("t-2", "quarantined", "flaky")
+    store.touch_devices([("t-1", "pixel-8", "adb"), ("t-2", "pixel-8", "adb"), ("t-3", "vhost", "local")], agent="a1")
+    store.touch_devices([("t-3", "vhost", "local")])  # no agent given: keeps the one it has
+    devs = {d.name: d for d in store.devices() if d.name.startswith("t-")}
+    assert {n: (d.status, d.agent) for n, d in devs.items()} == {
+        "t-1": ("online", "a1"), "t-2": ("quarantined", "a1"), "t-3": ("online", "a1")}
+    assert devs["t-1"].fingerprint == {"serial": "s1"} and devs["t-3"].fingerprint == {}
+    assert devs["t-2"].quarantine_reason == "flaky" and devs["t-3"].failures == 0
+    assert all(d.last_seen is not None for d in devs.values())

@@ -257,8 +257,9 @@ class Agent:
                                         fingerprint=fingerprint, health=health)
 
     def heartbeat(self) -> None:
-        for entry in self.rt.inventory.devices:
-            self.rt.store.upsert_device(entry.name, entry.profile, entry.transport.kind, agent=self.cfg.name)
+        """Every device of this agent seen now: one statement, whatever the number of devices."""
+        self.rt.store.touch_devices([(e.name, e.profile, e.transport.kind) for e in self.rt.inventory.devices],
+                                    agent=self.cfg.name)
 
     def run(self) -> None:
         """Until SIGTERM/SIGINT: keep devices registered, consumers alive, the spool empty."""

@@ -119,6 +119,18 @@ def _lease_stmt() -> Any:
             .values(heartbeat_at=_p("h_now", t.heartbeat_at), lease_until=_p("h_until", t.lease_until)))
 
 
+@cache
+def _touch_stmt(dialect: str) -> Any:
+    """upsert_device's update without fingerprint or health, for many devices at once (a heartbeat)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(Device)
+    d = Device.__table__.c
+    return stmt.on_conflict_do_update(index_elements=[d.name], set_={
+        "profile": stmt.excluded.profile, "transport": stmt.excluded.transport, "last_seen": stmt.excluded.last_seen,
+        "agent": func.coalesce(stmt.excluded.agent, d.agent),
+        "status": case((d.status == "offline", "online"), else_=d.status)})
+
+
 def _unreachable(exc: OperationalError) -> InfraError:
     return InfraError(f"store unreachable: {str(exc.orig).strip().splitlines()[0]}")
 
@@ -453,6 +465,17 @@ class Store:
                 dev.health = health
             if dev.status == "offline":
                 dev.status = "online"
+
+    def touch_devices(self, devices: Sequence[tuple[str, str, str]], agent: str | None = None) -> None:
+        """:meth:`upsert_device` (without fingerprint or health) for each (name, profile, transport), in one
+        statement: an agent's heartbeat costs one round trip, not one transaction per device."""
+        if not devices:
+            return
+        now = utcnow()
+        rows = [{"name": name, "profile": profile, "transport": transport, "agent": agent, "status": "online",
+                 "last_seen": now} for name, profile, transport in devices]
+        with self.transaction() as conn:
+            conn.execute(_touch_stmt(self.dialect), rows)
 
     def set_device_status(self, name: str, status: str, reason: str | None = None) -> None:
         with self.session() as s:
