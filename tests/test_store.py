@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select, update
 
 from farm.errors import ConfigError
 from farm.jobs import Job, JobResult, ModelRef, Repetition, utcnow
 from farm.store import Store
+from farm.store.models import JobRow
 
 
 def _jobs(run_id: str, n: int = 3) -> list[Job]:
@@ -137,3 +139,20 @@ def test_touch_devices_is_upsert_device_for_many(store_url: str) -> None:
     assert devs["t-1"].fingerprint == {"serial": "s1"} and devs["t-3"].fingerprint == {}
     assert devs["t-2"].quarantine_reason == "flaky" and devs["t-3"].failures == 0
     assert all(d.last_seen is not None for d in devs.values())
+
+
+def test_keep_result_saves_then_closes_the_run(store_url: str) -> None:
+    store = Store(store_url)
+    jobs = _jobs("r5", n=2)
+    store.create_run("t", jobs, run_id="r5")
+    assert store.keep_result(_result(jobs[0]), jobs[0]) is None  # a job left: one probe, run open
+    assert store.keep_result(_result(jobs[1], reps=2)) == "done"  # the last one closes it (spec read)
+    assert store.keep_result(_result(jobs[1], reps=2)) == "done"  # again: idempotent
+    assert sorted((r.job_id, r.rep) for r in store.results("r5")) == [
+        ("r5-j0", 0), ("r5-j0", 1), ("r5-j0", 2), ("r5-j1", 0), ("r5-j1", 1)]
+    with store.autocommit() as conn:  # the connection went back to the pool in its own isolation level
+        assert conn.scalar(select(func.count()).select_from(JobRow)) >= 2
+    with contextlib.suppress(RuntimeError), store.session() as s:  # pooled connections still roll back
+        s.execute(update(JobRow).where(JobRow.id == "r5-j0").values(error="x"))
+        raise RuntimeError
+    assert next(r for r in store.job_rows("r5") if r.id == "r5-j0").error is None

@@ -219,8 +219,7 @@ def _keep(rt: Runtime, result: JobResult, job: Job) -> None:
     """Make the result durable before the executor acknowledges the delivery: in the store when it
     answers (one transaction), else in the spool, which flushes it once the store is back."""
     try:
-        rt.store.save_result(result, job)
-        rt.store.finish_run_if_complete(result.run_id)
+        rt.store.keep_result(result, job)
         return
     except Exception as exc:  # the spool keeps it, whatever went wrong, and retries
         log.warning("job %s: result not stored yet (%s); spooling it", job.job_id, exc)

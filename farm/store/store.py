@@ -336,20 +336,41 @@ class Store:
 
     def save_result(self, result: JobResult, job: Job | None = None) -> None:
         """Store a job's outcome. Idempotent: the same result saved twice leaves one copy."""
+        with self.transaction() as conn:
+            self._save_result(conn, result, job)
+
+    def keep_result(self, result: JobResult, job: Job | None = None) -> str | None:
+        """:meth:`save_result`, then :meth:`finish_run_if_complete`: an agent's step after every job.
+
+        Both on one pooled connection: the probe runs after the result's commit (as the separate
+        calls do), outside a transaction, without checking a second connection out of the pool.
+        """
+        try:
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    self._save_result(conn, result, job)
+                conn.execution_options(isolation_level="AUTOCOMMIT")  # reset when the pool takes it back
+                if conn.scalar(_jobs_left_stmt(), {"p_run": result.run_id}) is not None:
+                    return None
+        except OperationalError as exc:
+            raise _unreachable(exc) from exc
+        return self.finish_run_if_complete(result.run_id)
+
+    def _save_result(self, conn: Connection, result: JobResult, job: Job | None) -> None:
+        # Core statements on one transaction: this path runs once per job, the ORM adds nothing to it
         params = {f"o_{c}": v for c, v in self._outcome(result).items()}
         params.update(p_job=result.job_id, o_attempt=result.attempt, o_agent=result.agent)
-        with self.transaction() as conn:  # Core statements: this path runs once per job, the ORM adds nothing
-            found = conn.execute(_result_stmt(bool(result.agent), job is None), params).scalar()
-            if found is None:
-                raise ConfigError(f"result for unknown job {result.job_id}")
-            job = job or Job.model_validate(found)
-            conn.execute(_stale_reps_stmt(), {"p_job": result.job_id, "reps": [r.rep for r in result.repetitions]})
-            rows = [self._result_row(job, result, r) for r in result.repetitions]
-            if rows:
-                conn.execute(_upsert_stmt(self.dialect, ResultRow, ("job_id", "rep"), tuple(rows[0])), rows)
-            if result.trace:
-                trace = {"job_id": result.job_id, "data": result.trace, "meta": {"source": result.power.get("source")}}
-                conn.execute(_upsert_stmt(self.dialect, Trace, ("job_id",), tuple(trace)), [trace])
+        found = conn.execute(_result_stmt(bool(result.agent), job is None), params).scalar()
+        if found is None:
+            raise ConfigError(f"result for unknown job {result.job_id}")
+        job = job or Job.model_validate(found)
+        conn.execute(_stale_reps_stmt(), {"p_job": result.job_id, "reps": [r.rep for r in result.repetitions]})
+        rows = [self._result_row(job, result, r) for r in result.repetitions]
+        if rows:
+            conn.execute(_upsert_stmt(self.dialect, ResultRow, ("job_id", "rep"), tuple(rows[0])), rows)
+        if result.trace:
+            trace = {"job_id": result.job_id, "data": result.trace, "meta": {"source": result.power.get("source")}}
+            conn.execute(_upsert_stmt(self.dialect, Trace, ("job_id",), tuple(trace)), [trace])
 
     @staticmethod
     def _outcome(result: JobResult) -> dict[str, Any]:
