@@ -13,13 +13,14 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.errors import ConfigError, InfraError
 from farm.jobs import Job, JobResult, utcnow
+from farm.store import statements as sql
 from farm.store.db import make_engine, migrate, resolve_url
 from farm.store.models import Device, JobRow, ResultRow, Run, Trace
 
@@ -40,95 +41,6 @@ def _upsert_stmt(dialect: str, table: Any, keys: tuple[str, ...], columns: tuple
     stmt = insert(table)
     return stmt.on_conflict_do_update(index_elements=list(keys),
                                       set_={c: stmt.excluded[c] for c in columns if c not in keys})
-
-
-# The per-job statements (claim, result, run-complete probe), built once with bind parameters:
-# building one costs ~0.3 ms of Python per call, and SQLAlchemy's compiled cache is keyed on it anyway.
-_OUTCOME_COLUMNS = ("status", "error_class", "error", "device", "started_at", "finished_at", "lease_until",
-                    "fingerprint", "provenance", "thermal", "power", "throttled", "charging", "model_sha256",
-                    "engine_build", "bytes_pushed")
-_ACTIVE = ("queued", "running")
-
-
-def _p(name: str, column: Any) -> Any:
-    """A bind parameter typed like `column` (SQLite stores datetimes and JSON through the column type)."""
-    return bindparam(name, type_=column.type)
-
-
-@cache
-def _claim_stmt(by_device: bool) -> Any:
-    t = JobRow.__table__.c
-    where = [t.id == _p("p_job", t.id), t.status == "queued"]
-    if by_device:
-        where.append(t.device == _p("p_device", t.device))
-    device_status = (select(Device.status).where(Device.name == _p("p_device", t.device)).scalar_subquery()
-                     if by_device else literal(""))
-    return (update(JobRow).where(*where)
-            .values(status="running", agent=_p("c_agent", t.agent), claim_token=_p("c_token", t.claim_token),
-                    started_at=_p("c_now", t.started_at), heartbeat_at=_p("c_now", t.heartbeat_at),
-                    lease_until=_p("c_until", t.lease_until), attempts=t.attempts + 1)
-            .returning(t.run_id, select(Run.status).where(Run.id == t.run_id).scalar_subquery(), device_status))
-
-
-@cache
-def _claimed_by_stmt() -> Any:
-    t = JobRow.__table__.c
-    return select(func.count()).where(t.id == _p("p_job", t.id), t.status == "running",
-                                      t.claim_token == _p("c_token", t.claim_token))
-
-
-@cache
-def _device_status_stmt() -> Any:
-    return select(Device.status).where(Device.name == _p("p_device", Device.name))
-
-
-@cache
-def _run_started_stmt() -> Any:
-    return update(Run).where(Run.id == _p("p_run", Run.id), Run.status == "queued").values(status="running")
-
-
-@cache
-def _result_stmt(set_agent: bool, want_spec: bool) -> Any:
-    t = JobRow.__table__.c
-    values: dict[str, Any] = {c: _p(f"o_{c}", t[c]) for c in _OUTCOME_COLUMNS}
-    attempt = _p("o_attempt", t.attempts)
-    values["attempts"] = case((t.attempts > attempt, t.attempts), else_=attempt)
-    if set_agent:
-        values["agent"] = _p("o_agent", t.agent)
-    return (update(JobRow).where(t.id == _p("p_job", t.id)).values(**values)
-            .returning(t.spec if want_spec else t.id))
-
-
-@cache
-def _stale_reps_stmt() -> Any:
-    r = ResultRow.__table__.c
-    return delete(ResultRow).where(r.job_id == _p("p_job", r.job_id),
-                                   r.rep.not_in(bindparam("reps", expanding=True, type_=r.rep.type)))
-
-
-@cache
-def _jobs_left_stmt() -> Any:
-    t = JobRow.__table__.c
-    return select(t.id).where(t.run_id == _p("p_run", t.run_id), t.status.in_(_ACTIVE)).limit(1)
-
-
-@cache
-def _lease_stmt() -> Any:
-    t = JobRow.__table__.c
-    return (update(JobRow).where(t.id == _p("p_job", t.id), t.agent == _p("h_agent", t.agent), t.status == "running")
-            .values(heartbeat_at=_p("h_now", t.heartbeat_at), lease_until=_p("h_until", t.lease_until)))
-
-
-@cache
-def _touch_stmt(dialect: str) -> Any:
-    """upsert_device's update without fingerprint or health, for many devices at once (a heartbeat)."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Device)
-    d = Device.__table__.c
-    return stmt.on_conflict_do_update(index_elements=[d.name], set_={
-        "profile": stmt.excluded.profile, "transport": stmt.excluded.transport, "last_seen": stmt.excluded.last_seen,
-        "agent": func.coalesce(stmt.excluded.agent, d.agent),
-        "status": case((d.status == "offline", "online"), else_=d.status)})
 
 
 def _unreachable(exc: OperationalError) -> InfraError:
@@ -261,20 +173,20 @@ class Store:
         with self.autocommit() as conn:
             # The common case is this one statement, atomic on its own (no BEGIN/COMMIT round trips):
             # the claim returns what else the agent needs to know.
-            claimed = conn.execute(_claim_stmt(by_device), params).first()
+            claimed = conn.execute(sql.claim_stmt(by_device), params).first()
             if claimed is not None:
                 run_id, run_status, status = claimed
                 if run_status == "queued":  # the run's first claim
-                    conn.execute(_run_started_stmt(), {"p_run": run_id})
+                    conn.execute(sql.run_started_stmt(), {"p_run": run_id})
                 return status or ""
-            if token is None or not conn.scalar(_claimed_by_stmt(), {"p_job": job_id, "c_token": token}):
+            if token is None or not conn.scalar(sql.claimed_by_stmt(), {"p_job": job_id, "c_token": token}):
                 return None
-            return (conn.scalar(_device_status_stmt(), {"p_device": device}) if by_device else "") or ""
+            return (conn.scalar(sql.device_status_stmt(), {"p_device": device}) if by_device else "") or ""
 
     def heartbeat(self, job_id: str, agent: str, lease_s: float) -> bool:
         now = utcnow()
         with self.autocommit() as conn:
-            res = conn.execute(_lease_stmt(), {"p_job": job_id, "h_agent": agent, "h_now": now,
+            res = conn.execute(sql.lease_stmt(), {"p_job": job_id, "h_agent": agent, "h_now": now,
                                                "h_until": now + timedelta(seconds=lease_s)})
             return bool(res.rowcount)
 
@@ -321,7 +233,7 @@ class Store:
         run's last two jobs at once, the later one sees both.
         """
         with self.autocommit() as conn:
-            if conn.scalar(_jobs_left_stmt(), {"p_run": run_id}) is not None:
+            if conn.scalar(sql.jobs_left_stmt(), {"p_run": run_id}) is not None:
                 return None
         counts = self.counts(run_id)
         if counts.get("queued") or counts.get("running"):
@@ -350,7 +262,7 @@ class Store:
                 with conn.begin():
                     self._save_result(conn, result, job)
                 conn.execution_options(isolation_level="AUTOCOMMIT")  # reset when the pool takes it back
-                if conn.scalar(_jobs_left_stmt(), {"p_run": result.run_id}) is not None:
+                if conn.scalar(sql.jobs_left_stmt(), {"p_run": result.run_id}) is not None:
                     return None
         except OperationalError as exc:
             raise _unreachable(exc) from exc
@@ -360,11 +272,11 @@ class Store:
         # Core statements on one transaction: this path runs once per job, the ORM adds nothing to it
         params = {f"o_{c}": v for c, v in self._outcome(result).items()}
         params.update(p_job=result.job_id, o_attempt=result.attempt, o_agent=result.agent)
-        found = conn.execute(_result_stmt(bool(result.agent), job is None), params).scalar()
+        found = conn.execute(sql.result_stmt(bool(result.agent), job is None), params).scalar()
         if found is None:
             raise ConfigError(f"result for unknown job {result.job_id}")
         job = job or Job.model_validate(found)
-        conn.execute(_stale_reps_stmt(), {"p_job": result.job_id, "reps": [r.rep for r in result.repetitions]})
+        conn.execute(sql.stale_reps_stmt(), {"p_job": result.job_id, "reps": [r.rep for r in result.repetitions]})
         rows = [self._result_row(job, result, r) for r in result.repetitions]
         if rows:
             conn.execute(_upsert_stmt(self.dialect, ResultRow, ("job_id", "rep"), tuple(rows[0])), rows)
@@ -496,7 +408,7 @@ class Store:
         rows = [{"name": name, "profile": profile, "transport": transport, "agent": agent, "status": "online",
                  "last_seen": now} for name, profile, transport in devices]
         with self.transaction() as conn:
-            conn.execute(_touch_stmt(self.dialect), rows)
+            conn.execute(sql.touch_stmt(self.dialect), rows)
 
     def set_device_status(self, name: str, status: str, reason: str | None = None) -> None:
         with self.session() as s:
