@@ -21,3 +21,22 @@ def test_devices_take_turns_and_each_keeps_its_priority_order() -> None:
     for device in "abc":  # each device's own sequence is exactly what order() gave it
         assert [j for j in out if j.device == device] == [j for j in order(jobs) if j.device == device]
     assert device_rounds([]) == []
+
+
+def test_queued_jobs_poller_reads_like_queued_jobs_and_reparses_only_moved_jobs(store_url: str) -> None:
+    from farm.executors._dispatch import QueuedJobs, queued_jobs, retarget
+    from farm.store import Store
+
+    store = Store(store_url)
+    jobs = [_job(i, "ab"[i % 2], priority=3 if i == 4 else 0).model_copy(update={"job_id": f"qj{i}", "run_id": "qr"})
+            for i in range(6)]
+    store.create_run("q", jobs, run_id="qr", executor="ray")
+    poll = QueuedJobs(store, "ray")
+    first = poll()
+    assert first == queued_jobs(store, "ray") and first[0][0].job_id == "qj4"
+    store.claim("qj0", "agent", 60)
+    moved = retarget(store, jobs[1], "c")
+    again = poll()
+    assert again == queued_jobs(store, "ray") and moved in [j for j, _ in again]
+    same = [j for j, _ in again if j.job_id == "qj2"] + [j for j, _ in first if j.job_id == "qj2"]
+    assert same[0] is same[1]  # not re-read

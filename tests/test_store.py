@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select, update
 
 from farm.errors import ConfigError
 from farm.jobs import Job, JobResult, ModelRef, Repetition, utcnow
 from farm.store import Store
+from farm.store.models import JobRow
 
 
 def _jobs(run_id: str, n: int = 3) -> list[Job]:
@@ -121,3 +123,36 @@ def test_device_quarantine_after_repeated_infra_failures(store_url: str) -> None
     assert store.quarantined() == {"phone-1"}
     store.set_device_status("phone-1", "online")
     assert store.quarantined() == set()
+
+
+def test_touch_devices_is_upsert_device_for_many(store_url: str) -> None:
+    store = Store(store_url)
+    store.upsert_device("t-1", "pixel-8", "adb", agent="a0", fingerprint={"serial": "s1"})
+    store.set_device_status("t-1", "offline")
+    store.upsert_device("t-2", "pixel-8", "adb", agent="a0")
+    store.set_device_status("t-2", "quarantined", "flaky")
+    store.touch_devices([("t-1", "pixel-8", "adb"), ("t-2", "pixel-8", "adb"), ("t-3", "vhost", "local")], agent="a1")
+    store.touch_devices([("t-3", "vhost", "local")])  # no agent given: keeps the one it has
+    devs = {d.name: d for d in store.devices() if d.name.startswith("t-")}
+    assert {n: (d.status, d.agent) for n, d in devs.items()} == {
+        "t-1": ("online", "a1"), "t-2": ("quarantined", "a1"), "t-3": ("online", "a1")}
+    assert devs["t-1"].fingerprint == {"serial": "s1"} and devs["t-3"].fingerprint == {}
+    assert devs["t-2"].quarantine_reason == "flaky" and devs["t-3"].failures == 0
+    assert all(d.last_seen is not None for d in devs.values())
+
+
+def test_keep_result_saves_then_closes_the_run(store_url: str) -> None:
+    store = Store(store_url)
+    jobs = _jobs("r5", n=2)
+    store.create_run("t", jobs, run_id="r5")
+    assert store.keep_result(_result(jobs[0]), jobs[0]) is None  # a job left: one probe, run open
+    assert store.keep_result(_result(jobs[1], reps=2)) == "done"  # the last one closes it (spec read)
+    assert store.keep_result(_result(jobs[1], reps=2)) == "done"  # again: idempotent
+    assert sorted((r.job_id, r.rep) for r in store.results("r5")) == [
+        ("r5-j0", 0), ("r5-j0", 1), ("r5-j0", 2), ("r5-j1", 0), ("r5-j1", 1)]
+    with store.autocommit() as conn:  # the connection went back to the pool in its own isolation level
+        assert conn.scalar(select(func.count()).select_from(JobRow)) >= 2
+    with contextlib.suppress(RuntimeError), store.session() as s:  # pooled connections still roll back
+        s.execute(update(JobRow).where(JobRow.id == "r5-j0").values(error="x"))
+        raise RuntimeError
+    assert next(r for r in store.job_rows("r5") if r.id == "r5-j0").error is None

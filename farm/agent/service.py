@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -50,6 +50,7 @@ class Runtime:
         self.stopping = threading.Event()
         self._store: Store | None = None
         self._failed_devices: set[str] = set()
+        self.leases = Leases(self)
 
     @property
     def store(self) -> Store:
@@ -104,30 +105,50 @@ class Outcome:
     detail: str = ""
 
 
-class _Lease:
-    """Heartbeats a claimed job's lease while it runs, so reapers leave it alone."""
+class Leases:
+    """Heartbeats the leases of the jobs this process runs, so reapers leave them alone.
 
-    def __init__(self, rt: Runtime, job_id: str) -> None:
-        self.rt, self.job_id = rt, job_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id}", daemon=True)
+    One thread per process, started with the first job, beats every held lease each
+    ``heartbeat_s`` (one statement per job, as the store's heartbeat is per job): a job's lease is
+    renewed at most ``heartbeat_s`` apart, as with a thread per job, without starting and joining a
+    thread for every job. :meth:`hold` returns only once no beat for the job is under way, so a
+    result saved afterwards is never followed by a beat that would find its lease gone.
+    """
 
-    def _beat(self) -> None:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._held: set[str] = set()
+        self._lock = threading.Lock()  # held while a beat runs: releasing a job waits for it
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def hold(self, job_id: str) -> Iterator[None]:
+        with self._lock:
+            self._held.add(job_id)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="farm-leases", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.discard(job_id)
+
+    def _run(self) -> None:
         cfg = self.rt.cfg
-        while not self._stop.wait(cfg.heartbeat_s):
-            try:
-                if not self.rt.store.heartbeat(self.job_id, cfg.name, cfg.lease_s):
-                    log.warning("job %s: lease lost (reaped or cancelled); its result is still kept", self.job_id)
-            except InfraError as exc:
-                log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
-
-    def __enter__(self) -> _Lease:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        while True:  # a daemon thread: it ends with the process, never under a running job
+            time.sleep(cfg.heartbeat_s)
+            with self._lock:
+                held = sorted(self._held)
+            for job_id in held:
+                with self._lock:  # one job at a time: a job that ends waits for its own beat at most
+                    if job_id not in self._held:
+                        continue
+                    try:
+                        if not self.rt.store.heartbeat(job_id, cfg.name, cfg.lease_s):
+                            log.warning("job %s: lease lost (reaped or cancelled); its result is still kept", job_id)
+                    except InfraError as exc:
+                        log.warning("job %s: heartbeat failed: %s", job_id, exc)
 
 
 def _probe(rt: Runtime, device: str) -> None:
@@ -156,7 +177,7 @@ def execute(rt: Runtime, job: Job, attempt: int = 1, tried: list[str] | None = N
     if status is None:  # done, cancelled, moved, or another delivery runs it
         return Outcome("skipped", job, attempt, tried, "not claimable")
     result: JobResult | None = None
-    with _Lease(rt, job.job_id):
+    with rt.leases.hold(job.job_id):
         if status == "quarantined":
             target = rt.wait_store(lambda: route(job, device_rows(rt.store), avoid={device}).device, "route")
             if target is not None:
@@ -198,8 +219,7 @@ def _keep(rt: Runtime, result: JobResult, job: Job) -> None:
     """Make the result durable before the executor acknowledges the delivery: in the store when it
     answers (one transaction), else in the spool, which flushes it once the store is back."""
     try:
-        rt.store.save_result(result, job)
-        rt.store.finish_run_if_complete(result.run_id)
+        rt.store.keep_result(result, job)
         return
     except Exception as exc:  # the spool keeps it, whatever went wrong, and retries
         log.warning("job %s: result not stored yet (%s); spooling it", job.job_id, exc)
@@ -257,8 +277,9 @@ class Agent:
                                         fingerprint=fingerprint, health=health)
 
     def heartbeat(self) -> None:
-        for entry in self.rt.inventory.devices:
-            self.rt.store.upsert_device(entry.name, entry.profile, entry.transport.kind, agent=self.cfg.name)
+        """Every device of this agent seen now: one statement, whatever the number of devices."""
+        self.rt.store.touch_devices([(e.name, e.profile, e.transport.kind) for e in self.rt.inventory.devices],
+                                    agent=self.cfg.name)
 
     def run(self) -> None:
         """Until SIGTERM/SIGINT: keep devices registered, consumers alive, the spool empty."""

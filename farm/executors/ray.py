@@ -38,7 +38,7 @@ import ray
 
 from farm.agent.config import CONFIG_ENV, AgentConfig
 from farm.errors import InfraError
-from farm.executors._dispatch import Reaper, after_infra_error, prepare_dispatch, queued_jobs
+from farm.executors._dispatch import QueuedJobs, Reaper, after_infra_error, prepare_dispatch
 from farm.executors.base import Executor, ProgressCallback
 from farm.jobs import Job
 from farm.store import Store
@@ -104,6 +104,7 @@ class Dispatcher:
 
     def __init__(self, store_url: str, lease_s: float = 60.0, depth: int = 2) -> None:
         self.store, self.lease_s, self.depth = Store(store_url), lease_s, depth
+        self.queued = QueuedJobs(self.store, "ray")
         self.inflight: dict[Any, tuple[Job, int, list[str], str]] = {}  # ref → job, attempt, tried, agent
         self.actor_of: dict[Any, Any] = {}  # ref → the actor running it
         self.keys: set[tuple[str, str]] = set()  # (job, device) in flight: a moved job may be sent again
@@ -170,7 +171,7 @@ class Dispatcher:
     # Jobs ------------------------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        queued = queued_jobs(self.store, "ray")
+        queued = self.queued()
         if self.retrying:  # a retry waits on the device the store says, if the store still has it queued
             now_queued = {job.job_id: job for job, _ in queued}
             retries: dict[str, deque[tuple[Job, int, list[str]]]] = defaultdict(deque)

@@ -13,13 +13,14 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.errors import ConfigError, InfraError
 from farm.jobs import Job, JobResult, utcnow
+from farm.store import statements as sql
 from farm.store.db import make_engine, migrate, resolve_url
 from farm.store.models import Device, JobRow, ResultRow, Run, Trace
 
@@ -79,6 +80,15 @@ class Store:
         """A connection outside any transaction, for one statement: one round trip, no BEGIN or COMMIT."""
         try:
             with self._autocommit.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise _unreachable(exc) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A Core connection in one transaction, committed on exit: the hot paths' session, without the ORM."""
+        try:
+            with self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
             raise _unreachable(exc) from exc
@@ -157,36 +167,27 @@ class Store:
         have committed unseen) finds the job running under its own token and takes it as claimed.
         """
         now = utcnow()
-        where = [JobRow.id == job_id, JobRow.status == "queued"]
-        if device is not None:
-            where.append(JobRow.device == device)
-        device_status = (select(Device.status).where(Device.name == device).scalar_subquery()
-                         if device is not None else literal(""))
+        by_device = device is not None
+        params = {"p_job": job_id, "p_device": device, "c_agent": agent, "c_token": token, "c_now": now,
+                  "c_until": now + timedelta(seconds=lease_s)}
         with self.autocommit() as conn:
             # The common case is this one statement, atomic on its own (no BEGIN/COMMIT round trips):
             # the claim returns what else the agent needs to know.
-            claimed = conn.execute(update(JobRow).where(*where)
-                                   .values(status="running", agent=agent, claim_token=token, started_at=now,
-                                           heartbeat_at=now, lease_until=now + timedelta(seconds=lease_s),
-                                           attempts=JobRow.attempts + 1)
-                                   .returning(JobRow.run_id, select(Run.status).where(Run.id == JobRow.run_id)
-                                              .scalar_subquery(), device_status)).first()
+            claimed = conn.execute(sql.claim_stmt(by_device), params).first()
             if claimed is not None:
                 run_id, run_status, status = claimed
                 if run_status == "queued":  # the run's first claim
-                    conn.execute(update(Run).where(Run.id == run_id, Run.status == "queued").values(status="running"))
+                    conn.execute(sql.run_started_stmt(), {"p_run": run_id})
                 return status or ""
-            if token is None or not conn.scalar(select(func.count()).where(
-                    JobRow.id == job_id, JobRow.status == "running", JobRow.claim_token == token)):
+            if token is None or not conn.scalar(sql.claimed_by_stmt(), {"p_job": job_id, "c_token": token}):
                 return None
-            return conn.scalar(select(device_status)) or ""
+            return (conn.scalar(sql.device_status_stmt(), {"p_device": device}) if by_device else "") or ""
 
     def heartbeat(self, job_id: str, agent: str, lease_s: float) -> bool:
         now = utcnow()
-        with self.session() as s:
-            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.agent == agent,
-                                                 JobRow.status == "running")
-                            .values(heartbeat_at=now, lease_until=now + timedelta(seconds=lease_s)))
+        with self.autocommit() as conn:
+            res = conn.execute(sql.lease_stmt(), {"p_job": job_id, "h_agent": agent, "h_now": now,
+                                               "h_until": now + timedelta(seconds=lease_s)})
             return bool(res.rowcount)
 
     def requeue(self, job_id: str, reason: str, lease_expired_before: datetime | None = None) -> bool:
@@ -232,8 +233,7 @@ class Store:
         run's last two jobs at once, the later one sees both.
         """
         with self.autocommit() as conn:
-            if conn.scalar(select(JobRow.id).where(JobRow.run_id == run_id, JobRow.status.in_(["queued", "running"]))
-                           .limit(1)) is not None:
+            if conn.scalar(sql.jobs_left_stmt(), {"p_run": run_id}) is not None:
                 return None
         counts = self.counts(run_id)
         if counts.get("queued") or counts.get("running"):
@@ -248,24 +248,41 @@ class Store:
 
     def save_result(self, result: JobResult, job: Job | None = None) -> None:
         """Store a job's outcome. Idempotent: the same result saved twice leaves one copy."""
-        values = {**self._outcome(result), "attempts": case((JobRow.attempts > result.attempt, JobRow.attempts),
-                                                            else_=result.attempt)}
-        if result.agent:
-            values["agent"] = result.agent
-        with self.session() as s:
-            conn = s.connection()  # Core statements: this path runs once per job, the ORM adds nothing to it
-            found = conn.execute(update(JobRow).where(JobRow.id == result.job_id).values(**values)
-                                 .returning(JobRow.spec if job is None else JobRow.id)).scalar()
-            if found is None:
-                raise ConfigError(f"result for unknown job {result.job_id}")
-            job = job or Job.model_validate(found)
-            reps = [r.rep for r in result.repetitions]
-            conn.execute(delete(ResultRow).where(ResultRow.job_id == result.job_id, ResultRow.rep.not_in(reps)))
-            self._upsert(s, ResultRow, [self._result_row(job, result, r) for r in result.repetitions],
-                         ["job_id", "rep"])
-            if result.trace:
-                self._upsert(s, Trace, [{"job_id": result.job_id, "data": result.trace,
-                                         "meta": {"source": result.power.get("source")}}], ["job_id"])
+        with self.transaction() as conn:
+            self._save_result(conn, result, job)
+
+    def keep_result(self, result: JobResult, job: Job | None = None) -> str | None:
+        """:meth:`save_result`, then :meth:`finish_run_if_complete`: an agent's step after every job.
+
+        Both on one pooled connection: the probe runs after the result's commit (as the separate
+        calls do), outside a transaction, without checking a second connection out of the pool.
+        """
+        try:
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    self._save_result(conn, result, job)
+                conn.execution_options(isolation_level="AUTOCOMMIT")  # reset when the pool takes it back
+                if conn.scalar(sql.jobs_left_stmt(), {"p_run": result.run_id}) is not None:
+                    return None
+        except OperationalError as exc:
+            raise _unreachable(exc) from exc
+        return self.finish_run_if_complete(result.run_id)
+
+    def _save_result(self, conn: Connection, result: JobResult, job: Job | None) -> None:
+        # Core statements on one transaction: this path runs once per job, the ORM adds nothing to it
+        params = {f"o_{c}": v for c, v in self._outcome(result).items()}
+        params.update(p_job=result.job_id, o_attempt=result.attempt, o_agent=result.agent)
+        found = conn.execute(sql.result_stmt(bool(result.agent), job is None), params).scalar()
+        if found is None:
+            raise ConfigError(f"result for unknown job {result.job_id}")
+        job = job or Job.model_validate(found)
+        conn.execute(sql.stale_reps_stmt(), {"p_job": result.job_id, "reps": [r.rep for r in result.repetitions]})
+        rows = [self._result_row(job, result, r) for r in result.repetitions]
+        if rows:
+            conn.execute(_upsert_stmt(self.dialect, ResultRow, ("job_id", "rep"), tuple(rows[0])), rows)
+        if result.trace:
+            trace = {"job_id": result.job_id, "data": result.trace, "meta": {"source": result.power.get("source")}}
+            conn.execute(_upsert_stmt(self.dialect, Trace, ("job_id",), tuple(trace)), [trace])
 
     @staticmethod
     def _outcome(result: JobResult) -> dict[str, Any]:
@@ -385,6 +402,17 @@ class Store:
                 dev.health = health
             if dev.status == "offline":
                 dev.status = "online"
+
+    def touch_devices(self, devices: Sequence[tuple[str, str, str]], agent: str | None = None) -> None:
+        """:meth:`upsert_device` (without fingerprint or health) for each (name, profile, transport), in one
+        statement: an agent's heartbeat costs one round trip, not one transaction per device."""
+        if not devices:
+            return
+        now = utcnow()
+        rows = [{"name": name, "profile": profile, "transport": transport, "agent": agent, "status": "online",
+                 "last_seen": now} for name, profile, transport in devices]
+        with self.transaction() as conn:
+            conn.execute(sql.touch_stmt(self.dialect), rows)
 
     def set_device_status(self, name: str, status: str, reason: str | None = None) -> None:
         with self.session() as s:
