@@ -43,8 +43,13 @@ def _upsert_stmt(dialect: str, table: Any, keys: tuple[str, ...], columns: tuple
                                       set_={c: stmt.excluded[c] for c in columns if c not in keys})
 
 
-def _unreachable(exc: OperationalError) -> InfraError:
-    return InfraError(f"store unreachable: {str(exc.orig).strip().splitlines()[0]}")
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """A lost or refused database connection becomes InfraError, the error every store caller retries."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise InfraError(f"store unreachable: {str(exc.orig).strip().splitlines()[0]}") from exc
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -69,33 +74,24 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except OperationalError as exc:
-            raise _unreachable(exc) from exc
+        with _reachable(), self._sessions.begin() as session:
+            yield session
 
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:
         """A connection outside any transaction, for one statement: one round trip, no BEGIN or COMMIT."""
-        try:
-            with self._autocommit.connect() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise _unreachable(exc) from exc
+        with _reachable(), self._autocommit.connect() as conn:
+            yield conn
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A Core connection in one transaction, committed on exit: the hot paths' session, without the ORM."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise _unreachable(exc) from exc
+        with _reachable(), self.engine.begin() as conn:
+            yield conn
 
-    def _upsert(self, session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    def _upsert(self, conn: Connection, table: Any, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
         if rows:  # Core, not the ORM's bulk insert: the rows are plain dicts already
-            session.connection().execute(_upsert_stmt(self.dialect, table, tuple(keys), tuple(rows[0])), rows)
+            conn.execute(_upsert_stmt(self.dialect, table, keys, tuple(rows[0])), rows)
 
     # Runs and jobs ---------------------------------------------------------------------------
 
@@ -257,15 +253,12 @@ class Store:
         Both on one pooled connection: the probe runs after the result's commit (as the separate
         calls do), outside a transaction, without checking a second connection out of the pool.
         """
-        try:
-            with self.engine.connect() as conn:
-                with conn.begin():
-                    self._save_result(conn, result, job)
-                conn.execution_options(isolation_level="AUTOCOMMIT")  # reset when the pool takes it back
-                if conn.scalar(sql.jobs_left_stmt(), {"p_run": result.run_id}) is not None:
-                    return None
-        except OperationalError as exc:
-            raise _unreachable(exc) from exc
+        with _reachable(), self.engine.connect() as conn:
+            with conn.begin():
+                self._save_result(conn, result, job)
+            conn.execution_options(isolation_level="AUTOCOMMIT")  # reset when the pool takes it back
+            if conn.scalar(sql.jobs_left_stmt(), {"p_run": result.run_id}) is not None:
+                return None
         return self.finish_run_if_complete(result.run_id)
 
     def _save_result(self, conn: Connection, result: JobResult, job: Job | None) -> None:
@@ -278,11 +271,13 @@ class Store:
         job = job or Job.model_validate(found)
         conn.execute(sql.stale_reps_stmt(), {"p_job": result.job_id, "reps": [r.rep for r in result.repetitions]})
         rows = [self._result_row(job, result, r) for r in result.repetitions]
-        if rows:
-            conn.execute(_upsert_stmt(self.dialect, ResultRow, ("job_id", "rep"), tuple(rows[0])), rows)
-        if result.trace:
-            trace = {"job_id": result.job_id, "data": result.trace, "meta": {"source": result.power.get("source")}}
-            conn.execute(_upsert_stmt(self.dialect, Trace, ("job_id",), tuple(trace)), [trace])
+        self._upsert(conn, ResultRow, rows, ("job_id", "rep"))
+        self._upsert(conn, Trace, self._trace_rows([result]), ("job_id",))
+
+    @staticmethod
+    def _trace_rows(results: Sequence[JobResult]) -> list[dict[str, Any]]:
+        return [{"job_id": r.job_id, "data": r.trace, "meta": {"source": r.power.get("source")}}
+                for r in results if r.trace]
 
     @staticmethod
     def _outcome(result: JobResult) -> dict[str, Any]:
@@ -342,10 +337,8 @@ class Store:
                         copy.write_row([v[c] for c in cols])
             elif values:
                 s.execute(insert(ResultRow), values)
-            traces = [{"job_id": r.job_id, "data": r.trace, "meta": {"source": r.power.get("source")}}
-                      for r in results if r.trace]
-            for trace in traces:
-                self._upsert(s, Trace, [trace], ["job_id"])
+            for trace in self._trace_rows(results):  # one by one: a job may come twice in a batch
+                self._upsert(s.connection(), Trace, [trace], ("job_id",))
 
     @staticmethod
     def _result_row(job: Job, result: JobResult, r: Any) -> dict[str, Any]:
