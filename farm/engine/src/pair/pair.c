@@ -13,6 +13,7 @@
  * alone. At the end farm-pair prints {"interleave":"step","turns":[nA,nB],"A":<A's JSON>,"B":<B's JSON>}.
  * If a side fails, nothing is printed on stdout, one line "farm-pair: X ... " goes to stderr, and the exit
  * code is that side's (128+signal when killed). Bad usage exits 2. Both sides share this stderr. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -24,12 +25,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define USAGE "usage: farm-pair [--first A|B] -- A_ARGV... -- B_ARGV..."
+
 typedef struct {
     const char *name;
     char **argv;
     pid_t pid;
     int go, done, out; /* our ends: write go, read done, read stdout */
-    int finished, reaped, stopped, turns, status;
+    int reaped, stopped, turns, status;
     char *buf;
     size_t len, cap;
 } side_t;
@@ -106,16 +109,13 @@ static int drain(side_t *s) {
 }
 
 /* One turn: let the side run one phase and wait until it reports it done (reading its stdout meanwhile,
- * so a large result cannot block it). Marks the side finished when it has no phase left. */
-static void turn(side_t *s) {
+ * so a large result cannot block it). Returns 0 when the side has no phase left. */
+static int turn(side_t *s) {
     const char go = 'g';
     ssize_t n;
     do n = write(s->go, &go, 1);
     while (n < 0 && errno == EINTR);
-    if (n != 1) { /* EPIPE: it has exited */
-        s->finished = 1;
-        return;
-    }
+    if (n != 1) return 0; /* EPIPE: it has exited */
     for (;;) {
         struct pollfd p[2] = {{.fd = s->done, .events = POLLIN}, {.fd = s->out, .events = POLLIN}};
         const int nfds = s->out >= 0 ? 2 : 1;
@@ -131,12 +131,8 @@ static void turn(side_t *s) {
             char b;
             do n = read(s->done, &b, 1);
             while (n < 0 && errno == EINTR);
-            if (n == 1) {
-                s->turns++;
-            } else {
-                s->finished = 1;
-            }
-            return;
+            s->turns += n == 1;
+            return n == 1;
         }
     }
 }
@@ -164,9 +160,9 @@ static int exit_code(int status) {
 static const char *json_of(side_t *s) {
     if (!s->buf) return "";
     char *p = s->buf;
-    while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') p++;
+    while (isspace((unsigned char)*p)) p++;
     size_t n = strlen(p);
-    while (n && (p[n - 1] == '\n' || p[n - 1] == '\r' || p[n - 1] == ' ')) p[--n] = 0;
+    while (n && isspace((unsigned char)p[n - 1])) p[--n] = 0;
     return p;
 }
 
@@ -177,10 +173,10 @@ int main(int argc, char **argv) {
         b_first = !strcmp(argv[i + 1], "B");
         i += 2;
     }
-    if (i >= argc || strcmp(argv[i], "--")) die(2, "usage: farm-pair [--first A|B] -- A_ARGV... -- B_ARGV...");
+    if (i >= argc || strcmp(argv[i], "--")) die(2, USAGE);
     const int a0 = ++i;
     while (i < argc && strcmp(argv[i], "--")) i++;
-    if (i >= argc || i == a0 || i + 1 >= argc) die(2, "usage: farm-pair [--first A|B] -- A_ARGV... -- B_ARGV...");
+    if (i >= argc || i == a0 || i + 1 >= argc) die(2, USAGE);
     argv[i] = NULL; /* ends A's argv; B's runs to argv[argc] == NULL */
     side_t side[2] = {{.name = "A", .argv = argv + a0}, {.name = "B", .argv = argv + i + 1}};
     signal(SIGPIPE, SIG_IGN);
@@ -191,9 +187,7 @@ int main(int argc, char **argv) {
         const int first = (int)((k & 1) ^ b_first);
         for (int j = 0; j < 2; j++) {
             side_t *s = &side[j ? !first : first], *other = &side[j ? first : !first];
-            if (s->reaped) continue;
-            turn(s);
-            if (!s->finished) continue;
+            if (s->reaped || turn(s)) continue;
             finish(s);
             if (exit_code(s->status) != 0 && !other->reaped) { /* no use going on */
                 kill(other->pid, SIGKILL);
