@@ -28,6 +28,7 @@ interleave_option = click.option(
     help="step: one job runs both builds in lock step, a timed phase each (farm-pair), for the tightest "
          "timing; process: one process per side, the only way to attribute energy/token. auto: step "
          "where the engine supports it.")
+INTERLEAVED = {"step": "interleaved per timed phase (lock step)", "process": "interleaved per process"}
 alpha_option = click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0001, 0.5),
                             help="Significance level of each test.")
 
@@ -68,7 +69,8 @@ def _run_ab(kind: str, sweep_path: str, devices_path: str | None, db_url: str | 
     if interleave == "step" and not can_step:
         raise ConfigError(f"--interleave step: backend {backend} cannot run these two builds in lock step "
                           "(an engine without --lockstep, or another backend); use --interleave process")
-    interleave = "step" if interleave == "auto" and can_step else ("process" if interleave == "auto" else interleave)
+    if interleave == "auto":
+        interleave = "step" if can_step else "process"
     pairs = math.ceil(sweep.repetitions / block)
     jobs = regress.ab_jobs(plan.jobs, sides, pairs=pairs, block=block, interleave=interleave)
     err.print(f"run {run_id}: building {len({s.options.get('engine_commit') for s in sides})} engine build(s)")
@@ -81,7 +83,7 @@ def _run_ab(kind: str, sweep_path: str, devices_path: str | None, db_url: str | 
                            "builds": provenance})
     regress.record_builds(store, backend, provenance)
     err.print(f"run {run_id}: {len(jobs)} jobs ({pairs} ABBA pairs × {len(plan.jobs)} cell(s), {block} rep/side, "
-              f"interleaved per {'timed phase' if interleave == 'step' else 'process'})")
+              f"{INTERLEAVED[interleave]})")
     regress.execute(store, inventory, run_id, jobs, progress=_progress)
     return store, run_id, sweep
 
@@ -150,8 +152,8 @@ def regress_cmd(engine: str, base: str, head: str, sweep_path: str, engine_subdi
     else:
         title = "✅ farm regress: no regression"
     header = [f"base `{a['commit'][:10]}` ({a['subject']}) → head `{b['commit'][:10]}` ({b['subject']})",
-              f"sweep `{sweep.name}` · run `{run_id}` · {run.meta['pairs']} ABBA pairs per cell, interleaved "
-              f"{'per timed phase (lock step)' if interleave == 'step' else 'per process'} · threshold "
+              f"sweep `{sweep.name}` · run `{run_id}` · {run.meta['pairs']} ABBA pairs per cell, "
+              f"{INTERLEAVED[interleave]} · threshold "
               f"{threshold:.0%} · α {alpha} · Yuen 20%-trimmed t on pair log-ratios · Holm across metric families"]
     blind = sorted({f"{r.metric.label} of {r.cell['model']} {regress.compare.pct(r.mde)}" for r in report.results
                     if r.mde is not None and r.mde > threshold and r.verdict and r.verdict.label != "regression"})
@@ -200,8 +202,7 @@ def noise_cmd(engine: str | None, rev: str, sweep_path: str, engine_subdir: str 
     table = compare.noise_table(report)
     regress.save_noise(store, run_id, table)
     mode = store.get_run(run_id).meta["interleave"]
-    lines = [f"### farm noise: A/A on `{rev}` · run `{run_id}` · interleaved per "
-             f"{'timed phase' if mode == 'step' else 'process'}", "",
+    lines = [f"### farm noise: A/A on `{rev}` · run `{run_id}` · {INTERLEAVED[mode]}", "",
              "| device | cell | metric | pairs | noise sd | MDE | A/A change | p |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for row in table:
