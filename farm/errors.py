@@ -38,14 +38,14 @@ class JobError(FarmError):
     """The benchmark failed on the device (crash, OOM, timeout, bad output)."""
 
     error_class = "job"
-    exit_code = 4
+    exit_code = 1
 
 
 class Cancelled(FarmError):
     """The run was cancelled by the user."""
 
     error_class = "cancelled"
-    exit_code = 5
+    exit_code = 1
 
 
 ERROR_CLASSES = ("config", "infra", "job", "cancelled", "bug")

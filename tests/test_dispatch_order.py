@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from farm.executors._dispatch import device_rounds, order
+from farm.dispatch import device_rounds, order
 from farm.jobs import Job, ModelRef
 
 
@@ -24,7 +24,7 @@ def test_devices_take_turns_and_each_keeps_its_priority_order() -> None:
 
 
 def test_queued_jobs_poller_reads_like_queued_jobs_and_reparses_only_moved_jobs(store_url: str) -> None:
-    from farm.executors._dispatch import QueuedJobs, queued_jobs, retarget
+    from farm.dispatch.queued import QueuedJobs, queued_jobs
     from farm.store import Store
 
     store = Store(store_url)
@@ -35,7 +35,7 @@ def test_queued_jobs_poller_reads_like_queued_jobs_and_reparses_only_moved_jobs(
     first = poll()
     assert first == queued_jobs(store, "ray") and first[0][0].job_id == "qj4"
     store.claim("qj0", "agent", 60)
-    moved = retarget(store, jobs[1], "c")
+    moved = store.retarget(jobs[1], "c")
     again = poll()
     assert again == queued_jobs(store, "ray") and moved in [j for j, _ in again]
     same = [j for j, _ in again if j.job_id == "qj2"] + [j for j, _ in first if j.job_id == "qj2"]

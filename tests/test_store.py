@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, inspect, select, update
 
+from farm.dispatch import failed_result
 from farm.errors import ConfigError
 from farm.jobs import Job, JobResult, ModelRef, Repetition, utcnow
-from farm.store import Store
+from farm.store import BUSY, Store
 from farm.store.models import JobRow
 
 
@@ -26,6 +27,17 @@ def _result(job: Job, reps: int = 3, status: str = "done") -> JobResult:
                                              ttft_s=0.12, peak_rss_bytes=10 << 20) for i in range(reps)],
                      provenance={"engine_commit": "abc123", "model_sha256": "f" * 64}, power={"charging": False},
                      thermal={"throttled": False}, trace="eJwDAAAAAAE=")
+
+
+
+def _reap(store: Store, now: datetime) -> list[str]:
+    """What a reaper does with expired leases: requeue those jobs (ids)."""
+    return [j.job_id for j, _, _ in store.expired_jobs("local", now)
+            if store.requeue(j.job_id, "lease expired", lease_expired_before=now)]
+
+
+def _fail(store: Store, job: Job, error_class: str, error: str) -> None:
+    store.save_result(failed_result(job, error_class, error), job)
 
 
 def test_schema_is_migrated(store_url: str) -> None:
@@ -60,8 +72,8 @@ def test_claim_is_exclusive_and_leases_expire(store_url: str) -> None:
     assert store.get_run("r2").status == "running"
     assert store.heartbeat("r2-j0", "agent-a", 60)
     assert not store.heartbeat("r2-j0", "agent-b", 60)
-    assert store.reap_expired(utcnow() + timedelta(seconds=30)) == []
-    assert store.reap_expired(utcnow() + timedelta(seconds=120)) == ["r2-j0"]
+    assert _reap(store, utcnow() + timedelta(seconds=30)) == []
+    assert _reap(store, utcnow() + timedelta(seconds=120)) == ["r2-j0"]
     assert store.job_status("r2-j0") == "queued"
     assert store.claim("r2-j0", "agent-b", lease_s=60)
 
@@ -74,7 +86,7 @@ def test_claim_retried_after_a_lost_reply_recognises_its_own_token(store_url: st
     assert store.claim_on("r2t-j0", "agent-a", 60, token="t1") == ""  # the retry: still ours
     assert store.claim_on("r2t-j0", "agent-a", 60, token="t2") is None  # another delivery: not ours
     assert store.claim_on("r2t-j0", "agent-a", 60) is None
-    assert store.reap_expired(utcnow() + timedelta(seconds=120)) == ["r2t-j0"]
+    assert _reap(store, utcnow() + timedelta(seconds=120)) == ["r2t-j0"]
     assert store.claim_on("r2t-j0", "agent-a", 60, token="t1") == ""  # requeued: claimable again
     assert [j.attempts for j in store.job_rows("r2t") if j.id == "r2t-j0"] == [2]
 
@@ -87,13 +99,14 @@ def test_claim_reads_the_device_and_a_result_keeps_what_it_does_not_say(store_ur
     assert store.claim_on("r2d-j0", "agent-a", 60, device="dev") == ""  # a device nobody registered
     store.upsert_device("dev", "p", "local")
     store.set_device_status("dev", "quarantined", "flaky")
-    assert store.claim_on("r2d-j1", "agent-a", 60, device="dev", token="t") == "quarantined"
-    assert store.claim_on("r2d-j1", "agent-a", 60, device="dev", token="t") == "quarantined"  # its retry
+    assert store.claim_on("r2d-j1", "agent-a", 60, device="dev", token="t") == BUSY  # j0 holds the device
     assert store.get_run("r2d").status == "running"
     result = _result(jobs[0]).model_copy(update={"agent": "", "attempt": 1})
     store.save_result(result)  # no Job given: the store reads the spec
     row = next(r for r in store.job_rows("r2d") if r.id == "r2d-j0")
     assert (row.status, row.agent, row.attempts, row.lease_until) == ("done", "agent-a", 1, None)
+    assert store.claim_on("r2d-j1", "agent-a", 60, device="dev", token="t") == "quarantined"
+    assert store.claim_on("r2d-j1", "agent-a", 60, device="dev", token="t") == "quarantined"  # its retry
     assert [r.rep for r in store.results("r2d")] == [0, 1, 2]
     with pytest.raises(ConfigError):
         store.save_result(result.model_copy(update={"job_id": "r2d-nope"}))
@@ -104,7 +117,7 @@ def test_run_completion_and_cancel(store_url: str) -> None:
     jobs = _jobs("r3")
     store.create_run("t", jobs, run_id="r3")
     store.save_result(_result(jobs[0]), jobs[0])
-    store.fail_job(jobs[1], "job", "farm-engine exited 1")
+    _fail(store, jobs[1], "job", "farm-engine exited 1")
     assert store.finish_run_if_complete("r3") is None
     assert store.cancel("r3") == 1
     assert store.finish_run_if_complete("r3") == "cancelled"

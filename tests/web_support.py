@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from farm.dispatch import failed_result
 from farm.jobs import Job
 from farm.store import Store
 from farm.web.seed import DEVICES, SeedSpec, seed_store
@@ -33,7 +34,7 @@ def _seed(url: str) -> Seeded:
     failed = Job.model_validate({**last.model_dump(), "job_id": last.job_id + "-f", "index": 999, "threads": 2})
     store.create_run("synthetic-failures", [failed], run_id="synthetic-failures", executor="synthetic",
                      meta={"synthetic": True})
-    store.fail_job(failed, "infra", "device went offline during staging (synthetic)")
+    store.save_result(failed_result(failed, "infra", "device went offline during staging (synthetic)"), failed)
     store.upsert_device("synthetic-spare", "pixel-8", "synthetic", agent="synthetic")
     return Seeded(url, store, run_ids, failed.device)
 

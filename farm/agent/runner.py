@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from farm.agent import scope
 from farm.agent.artifacts import stage
 from farm.backends import get_backend
 from farm.devices import DeviceEntry, DeviceProfile
@@ -77,6 +78,7 @@ def run_job(job: Job, device: DeviceEntry, profile: DeviceProfile, transport: Tr
             out = transport.shell(script, timeout=120)
             if out.exit_code != 0:  # the device is not in the state its profile promises: not the job's fault
                 raise InfraError(f"profile setup `{script}` exited {out.exit_code}: {out.stderr.strip()[:200]}")
+        scope.prepare(transport, workdir)  # what earlier jobs left running dies before this one starts
         step("stage")
         staged, pushed = stage(transport, workdir, prepared.artifacts) if prepared.artifacts else ({}, 0)
         fingerprint = _fingerprint(transport)
@@ -105,7 +107,7 @@ def run_job(job: Job, device: DeviceEntry, profile: DeviceProfile, transport: Tr
         argv = backend.command(job, staged)
         t0 = time.monotonic()
         try:
-            result = transport.run(argv, timeout=job.timeout_s)
+            result = transport.run(argv, timeout=job.timeout_s, pidfile=scope.pidfile(workdir, "engine"))
         finally:
             if session is not None:
                 session.stop()

@@ -22,9 +22,13 @@ devices_option = click.option("--devices", "devices_path", envvar="FARM_DEVICES"
 
 
 def open_store(db_url: str | None):  # -> farm.store.Store
+    """The store, with in-process runs whose process died marked interrupted (any command reaps them)."""
+    from farm.dispatch.reaper import reap_abandoned
     from farm.store import Store
 
-    return Store(db_url)
+    store = Store(db_url)
+    reap_abandoned(store)
+    return store
 
 
 def results_table(df: pd.DataFrame, title: str = "") -> Table:

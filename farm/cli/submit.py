@@ -38,7 +38,12 @@ def plan_cmd(sweep_path: str, devices_path: str | None, as_json: bool) -> None:
         click.echo(describe(plan))
 
 
-@click.command("submit")
+EXIT_CODES_HELP = ("Exit codes: 0 every job done; 1 a job failed (the benchmark: engine exit, bad output); "
+                   "2 bad input (nothing ran); 3 infrastructure (device, store or broker); "
+                   "130 interrupted (continue with `farm resume RUN`).")
+
+
+@click.command("submit", epilog=EXIT_CODES_HELP)
 @click.argument("sweep_path", metavar="SWEEP", type=click.Path(dir_okay=False))
 @db_option
 @devices_option
@@ -46,14 +51,17 @@ def plan_cmd(sweep_path: str, devices_path: str | None, as_json: bool) -> None:
               help="local (in-process), celery or ray.")
 @click.option("--wait/--no-wait", default=None,
               help="Wait for the run to end (default: yes for local, no for celery/ray).")
-def submit_cmd(sweep_path: str, db_url: str | None, devices_path: str | None, executor_name: str,
-               wait: bool | None) -> None:
+@click.pass_context
+def submit_cmd(ctx: click.Context, sweep_path: str, db_url: str | None, devices_path: str | None,
+               executor_name: str, wait: bool | None) -> None:
     """Validate, plan and run a sweep; prints the run id and, when done, the results table."""
     from farm.executors import EXECUTORS
     from farm.plan import make_plan
     from farm.store import new_run_id
+    from farm.submit import run_jobs
 
     sweep, inventory = _load(sweep_path, devices_path)  # a bad sweep is reported before the store is touched
+    executor_cls = EXECUTORS.get(executor_name)
     run_id = new_run_id()
     store = open_store(db_url)
     quarantined = {d.name: d.quarantine_reason or "" for d in store.devices() if d.status == "quarantined"}
@@ -61,8 +69,6 @@ def submit_cmd(sweep_path: str, db_url: str | None, devices_path: str | None, ex
     if not plan.jobs:
         reasons = "; ".join(sorted({d.reason for d in plan.dropped})) or "no cell matched the include rules"
         raise ConfigError(f"{sweep_path}: the sweep plans no job ({reasons})")
-    executor_cls = EXECUTORS.get(executor_name)
-    executor = executor_cls(store, inventory)
     store.create_run(sweep.name, plan.jobs, run_id=run_id, sweep_yaml=Path(sweep_path).read_text(),
                      sweep_digest=sweep.digest(), executor=executor_name, priority=sweep.priority,
                      meta={"dropped": [{"cell": d.cell, "reason": d.reason} for d in plan.dropped],
@@ -70,34 +76,67 @@ def submit_cmd(sweep_path: str, db_url: str | None, devices_path: str | None, ex
     for name in sorted({j.device for j in plan.jobs}):
         entry = next(d for d in inventory.devices if d.name == name)
         store.upsert_device(name, entry.profile, entry.transport.kind)
-    console.print(f"run [bold]{run_id}[/]: {len(plan.jobs)} jobs on {len({j.device for j in plan.jobs})} "
+    console.print(f"run {run_id}: {len(plan.jobs)} jobs on {len({j.device for j in plan.jobs})} "
                   f"device(s), {len(plan.dropped)} dropped, estimated {plan.est_s:.0f} s")
-    wait = executor.blocking if wait is None else wait
-    if not executor.blocking:
-        executor.submit(run_id, plan.jobs)
-        if not wait:
-            console.print(f"follow it with: farm status {run_id} --watch")
-            return
-        from farm.cli.runs import watch
+    wait = executor_cls.blocking if wait is None else wait
+    if not executor_cls.blocking and not wait:
+        run_jobs(store, inventory, run_id, executor_name, plan.jobs, wait=False)
+        console.print(f"follow it with: farm status {run_id} --watch")
+        return
+    outcome = _with_progress(plan.jobs, lambda progress: run_jobs(
+        store, inventory, run_id, executor_name, plan.jobs, progress=progress, watch=_watch))
+    ctx.exit(_report(store, sweep.name, outcome))
 
-        watch(store, run_id)
-    else:
-        _run_with_progress(executor, run_id, plan)
-    df = store.results_frame(run_id)
-    console.print(results_table(df, title=f"{sweep.name} · run {run_id}"))
-    failed = failures_table(store, run_id)
+
+@click.command("resume", epilog=EXIT_CODES_HELP)
+@click.argument("run_id", metavar="RUN")
+@db_option
+@click.option("--devices", "devices_path", envvar="FARM_DEVICES", default=None, type=click.Path(dir_okay=False),
+              help="Inventory YAML (default: the one the run was submitted with).")
+@click.pass_context
+def resume_cmd(ctx: click.Context, run_id: str, db_url: str | None, devices_path: str | None) -> None:
+    """Finish an interrupted run: its remaining jobs run; finished jobs are not repeated."""
+    from farm.submit import resume
+
+    store = open_store(db_url)
+    run = store.get_run(run_id)
+    left = store.jobs(run.id, status=["queued"])
+    console.print(f"run {run.id}: resuming {len(left)} job(s)", markup=False)
+    outcome = _with_progress(left, lambda progress: resume(store, run.id, devices_path, progress=progress,
+                                                            watch=_watch))
+    ctx.exit(_report(store, run.name, outcome))
+
+
+def _watch(store, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    from farm.cli.runs import watch
+
+    watch(store, run_id)
+
+
+def _report(store, name: str, outcome) -> int:  # type: ignore[no-untyped-def]
+    """Print what the run produced and how it ended; returns the exit code."""
+    run_id = outcome.run_id
+    df = store.results_frame(run_id) if outcome.status != "interrupted" or outcome.exit_code != 3 else None
+    if df is not None and not df.empty:
+        console.print(results_table(df, title=f"{name} · run {run_id}"))
+    failed = failures_table(store, run_id) if df is not None else None
     if failed is not None:
         console.print(failed)
-    status = store.finish_run_if_complete(run_id) or store.get_run(run_id).status
-    console.print(f"run {run_id}: {status}")
+    console.print(f"run {run_id}: {outcome.status}", markup=False)
+    if outcome.error:
+        click.echo(f"error: {outcome.error}", err=True)
+    if outcome.status == "interrupted" and outcome.exit_code == 130:
+        click.echo(f"continue it with: farm resume {run_id}", err=True)
+    return outcome.exit_code
 
 
-def _run_with_progress(executor, run_id: str, plan) -> None:  # type: ignore[no-untyped-def]
-    total_est = sum(j.est_s for j in plan.jobs) or 1.0
+def _with_progress(jobs, run):  # type: ignore[no-untyped-def]
+    """Call run(progress) under a progress bar of `jobs`; returns what run returns."""
+    total_est = sum(j.est_s for j in jobs) or 1.0
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
-                  console=console, transient=False) as progress:
-        task = progress.add_task("jobs", total=len(plan.jobs), status="", eta="?")
+                  TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(),
+                  TextColumn("ETA {task.fields[eta]}"), console=console, transient=False) as progress:
+        task = progress.add_task("jobs", total=len(jobs), status="", eta="?")
         t0 = time.monotonic()
         done_est = 0.0
 
@@ -115,7 +154,7 @@ def _run_with_progress(executor, run_id: str, plan) -> None:  # type: ignore[no-
             else:
                 progress.update(task, status=f"{event.status}: {label}")
 
-        executor.submit(run_id, plan.jobs, progress=on_event)
+        return run(on_event)
 
 
-commands = [plan_cmd, submit_cmd]
+commands = [plan_cmd, submit_cmd, resume_cmd]

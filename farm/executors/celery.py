@@ -10,7 +10,7 @@ silent agent's job within a lease period. Messages are acknowledged after the re
 (or spooled, while the store is unreachable).
 
 Profile-level routing (retry elsewhere, move off a quarantined or offline device) is decided in
-the store (:mod:`farm.executors._dispatch`) and sent to the chosen device's queue, not through a
+the store (:mod:`farm.dispatch`) and sent to the chosen device's queue, not through a
 shared profile queue: a queue cannot exclude the device that just failed, and a broken device
 is the idlest consumer of all.
 """
@@ -29,7 +29,7 @@ from celery import Celery
 from kombu.exceptions import BatchPublishError
 
 from farm.agent.config import AgentConfig
-from farm.executors._dispatch import device_rounds, prepare_dispatch
+from farm.dispatch import device_rounds, prepare_dispatch
 from farm.executors.base import Executor, ProgressCallback
 from farm.jobs import Job
 
@@ -71,7 +71,8 @@ def make_app(url: str, visibility_timeout_s: float = 6 * 3600, unacked_restore_s
 
     @app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_job_task(self: Any, job: dict[str, Any], attempt: int = 1, tried: list[str] | None = None) -> str:
-        from farm.agent.service import execute, runtime
+        from farm.agent.lifecycle import execute
+        from farm.agent.runtime import runtime
 
         out = execute(runtime(), Job.model_validate(job), attempt, tried)
         if out.status == "retry":
@@ -132,15 +133,15 @@ def _die_with_parent() -> None:
 
 def _device_worker(cfg: AgentConfig, device: str) -> None:
     """Body of a forked device worker: a fresh runtime, then a solo-pool Celery worker on one queue."""
-    from farm.agent import service
+    from farm.agent import runtime as agent_runtime
 
     _die_with_parent()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)  # Celery installs its own; the parent's must not leak in
-    parent = service._runtime
+    parent = agent_runtime._runtime
     if parent is not None:
         parent.after_fork()
-    service.reset_runtime(service.Runtime(cfg))
+    agent_runtime.reset_runtime(agent_runtime.Runtime.from_config(cfg))
     app = make_app(cfg.broker_url, cfg.visibility_timeout_s, cfg.unacked_restore_s)
     worker = app.Worker(hostname=f"{device}@{cfg.name}", queues=[queue_for(device)], pool="solo",
                         concurrency=1, prefetch_multiplier=1, without_gossip=True, without_mingle=True,

@@ -14,7 +14,7 @@ in the actor on the device's lock (unclaimed, so still queued in the store) and 
 the device is free, with no round trip to the dispatcher in between. A CI job submitted later
 waits behind at most those two, not a whole survey. The lock also means a device never runs two
 jobs at once, whatever it is sent. Failures map onto the error taxonomy: a dead actor or node is an
-infrastructure error handled by the same policy as Celery's (:mod:`farm.executors._dispatch`), and
+infrastructure error handled by the same policy as Celery's (:mod:`farm.dispatch`), and
 the actor is replaced once its node answers again.
 """
 
@@ -37,8 +37,10 @@ from typing import Any
 import ray
 
 from farm.agent.config import CONFIG_ENV, AgentConfig
+from farm.dispatch import after_infra_error, prepare_dispatch
+from farm.dispatch.queued import QueuedJobs
+from farm.dispatch.reaper import Reaper
 from farm.errors import InfraError
-from farm.executors._dispatch import QueuedJobs, Reaper, after_infra_error, prepare_dispatch
 from farm.executors.base import Executor, ProgressCallback
 from farm.jobs import Job
 from farm.store import Store
@@ -61,7 +63,7 @@ class AgentActor:
     """Runs jobs on the devices of the node it lives on, with that node's agent config; one per agent."""
 
     def __init__(self) -> None:
-        from farm.agent.service import runtime
+        from farm.agent.runtime import runtime
 
         self.rt = runtime()
         self.locks = {name: threading.Lock() for name in self.rt.devices}
@@ -71,7 +73,7 @@ class AgentActor:
         return ray.get_runtime_context().get_node_id()
 
     def run(self, job: dict[str, Any], attempt: int, tried: list[str]) -> dict[str, Any]:
-        from farm.agent.service import Outcome, execute
+        from farm.agent.lifecycle import Outcome, execute
 
         j = Job.model_validate(job)
         lock = self.locks.get(j.device)

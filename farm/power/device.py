@@ -42,6 +42,7 @@ class DeviceSampler:
         self.remote_bin = f"{self.workdir}/bin/{PROGRAM}"
         self._staged = False
         self._pid: int | None = None
+        self._pidfile = ""
         self._out = f"{self.workdir}/power/trace.txt"
 
     def stage(self) -> str:
@@ -72,11 +73,13 @@ class DeviceSampler:
             raise InfraError(f"{PROGRAM} already running on the device (pid {self._pid})")
         binary = self.stage()
         self._out = f"{self.workdir}/power/{tag}.txt"
-        pidfile = f"{self.workdir}/power/{tag}.pid"
+        pidfile = self._pidfile = f"{self.workdir}/run/sampler-{tag}.pid"  # farm.agent.scope kills from it
         argv = [binary, "-r", f"{rate_hz:g}", "-o", self._out, "-P", pidfile, "-t", f"{max_s:g}", f"-{mode}"]
         argv += ["--", *args] if mode in "sx" else args
         # every fd redirected: a daemon holding the shell's stdout would keep adb/ssh sessions open
-        script = (f"rm -f {shlex.quote(pidfile)}; {quote_argv(argv)} </dev/null >/dev/null "
+        # a fresh trace file: a sampler left by a killed run may still hold the old one open
+        script = (f"mkdir -p {shlex.quote(self.workdir + '/run')}; rm -f {shlex.quote(pidfile)} "
+                  f"{shlex.quote(self._out)}; {quote_argv(argv)} </dev/null >/dev/null "
                   f"2>{shlex.quote(self._out + '.err')} && cat {shlex.quote(pidfile)}")
         result = self.transport.shell(script, timeout=20)
         pid = result.stdout.strip()
@@ -100,6 +103,7 @@ class DeviceSampler:
             time.sleep(0.05)
         else:
             self.transport.run(["kill", "-KILL", str(pid)], timeout=10)
+        self.transport.run(["rm", "-f", self._pidfile], timeout=10)  # its id must not outlive it (pid reuse)
         out = parse_sampler_output(text)
         if not out.ended:
             err = self._read(self._out + ".err").strip()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -67,6 +67,7 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(index=True)
     finished_at: Mapped[datetime | None]
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    holder: Mapped[str | None] = mapped_column(String(128))  # the process running it in-process
 
 
 class JobRow(Base):
@@ -109,6 +110,9 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_run_status", "run_id", "status"),
         Index("ix_jobs_status_device", "status", "device"),
+        # The device lease: one running job per device, whoever claimed it (migration 0006).
+        Index("ix_jobs_device_held", "device", unique=True, sqlite_where=text("status = 'running'"),
+              postgresql_where=text("status = 'running'")),
     )
 
 

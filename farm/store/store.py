@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.errors import ConfigError, InfraError
@@ -25,6 +25,7 @@ from farm.store.db import make_engine, migrate, resolve_url
 from farm.store.models import Device, JobRow, ResultRow, Run, Trace
 
 TERMINAL = ("done", "failed", "cancelled")
+BUSY = "busy"  # claim_on: the job is claimable but its device runs another job (the device lease)
 # A job handed back to the queue holds no lease, agent or claim.
 _REQUEUED: dict[str, Any] = {"status": "queued", "agent": None, "claim_token": None, "lease_until": None}
 
@@ -136,6 +137,13 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(JobRow).where(JobRow.run_id == run_id).order_by(JobRow.idx)))
 
+    def failure_classes(self, run_id: str) -> dict[str, int]:
+        """Failed jobs of the run per error class."""
+        with self.session() as s:
+            rows = s.execute(select(JobRow.error_class, func.count()).where(
+                JobRow.run_id == run_id, JobRow.status == "failed").group_by(JobRow.error_class))
+            return {cls or "bug": n for cls, n in rows}
+
     def job_status(self, job_id: str) -> str | None:
         with self.session() as s:
             return s.scalar(select(JobRow.status).where(JobRow.id == job_id))
@@ -152,7 +160,7 @@ class Store:
         With `device`, only if the job is still meant for that device (a stale message for a job
         that was moved elsewhere must not run it).
         """
-        return self.claim_on(job_id, agent, lease_s, device) is not None
+        return self.claim_on(job_id, agent, lease_s, device) not in (None, BUSY)
 
     def claim_on(self, job_id: str, agent: str, lease_s: float, device: str | None = None,
                  token: str | None = None) -> str | None:
@@ -161,6 +169,8 @@ class Store:
 
         `token` names the delivery: a claim retried after a dropped connection (the first try may
         have committed unseen) finds the job running under its own token and takes it as claimed.
+        :data:`BUSY` when another job holds the device (the unique index ``ix_jobs_device_held``):
+        one job per device, across processes and executors.
         """
         now = utcnow()
         by_device = device is not None
@@ -169,7 +179,10 @@ class Store:
         with self.autocommit() as conn:
             # The common case is this one statement, atomic on its own (no BEGIN/COMMIT round trips):
             # the claim returns what else the agent needs to know.
-            claimed = conn.execute(sql.claim_stmt(by_device), params).first()
+            try:
+                claimed = conn.execute(sql.claim_stmt(by_device), params).first()
+            except IntegrityError:
+                return BUSY
             if claimed is not None:
                 run_id, run_status, status = claimed
                 if run_status == "queued":  # the run's first claim
@@ -186,28 +199,106 @@ class Store:
                                                "h_until": now + timedelta(seconds=lease_s)})
             return bool(res.rowcount)
 
-    def requeue(self, job_id: str, reason: str, lease_expired_before: datetime | None = None) -> bool:
+    def requeue(self, job_id: str, reason: str, lease_expired_before: datetime | None = None,
+                uncounted: bool = False) -> bool:
         """Put a running job back in the queue (only if its lease ended before the given time, when
-        given: a reaper must not take a job whose agent heartbeated meanwhile). True if it moved."""
+        given: a reaper must not take a job whose agent heartbeated meanwhile). True if it moved.
+        `uncounted`: the run was interrupted, not the job's device: the claim is not an attempt."""
         where = [JobRow.id == job_id, JobRow.status == "running"]
         if lease_expired_before is not None:
             where.append(JobRow.lease_until < lease_expired_before)
+        values = dict(_REQUEUED, error=reason)
+        if uncounted:
+            values["attempts"] = JobRow.attempts - 1
         with self.session() as s:
-            return bool(s.execute(update(JobRow).where(*where).values(**_REQUEUED, error=reason)).rowcount)
+            return bool(s.execute(update(JobRow).where(*where).values(**values)).rowcount)
 
-    def reap_expired(self, now: datetime | None = None) -> list[str]:
-        """Jobs whose agent stopped heartbeating go back to the queue."""
-        now = now or utcnow()
+    def expired_jobs(self, executor: str, now: datetime) -> list[tuple[Job, int, str | None]]:
+        """Running jobs of `executor`'s runs whose lease ended before `now`: (job, attempts, agent)."""
         with self.session() as s:
-            ids = list(s.scalars(select(JobRow.id).where(JobRow.status == "running", JobRow.lease_until < now)))
-            if ids:
-                s.execute(update(JobRow).where(JobRow.id.in_(ids), JobRow.status == "running")
-                          .values(**_REQUEUED, error="agent lease expired"))
-        return ids
+            rows = s.execute(select(JobRow.spec, JobRow.attempts, JobRow.agent).join(Run, Run.id == JobRow.run_id)
+                             .where(JobRow.status == "running", JobRow.lease_until < now,
+                                    Run.executor == executor)).all()
+        return [(Job.model_validate(spec), attempts, agent) for spec, attempts, agent in rows]
 
-    def fail_job(self, job: Job, error_class: str, error: str) -> None:
-        self.save_result(JobResult(job_id=job.job_id, run_id=job.run_id, device=job.device, status="failed",
-                                   error_class=error_class, error=error), job)
+    def queued_on(self, devices: Iterable[str], executor: str) -> list[tuple[Job, int]]:
+        """Queued jobs of active runs of `executor` waiting for one of `devices`: (job, attempts)."""
+        with self.session() as s:
+            rows = s.execute(select(JobRow.spec, JobRow.attempts).join(Run, Run.id == JobRow.run_id)
+                             .where(JobRow.status == "queued", JobRow.device.in_(list(devices)),
+                                    Run.executor == executor, Run.status.in_(["queued", "running"]))).all()
+        return [(Job.model_validate(spec), attempts) for spec, attempts in rows]
+
+    def next_queued(self, run_id: str, device: str) -> tuple[Job, int] | None:
+        """The next queued job of `run_id` for `device` in priority and plan order, with its attempts."""
+        with self.session() as s:
+            row = s.execute(select(JobRow.spec, JobRow.attempts)
+                            .where(JobRow.run_id == run_id, JobRow.device == device, JobRow.status == "queued")
+                            .order_by(JobRow.priority.desc(), JobRow.idx).limit(1)).first()
+        return None if row is None else (Job.model_validate(row[0]), row[1])
+
+    def jobs_left(self, run_id: str) -> int:
+        """Jobs of the run still queued or running."""
+        with self.session() as s:
+            return s.scalar(select(func.count()).where(JobRow.run_id == run_id,
+                                                       JobRow.status.in_(["queued", "running"]))) or 0
+
+    def retarget(self, job: Job, device: str) -> Job:
+        """Move a queued job to another device (same profile); returns the moved job."""
+        if device == job.device:
+            return job
+        moved = job.model_copy(update={"device": device})
+        with self.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job.job_id)
+                      .values(device=device, spec=moved.model_dump(mode="json")))
+        return moved
+
+    def device_holder(self, device: str) -> tuple[str, str | None, str] | None:
+        """The job holding `device` (the device lease): (job id, agent, run id), or None when free."""
+        with self.session() as s:
+            row = s.execute(select(JobRow.id, JobRow.agent, JobRow.run_id)
+                            .where(JobRow.device == device, JobRow.status == "running")).first()
+        return None if row is None else (row[0], row[1], row[2])
+
+    # In-process runs: held by the process that executes them -------------------------------------
+
+    def hold_run(self, run_id: str, holder: str) -> bool:
+        """Take `run_id` for this process (a new run, or an interrupted one being resumed)."""
+        with self.session() as s:
+            return bool(s.execute(update(Run).where(Run.id == run_id, Run.holder.is_(None),
+                                                    Run.status.in_(["queued", "running", "interrupted"]))
+                                  .values(holder=holder, status="running", finished_at=None)).rowcount)
+
+    def held_runs(self) -> list[tuple[str, str]]:
+        """(run id, holder) of runs held by a process and not finished."""
+        with self.session() as s:
+            return [(r, h) for r, h in s.execute(select(Run.id, Run.holder).where(
+                Run.holder.is_not(None), Run.status.in_(["queued", "running"])))]
+
+    def run_lease_expired(self, run_id: str, now: datetime) -> bool:
+        """Does a running job of the run hold a lease that ended before `now`?"""
+        with self.session() as s:
+            return s.scalar(select(func.count()).where(JobRow.run_id == run_id, JobRow.status == "running",
+                                                       JobRow.lease_until < now)) > 0
+
+    def interrupt_run(self, run_id: str, holder: str, reason: str) -> bool:
+        """The holder stopped (Ctrl-C) or died: its running jobs go back to the queue uncounted, the
+        run is ``interrupted`` (``farm resume`` finishes it) unless nothing is left to do."""
+        with self.session() as s:
+            if not s.execute(update(Run).where(Run.id == run_id, Run.holder == holder)
+                             .values(holder=None)).rowcount:
+                return False
+            s.execute(update(JobRow).where(JobRow.run_id == run_id, JobRow.status == "running")
+                      .values(**_REQUEUED, error=reason, attempts=JobRow.attempts - 1))
+            s.execute(update(Run).where(Run.id == run_id, Run.status.in_(["queued", "running"]))
+                      .values(status="interrupted", finished_at=utcnow()))
+        self.finish_run_if_complete(run_id, also_interrupted=True)
+        return True
+
+    def release_run(self, run_id: str, holder: str) -> None:
+        """The holder is done with the run (it finished, or was cancelled)."""
+        with self.session() as s:
+            s.execute(update(Run).where(Run.id == run_id, Run.holder == holder).values(holder=None))
 
     def cancel(self, run_id: str) -> int:
         with self.session() as s:
@@ -221,7 +312,7 @@ class Store:
         with self.session() as s:
             return s.scalar(select(Run.status).where(Run.id == run_id)) == "cancelled"
 
-    def finish_run_if_complete(self, run_id: str) -> str | None:
+    def finish_run_if_complete(self, run_id: str, also_interrupted: bool = False) -> str | None:
         """Close a run when no job is left queued or running; returns its final status.
 
         Agents call this after every result, so the common answer ("jobs left") is one index probe,
@@ -235,8 +326,9 @@ class Store:
         if counts.get("queued") or counts.get("running"):
             return None
         status = "cancelled" if counts.get("cancelled") else ("failed" if counts.get("failed") else "done")
+        open_states = ["queued", "running", "interrupted"] if also_interrupted else ["queued", "running"]
         with self.session() as s:
-            s.execute(update(Run).where(Run.id == run_id, Run.status.in_(["queued", "running"]))
+            s.execute(update(Run).where(Run.id == run_id, Run.status.in_(open_states))
                       .values(status=status, finished_at=utcnow()))
             return s.scalar(select(Run.status).where(Run.id == run_id))
 
@@ -427,6 +519,17 @@ class Store:
                 dev.status, dev.quarantine_reason = "quarantined", reason
             return dev.status == "quarantined"
 
+    def reset_failures(self, name: str) -> None:
+        """Quarantine counts failures in a row: a success clears them."""
+        with self.session() as s:
+            s.execute(update(Device).where(Device.name == name, Device.status == "online").values(failures=0))
+
+    def mark_offline(self, not_seen_since: datetime) -> None:
+        """Online devices whose agent has not been heard of since then are offline."""
+        with self.session() as s:
+            s.execute(update(Device).where(Device.status == "online", Device.last_seen < not_seen_since)
+                      .values(status="offline"))
+
     def devices(self) -> list[Device]:
         with self.session() as s:
             return list(s.scalars(select(Device).order_by(Device.name)))
@@ -436,4 +539,4 @@ class Store:
             return set(s.scalars(select(Device.name).where(Device.status == "quarantined")))
 
 
-__all__ = ["TERMINAL", "Store", "new_run_id"]
+__all__ = ["BUSY", "TERMINAL", "Store", "new_run_id"]

@@ -7,6 +7,7 @@ hostile strings (spaces, quotes, ``;``, ``$()``) arrive as single literal argume
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from abc import ABC, abstractmethod
@@ -18,6 +19,22 @@ from typing import Any
 from farm.errors import InfraError, JobError
 
 LineCallback = Callable[[str], None]
+
+
+_SESSION = shlex.quote('echo $$ > "$0" && exec "$@"')  # $0: the pidfile, "$@": the command
+
+
+def session_script(argv: Sequence[str], pidfile: str) -> str:
+    """`argv` in a new session (process group) whose id is written to `pidfile` before it starts; the
+    file goes when the command ends (a stale id must never name a recycled pid), its status is kept."""
+    return (f"setsid -w sh -c {_SESSION} {quote_argv([pidfile, *argv])}; rc=$?; rm -f {shlex.quote(pidfile)}; "
+            f"exit $rc")
+
+
+def kill_group_script(pidfile: str) -> str:
+    """Kill the process group named in `pidfile` (a no-op when it is gone)."""
+    q = shlex.quote(pidfile)
+    return f"p=$(cat {q} 2>/dev/null) && [ -n \"$p\" ] && kill -KILL -- -\"$p\" 2>/dev/null; rm -f {q}; true"
 
 
 def quote_argv(argv: Sequence[str]) -> str:
@@ -71,9 +88,21 @@ class Transport(ABC):
         """Run a shell script on the device as given. Callers quote with :func:`quote_argv`."""
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None,
-            on_line: LineCallback | None = None) -> CommandResult:
-        """Run one command; every argument is quoted for the device shell."""
-        return self.shell(quote_argv(argv), timeout=timeout, on_line=on_line)
+            on_line: LineCallback | None = None, pidfile: str | None = None) -> CommandResult:
+        """Run one command; every argument is quoted for the device shell.
+
+        With `pidfile`, the command runs in a session of its own (``setsid -w``, in toybox and
+        util-linux alike) whose id is written to that device file first: killing that process group
+        takes the command and everything it forked (see :mod:`farm.agent.scope`); a timeout does so.
+        """
+        if pidfile is None:
+            return self.shell(quote_argv(argv), timeout=timeout, on_line=on_line)
+        try:
+            return self.shell(session_script(argv, pidfile), timeout=timeout, on_line=on_line)
+        except JobError:  # timed out: the device shell was killed, the session must be too
+            with contextlib.suppress(InfraError, JobError):
+                self.shell(kill_group_script(pidfile), timeout=10)
+            raise
 
     @abstractmethod
     def push(self, local: Path, remote: str) -> int:

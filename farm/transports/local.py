@@ -153,18 +153,21 @@ class LocalTransport(Transport):
             raise InfraError(f"cannot start /bin/sh: {exc}") from exc
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None,
-            on_line: LineCallback | None = None) -> CommandResult:
+            on_line: LineCallback | None = None, pidfile: str | None = None) -> CommandResult:
         command = quote_argv(argv)
         try:
-            return self._execute([str(a) for a in argv], command, timeout, on_line)
+            return self._execute([str(a) for a in argv], command, timeout, on_line, pidfile)
         except OSError:  # not executable as it stands: the shell says why (127, 126) or runs a #!-less script
-            return self.shell(command, timeout=timeout, on_line=on_line)
+            return super().run(argv, timeout=timeout, on_line=on_line, pidfile=pidfile)
 
     def _execute(self, args: list[str], command: str, timeout: float | None,
-                 on_line: LineCallback | None) -> CommandResult:
+                 on_line: LineCallback | None, pidfile: str | None = None) -> CommandResult:
         start = time.monotonic()
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+                                start_new_session=True)  # its own group: killpg takes its children too
+        if pidfile is not None:  # the group's id, for farm.agent.scope to kill it from elsewhere
+            Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
+            Path(pidfile).write_text(f"{proc.pid}\n")
         try:
             code, out, err = _collect(proc, timeout, on_line)
         except subprocess.TimeoutExpired as exc:
@@ -172,6 +175,9 @@ class LocalTransport(Transport):
             proc.wait()
             _close(proc)
             raise JobError(f"command timed out after {timeout:g}s: {command[:120]}") from exc
+        finally:
+            if pidfile is not None:  # the command ended: its id must not outlive it (pids are recycled)
+                Path(pidfile).unlink(missing_ok=True)
         return CommandResult(command, 128 - code if code < 0 else code, out, err, time.monotonic() - start)
 
     def push(self, local: Path, remote: str) -> int:

@@ -1,0 +1,51 @@
+"""What a job starts on a device, and how it all dies with the job.
+
+Every long-lived process a job starts on the device (the engine, the power sampler) records its
+process-group id in a pidfile under ``<workdir>/run/``. The engine is started in a session of its
+own (``setsid``), so its pidfile names the whole group: the engine and anything it forked.
+:func:`stop_job` kills every group and process named there — on timeout, cancel, Ctrl-C, a lost
+lease — and :func:`prepare` does the same before each job, so what an earlier job (or a killed
+``farm submit``) left running never overlaps the next measurement.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+
+from farm.errors import InfraError
+from farm.transports.base import Transport
+
+
+def run_dir(workdir: str) -> str:
+    return posixpath.join(workdir, "run")
+
+
+def pidfile(workdir: str, tag: str) -> str:
+    """Where the process started for `tag` (``engine``, ``sampler-trace``, …) records its group id."""
+    return posixpath.join(run_dir(workdir), f"{tag}.pid")
+
+
+def _kill_script(workdir: str) -> str:
+    d = shlex.quote(run_dir(workdir))
+    # kill -- -PGID takes the group (setsid'ed engine and its children); plain kill the process itself
+    # (a self-daemonising sampler); the file goes either way. Prints how many files it found.
+    return (f"n=0; for f in {d}/*.pid; do [ -f \"$f\" ] || continue; p=$(cat \"$f\" 2>/dev/null); "
+            f"case \"$p\" in ''|*[!0-9]*) ;; *) kill -KILL -- -\"$p\" 2>/dev/null; kill -KILL \"$p\" 2>/dev/null;; "
+            f"esac; rm -f \"$f\"; n=$((n+1)); done; echo $n")
+
+
+def stop_job(transport: Transport, workdir: str) -> int:
+    """Kill everything the current job started on the device; returns how many pidfiles it found."""
+    out = transport.shell(_kill_script(workdir), timeout=30)
+    text = out.stdout.strip().splitlines()
+    return int(text[-1]) if text and text[-1].isdigit() else 0
+
+
+def prepare(transport: Transport, workdir: str) -> int:
+    """Before a job: leftovers of earlier jobs killed, the run directory ready. Returns leftovers killed."""
+    out = transport.shell(f"mkdir -p {shlex.quote(run_dir(workdir))} && {_kill_script(workdir)}", timeout=30)
+    if out.exit_code != 0:
+        raise InfraError(f"cannot prepare {run_dir(workdir)} on the device: {out.stderr.strip()[:200]}")
+    text = out.stdout.strip().splitlines()
+    return int(text[-1]) if text and text[-1].isdigit() else 0
