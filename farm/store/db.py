@@ -6,8 +6,11 @@ SQLite (a file in the user's data dir) by default, PostgreSQL by URL (``--db`` o
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -61,6 +64,22 @@ def make_engine(url: str | None = None) -> Engine:
     return create_engine(url, pool_size=5, max_overflow=10)
 
 
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """Two processes opening a new SQLite store at once must not both create its tables: an exclusive
+    lock file beside the database serialises them (PostgreSQL uses an advisory lock instead)."""
+    path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{Path(path).expanduser()}.migrate.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def migrate(engine: Engine) -> None:
     """Upgrade the schema to the newest Alembic revision (once per process per URL)."""
     key = str(engine.url)
@@ -73,7 +92,9 @@ def migrate(engine: Engine) -> None:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
-            with engine.begin() as conn:
+            with _migration_lock(engine), engine.begin() as conn:
+                if conn.dialect.name == "postgresql":  # held to the end of this transaction
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7265747)")  # any fixed key: farm's
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except OperationalError as exc:
