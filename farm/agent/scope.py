@@ -44,7 +44,9 @@ def stop_job(transport: Transport, workdir: str) -> int:
 
 def prepare(transport: Transport, workdir: str) -> int:
     """Before a job: leftovers of earlier jobs killed, the run directory ready. Returns leftovers killed."""
-    out = transport.shell(f"mkdir -p {shlex.quote(run_dir(workdir))} && {_kill_script(workdir)}", timeout=30)
+    # mkdir without -p: a workdir that vanished (device unmounted) must not be silently recreated
+    d = shlex.quote(run_dir(workdir))
+    out = transport.shell(f"mkdir {d} 2>/dev/null; [ -d {d} ] && {_kill_script(workdir)}", timeout=30)
     if out.exit_code != 0:
         raise InfraError(f"cannot prepare {run_dir(workdir)} on the device: {out.stderr.strip()[:200]}")
     text = out.stdout.strip().splitlines()

@@ -78,7 +78,7 @@ class DeviceSampler:
         argv += ["--", *args] if mode in "sx" else args
         # every fd redirected: a daemon holding the shell's stdout would keep adb/ssh sessions open
         # a fresh trace file: a sampler left by a killed run may still hold the old one open
-        script = (f"mkdir -p {shlex.quote(self.workdir + '/run')}; rm -f {shlex.quote(pidfile)} "
+        script = (f"mkdir {shlex.quote(self.workdir + '/run')} 2>/dev/null; rm -f {shlex.quote(pidfile)} "
                   f"{shlex.quote(self._out)}; {quote_argv(argv)} </dev/null >/dev/null "
                   f"2>{shlex.quote(self._out + '.err')} && cat {shlex.quote(pidfile)}")
         result = self.transport.shell(script, timeout=20)

@@ -166,7 +166,7 @@ class LocalTransport(Transport):
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)  # its own group: killpg takes its children too
         if pidfile is not None:  # the group's id, for farm.agent.scope to kill it from elsewhere
-            Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
+            Path(pidfile).parent.mkdir(exist_ok=True)  # not parents: a vanished workdir stays vanished
             Path(pidfile).write_text(f"{proc.pid}\n")
         try:
             code, out, err = _collect(proc, timeout, on_line)
