@@ -21,6 +21,7 @@ never write the same file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import tempfile
@@ -104,14 +105,18 @@ def _cached(transport: Transport, remote: str, art: Artifact, size: int, signatu
 
 def _push(transport: Transport, art: Artifact, remote: str) -> int:
     part = _part(remote)
-    pushed = transport.push(art.local, part)
-    if art.executable:
-        transport.run(["chmod", "755", part], timeout=15).check(f"chmod {part}")
-    got = transport.sha256(part)
-    if got != art.sha256:
-        transport.run(["rm", "-f", part], timeout=15)
-        raise InfraError(f"push of {art.local.name} is corrupt on the device: sha256 {got} != {art.sha256}")
-    transport.run(["mv", "-f", part, remote], timeout=15).check(f"rename {part}")
+    try:
+        pushed = transport.push(art.local, part)
+        if art.executable:
+            transport.run(["chmod", "755", part], timeout=15).check(f"chmod {part}")
+        got = transport.sha256(part)
+        if got != art.sha256:
+            raise InfraError(f"push of {art.local.name} is corrupt on the device: sha256 {got} != {art.sha256}")
+        transport.run(["mv", "-f", part, remote], timeout=15).check(f"rename {part}")
+    except Exception:  # (not on Ctrl-C: an interrupt is not held up by a device that may be gone)
+        with contextlib.suppress(Exception):  # a device that went away keeps its part: names never repeat
+            transport.run(["rm", "-f", part], timeout=15)
+        raise
     _remember(transport, remote, art.sha256, transport.stat_signatures([remote])[0])  # after the rename (ctime)
     return pushed
 
