@@ -196,3 +196,44 @@ def test_paired_report_from_a_frame_and_its_markdown() -> None:
     df.loc[df["variant"] == "B", "prefill_tps"] = None
     by = {r.metric.column: r for r in compare.compare_paired(df, threshold=0.03, alpha=0.05).results}
     assert by["prefill_tps"].comparison is None and "fewer than 2" in by["prefill_tps"].note
+
+
+def test_run_regression_is_a_function_returning_the_verdict(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The verdict without the CLI (as asv's Continuous.run): a head whose engine fails every benchmark
+    where the base runs is a regression; nothing is printed, the progress lines go to `on_message`."""
+    from farm.regress import Verdict, run_regression
+    from farm.store import Store
+
+    repo = tmp_path / "repo"
+    shas = make_engine_repo(repo, 1)
+    main_c = repo / "src" / "main.c"
+    text = main_c.read_text()
+    bench_call = 'if (!strcmp(argv[1], "bench")) return cmd_bench(&o);'
+    assert bench_call in text
+    main_c.write_text(text.replace(bench_call, 'if (!strcmp(argv[1], "bench")) { fputs("head broke\\n", stderr); '
+                                               "return 9; }"))
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-am", "C: bench exits 9"], check=True)
+    broken = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP.format(reps=2).replace("farm-mini", "farm-tiny"))
+    db = f"sqlite:///{tmp_path / 'farm.db'}"
+    messages: list[str] = []
+
+    verdict = run_regression(repo, shas["A"], broken, sweep_path=str(sweep), interleave="process", db_url=db,
+                             on_message=messages.append)
+    assert isinstance(verdict, Verdict)
+    assert verdict.base["commit"] == shas["A"] and verdict.head["commit"] == broken
+    assert verdict.pairs == 2 and verdict.interleave == "process" and verdict.sweep_name == "regress-test"
+    assert set(verdict.failed) == {"B"} and len(verdict.failed["B"]) == 2  # one failed job per pair
+    assert "exited 9" in verdict.failed["B"][0] or "head broke" in verdict.failed["B"][0], verdict.failed
+    assert verdict.head_broke and verdict.regressed
+    assert messages[0] == f"run {verdict.run_id}: building 2 engine build(s)"
+    assert messages[-1].startswith(f"run {verdict.run_id}: 4 jobs (2 ABBA pairs × 1 cell(s), 1 rep/side")
+    assert capsys.readouterr().out == ""
+    run = Store(db).get_run(verdict.run_id)
+    assert run.kind == "regress" and run.meta["builds"]["B"]["engine_commit"] == broken
+
+    same = run_regression(repo, shas["A"], shas["A2"], sweep_path=str(sweep), interleave="process", db_url=db)
+    assert same.failed == {} and not same.head_broke and same.report.results
+    assert same.regressed == bool(same.report.regressions)

@@ -12,6 +12,7 @@ import pytest
 
 from farm.errors import InfraError, JobError
 from farm.transports import Transport, open_transport
+from farm.transports.base import quote_argv
 from tests.lab_fixtures import lab, lab_transport  # noqa: F401
 
 HOSTILE = ["a b", "'", '"', "$(touch /tmp/farm-pwned)", ";rm -rf x", "new\nline", "ünïcødé ☃", "`id`",
@@ -85,6 +86,32 @@ def test_push_pull_sha256_exists(dev, tmp_path):
         assert t.sha256(f"{workdir}/missing") is None
         with pytest.raises(InfraError):
             t.pull(f"{workdir}/missing", tmp_path / "nope")
+    finally:
+        t.run(["rm", "-rf", workdir])
+
+
+def test_stat_signature_moves_when_a_file_changes(dev, tmp_path):
+    """The cache's cheap check: stable while a file is left alone; an in-place write of the same size,
+    a truncation or a replacement each give another signature; a missing file has none."""
+    t, workdir = dev
+    local = tmp_path / "model.gguf"
+    local.write_bytes(os.urandom(64 * 1024))
+    a, b = f"{workdir}/it's a file", f"{workdir}/missing"
+    try:
+        t.push(local, a)
+        first, missing = t.stat_signatures([a, b])
+        assert first is not None and missing is None and first.split()[0] == str(64 * 1024)
+        assert t.stat_signatures([a]) == [first]
+        time.sleep(0.02)  # past the file system's timestamp granularity
+        t.shell(f"printf x | dd of={quote_argv([a])} bs=1 seek=100 conv=notrunc 2>/dev/null").check("write")
+        rewritten = t.stat_signatures([a])[0]
+        assert rewritten not in (None, first) and rewritten.split()[0] == first.split()[0]
+        t.push(local, a)  # a replacement (rename into place)
+        replaced = t.stat_signatures([a])[0]
+        assert replaced not in (None, first, rewritten)
+        t.shell(f"truncate -s 10 {quote_argv([a])} 2>/dev/null || : > {quote_argv([a])}").check("truncate")
+        assert t.stat_signatures([a])[0].split()[0] in ("10", "0")
+        assert t.stat_signatures([]) == []
     finally:
         t.run(["rm", "-rf", workdir])
 

@@ -2,13 +2,14 @@
 
 stdout carries the markdown summary (what a CI job posts as a comment); progress goes to stderr.
 `farm regress` exits 1 when a metric regressed beyond max(threshold, MDE) or the head fails where the
-base ran, 0 otherwise; configuration errors exit 2 as everywhere in farm.
+base ran, 0 otherwise; configuration errors exit 2 as everywhere in farm. The runs themselves are
+:func:`farm.regress.run_regression` and :func:`farm.regress.run_noise`: this module parses options,
+prints what they return and maps the verdict to the exit code.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import click
 from rich.console import Console
 
 from farm.cli._common import db_option, devices_option, open_store
-from farm.errors import ConfigError, JobError
+from farm.errors import ConfigError
+from farm.regress.schedule import INTERLEAVED
 
 err = Console(stderr=True, highlight=False)
 
@@ -28,25 +30,8 @@ interleave_option = click.option(
     help="step: one job runs both builds in lock step, a timed phase each (farm-pair), for the tightest "
          "timing; process: one process per side, the only way to attribute energy/token. auto: step "
          "where the engine supports it.")
-INTERLEAVED = {"step": "interleaved per timed phase (lock step)", "process": "interleaved per process"}
 alpha_option = click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0001, 0.5),
                             help="Significance level of each test.")
-
-
-def _plan(sweep_path: str, devices_path: str | None, run_id: str):  # -> (Sweep, Inventory, Plan, backend)
-    from farm.devices import load_inventory
-    from farm.plan import make_plan
-    from farm.spec import load_sweep
-
-    sweep = load_sweep(sweep_path)
-    inventory = load_inventory(devices_path)
-    plan = make_plan(sweep, inventory, run_id)
-    if not plan.jobs:
-        raise ConfigError(f"{sweep_path}: the sweep plans no job")
-    backends = sorted({j.backend for j in plan.jobs})
-    if len(backends) != 1:
-        raise ConfigError(f"{sweep_path}: an engine comparison needs exactly one backend, got {', '.join(backends)}")
-    return sweep, inventory, plan, backends[0]
 
 
 def _progress(event: Any) -> None:
@@ -55,47 +40,6 @@ def _progress(event: Any) -> None:
         detail = f" ({event.detail[:80]})" if event.detail and event.status != "done" else ""
         err.print(f"  {j.index:4d} {j.device} {j.tags.get('variant')} pair {j.tags.get('pair')} {j.model.label} "
                   f"{j.test}: {event.status}{detail}")
-
-
-def _run_ab(kind: str, sweep_path: str, devices_path: str | None, db_url: str | None, sides_for, block: int,
-            interleave: str, meta: dict[str, Any]):  # -> (store, run_id, sweep)
-    from farm import regress
-    from farm.store import new_run_id
-
-    run_id = new_run_id()
-    sweep, inventory, plan, backend = _plan(sweep_path, devices_path, run_id)
-    sides = sides_for(backend)
-    can_step = regress.step_interleave_supported(backend, sides)
-    if interleave == "step" and not can_step:
-        raise ConfigError(f"--interleave step: backend {backend} cannot run these two builds in lock step "
-                          "(an engine without --lockstep, or another backend); use --interleave process")
-    if interleave == "auto":
-        interleave = "step" if can_step else "process"
-    pairs = math.ceil(sweep.repetitions / block)
-    jobs = regress.ab_jobs(plan.jobs, sides, pairs=pairs, block=block, interleave=interleave)
-    err.print(f"run {run_id}: building {len({s.options.get('engine_commit') for s in sides})} engine build(s)")
-    provenance = regress.prebuild(jobs, plan.profiles, on_build=lambda what: err.print(f"  build {what}"))
-    store = open_store(db_url)
-    store.create_run(sweep.name, jobs, run_id=run_id, kind=kind, sweep_yaml=Path(sweep_path).read_text(),
-                     sweep_digest=sweep.digest(), priority=sweep.priority,
-                     meta={**meta, "pairs": pairs, "block": block, "interleave": interleave,
-                           "sides": {s.name: s.describe for s in sides},
-                           "builds": provenance})
-    regress.record_builds(store, backend, provenance)
-    err.print(f"run {run_id}: {len(jobs)} jobs ({pairs} ABBA pairs × {len(plan.jobs)} cell(s), {block} rep/side, "
-              f"{INTERLEAVED[interleave]})")
-    regress.execute(store, inventory, run_id, jobs, progress=_progress)
-    return store, run_id, sweep
-
-
-def _side(name: str, engine: str | None, rev: str, backend: str, subdir: str | None, flags: tuple[str, ...]):
-    from farm.engine_builds import checkout
-    from farm.regress import Side
-
-    if engine is None:  # the sweep's own build (the bundled engine / the pinned llama.cpp)
-        return Side(name, {"flags": list(flags)} if flags else {}, {"rev": "bundled"})
-    src = checkout(engine, rev, backend, subdir)
-    return Side(name, src.backend_options(list(flags)), {"rev": rev, "commit": src.commit, "subject": src.subject})
 
 
 def _emit(md: str, payload: dict[str, Any], json_path: str | None) -> None:
@@ -128,31 +72,19 @@ def regress_cmd(engine: str, base: str, head: str, sweep_path: str, engine_subdi
     """Build BASE and HEAD of an engine, run them ABBA on each device and judge every metric."""
     from farm import regress
 
-    def sides(backend: str):  # type: ignore[no-untyped-def]
-        return (_side("A", engine, base, backend, engine_subdir, flags),
-                _side("B", engine, head, backend, engine_subdir, flags))
-
-    store, run_id, sweep = _run_ab("regress", sweep_path, devices_path, db_url, sides, block, interleave,
-                                   {"engine": str(Path(engine).resolve()), "base": base, "head": head,
-                                    "threshold": threshold, "alpha": alpha})
-    run = store.get_run(run_id)
-    a, b = run.meta["sides"]["A"], run.meta["sides"]["B"]
-    devices = {j.device for j in store.jobs(run_id)}
-    interleave = run.meta["interleave"]
-    report = regress.analyse(store, run_id, threshold=threshold, alpha=alpha,
-                             noise=regress.load_noise(store, devices, interleave))
-    failed = regress.failed_jobs(store, run_id)
-    head_broke = bool(failed.get("B")) and not failed.get("A")
-    bad = report.regressions
-    if not report.results and not failed:
-        raise JobError(f"run {run_id}: no comparable repetitions")
+    verdict = regress.run_regression(engine, base, head, sweep_path=sweep_path, engine_subdir=engine_subdir,
+                                     flags=flags, block=block, interleave=interleave, threshold=threshold,
+                                     alpha=alpha, db_url=db_url, devices_path=devices_path, on_message=err.print,
+                                     progress=_progress)
+    run_id, interleave, report, failed = verdict.run_id, verdict.interleave, verdict.report, verdict.failed
+    a, b, bad, head_broke = verdict.base, verdict.head, report.regressions, verdict.head_broke
     if bad or head_broke:
         where = sorted({f"{r.metric.label} on {r.cell['device']}" for r in bad})
         title = "❌ farm regress: " + ("; ".join(where) if where else "head fails where base runs")
     else:
         title = "✅ farm regress: no regression"
     header = [f"base `{a['commit'][:10]}` ({a['subject']}) → head `{b['commit'][:10]}` ({b['subject']})",
-              f"sweep `{sweep.name}` · run `{run_id}` · {run.meta['pairs']} ABBA pairs per cell, "
+              f"sweep `{verdict.sweep_name}` · run `{run_id}` · {verdict.pairs} ABBA pairs per cell, "
               f"{INTERLEAVED[interleave]} · threshold "
               f"{threshold:.0%} · α {alpha} · Yuen 20%-trimmed t on pair log-ratios · Holm across metric families"]
     blind = sorted({f"{r.metric.label} of {r.cell['model']} {regress.compare.pct(r.mde)}" for r in report.results
@@ -166,11 +98,11 @@ def regress_cmd(engine: str, base: str, head: str, sweep_path: str, engine_subdi
         header.append(f"**{len(errors)} failed job(s) on {'base' if variant == 'A' else 'head'}**: {errors[0][:200]}")
     md = regress.compare.markdown(report, title, header)
     payload = regress.report_json(report, run_id=run_id, base=a, head=b, threshold=threshold, alpha=alpha,
-                                  pairs=run.meta["pairs"], interleave=interleave, failed=failed,
-                                  builds=run.meta.get("builds"),
+                                  pairs=verdict.pairs, interleave=interleave, failed=failed,
+                                  builds=verdict.builds,
                                   verdict="regression" if bad or head_broke else "ok")
     _emit(md, payload, json_path)
-    sys.exit(1 if bad or head_broke else 0)
+    sys.exit(1 if verdict.regressed else 0)
 
 
 @click.command("noise")
@@ -190,18 +122,11 @@ def noise_cmd(engine: str | None, rev: str, sweep_path: str, engine_subdir: str 
               alpha: float, json_path: str | None, db_url: str | None, devices_path: str | None) -> None:
     """Run one build against itself (A/A) on each device; store the noise and minimum detectable effect."""
     from farm import regress
-    from farm.analysis import compare
 
-    def sides(backend: str):  # type: ignore[no-untyped-def]
-        one = _side("A", engine, rev, backend, engine_subdir, ())
-        return one, regress.Side("B", one.options, one.describe)
-
-    store, run_id, _ = _run_ab("noise", sweep_path, devices_path, db_url, sides, block, interleave,
-                               {"engine": engine, "rev": rev, "alpha": alpha})
-    report = regress.analyse(store, run_id, threshold=0.0, alpha=alpha)
-    table = compare.noise_table(report)
-    regress.save_noise(store, run_id, table)
-    mode = store.get_run(run_id).meta["interleave"]
+    noise = regress.run_noise(engine, rev, sweep_path=sweep_path, engine_subdir=engine_subdir, block=block,
+                              interleave=interleave, alpha=alpha, db_url=db_url, devices_path=devices_path,
+                              on_message=err.print, progress=_progress)
+    run_id, table, mode = noise.run_id, noise.rows, noise.interleave
     lines = [f"### farm noise: A/A on `{rev}` · run `{run_id}` · {INTERLEAVED[mode]}", "",
              "| device | cell | metric | pairs | noise sd | MDE | A/A change | p |",
              "|---|---|---|---:|---:|---:|---:|---:|"]

@@ -140,6 +140,22 @@ class Transport(ABC):
             return None
         return result.stdout.split()[0]
 
+    def stat_signatures(self, remotes: Sequence[str]) -> list[str | None]:
+        """A cheap identity per device file (size, inode, mtime, ctime; None when missing or unreadable).
+
+        Equal signatures mean the file was neither rewritten nor replaced since the first was taken: an
+        in-place write moves mtime and ctime, a rename gives another inode, and ctime cannot be set back
+        by a user. One shell call for all files. The text is opaque except its first field, the size."""
+        if not remotes:
+            return []
+        script = (f"for p in {quote_argv(remotes)}; do "
+                  "stat -c '%s %i %y %z' \"$p\" 2>/dev/null || echo -; done")
+        result = self.shell(script, timeout=30)
+        lines = [line.strip() for line in result.stdout.splitlines()]
+        if result.exit_code != 0 or len(lines) != len(remotes):
+            return [None] * len(remotes)
+        return [None if line in ("", "-") else line for line in lines]
+
     def mkdir(self, remote: str) -> None:
         self.run(["mkdir", "-p", remote], timeout=10).check(f"mkdir {remote}")
 

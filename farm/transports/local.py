@@ -188,6 +188,17 @@ class LocalTransport(Transport):
         os.replace(tmp, dest)
         return dest.stat().st_size
 
+    def stat_signatures(self, remotes: Sequence[str]) -> list[str | None]:
+        out: list[str | None] = []
+        for remote in remotes:
+            try:
+                st = os.stat(remote)
+            except OSError:
+                out.append(None)
+                continue
+            out.append(f"{st.st_size} {st.st_ino} {st.st_mtime_ns} {st.st_ctime_ns}")
+        return out
+
     def pull(self, remote: str, local: Path) -> None:
         if not Path(remote).exists():
             raise InfraError(f"no such file on local device: {remote}")

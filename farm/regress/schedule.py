@@ -1,7 +1,4 @@
-"""Engine regression runs: two builds of an engine, interleaved ABBA on each device, compared per metric.
-
-Owns the A/B schedule and its bookkeeping; building is the backends' job, statistics are
-:mod:`farm.analysis.stats`, tables are :mod:`farm.analysis.compare`.
+"""The A/B schedule of an engine regression: ABBA pairs per device, the builds made before it, its run.
 
 Schedule. Every planned cell (model × quant × test × threads on a device) becomes ``pairs`` pairs of
 jobs, ordered A B | B A | A B | ... on that device: each A runs next to a B, inside the same thermal and
@@ -18,24 +15,14 @@ process apart (~0.1-1 s). On a shared host whose speed changes at the scale of a
 difference between a 15% and a ~1% pair-to-pair spread. Each job is one pair (``block`` repetitions
 per side); its rows carry the variant, numbered rep = 2·i + side. Energy is not attributed in this
 mode (both builds share every power sample): judge energy with ``interleave="process"``.
-
-Noise. ``farm noise`` is the same schedule with one build on both sides (A/A); the spread of its
-pair log ratios is stored in the run's meta and turned into the minimum detectable effect at the
-pair count of each later ``farm regress`` on that device.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
-from farm.analysis import compare
 from farm.devices import DeviceProfile, Inventory
 from farm.errors import ConfigError
 from farm.jobs import Job
@@ -52,6 +39,8 @@ class Side:
 
 
 INTERLEAVES = ("step", "process")
+# How each interleaving is named to people (progress, verdict headers, noise tables).
+INTERLEAVED = {"step": "interleaved per timed phase (lock step)", "process": "interleaved per process"}
 
 
 def ab_jobs(base: list[Job], sides: tuple[Side, Side], pairs: int, block: int = 1,
@@ -121,77 +110,6 @@ def prebuild(jobs: list[Job], profiles: dict[str, DeviceProfile],
     return per_variant
 
 
-def record_builds(store: Store, backend: str, builds: dict[str, dict[str, Any]]) -> None:
-    """One engine_builds row per (backend, commit, target, flags) this run used (idempotent)."""
-    from farm.jobs import utcnow
-    from farm.store.models import EngineBuild
-
-    with store.session() as s:
-        for prov in builds.values():
-            flags = prov.get("build_flags") or ""
-            flags = flags if isinstance(flags, str) else " ".join(flags)
-            key = hashlib.sha256(json.dumps([backend, prov.get("engine_commit"), prov.get("target"), flags])
-                                 .encode()).hexdigest()[:32]
-            if s.get(EngineBuild, key) is None:
-                s.add(EngineBuild(id=key, backend=backend, source_commit=prov.get("engine_commit"),
-                                  target=str(prov.get("target")), flags=flags, compiler=prov.get("compiler") or "",
-                                  created_at=utcnow()))
-
-
-def results_with_pairs(store: Store, run_id: str) -> pd.DataFrame:
-    """The run's repetitions with the ABBA pair index of their job; a lock-step job's rows (rep = 2·i + side)
-    get their index i back, so A's and B's i-th repetitions line up as in a pair of jobs."""
-    df = store.results_frame(run_id)
-    jobs = store.jobs(run_id)
-    pair = {j.job_id: int(j.tags.get("pair", -1)) for j in jobs}
-    step = {j.job_id for j in jobs if j.tags.get("interleave") == "step"}
-    if df.empty:
-        return df.assign(pair=pd.Series(dtype=int))
-    return df.assign(pair=df["job_id"].map(pair), rep=df["rep"].where(~df["job_id"].isin(step), df["rep"] // 2))
-
-
-def analyse(store: Store, run_id: str, *, threshold: float, alpha: float,
-            noise: dict[tuple, float] | None = None) -> compare.Report:
-    return compare.compare_paired(results_with_pairs(store, run_id), threshold=threshold, alpha=alpha, noise=noise)
-
-
-def save_noise(store: Store, run_id: str, table: list[dict[str, Any]]) -> None:
-    """Keep an A/A run's noise figures in its meta, where later regressions look them up."""
-    from farm.store.models import Run
-
-    with store.session() as s:
-        run = s.get(Run, run_id)
-        run.meta = {**(run.meta or {}), "noise": _jsonable(table)}
-
-
-def load_noise(store: Store, devices: set[str], interleave: str = "process", limit: int = 200) -> dict[tuple, float]:
-    """The newest A/A log-ratio sd per (cell..., metric) among finished noise runs on `devices` that used
-    the same interleaving (a step-interleaved A/A says nothing about process-level noise, and back)."""
-    found: dict[tuple, float] = {}
-    for run in store.runs(limit=limit):  # newest first: the first hit per key wins
-        if run.kind != "noise" or (run.meta or {}).get("interleave", "process") != interleave:
-            continue
-        for row in (run.meta or {}).get("noise", []):
-            if row.get("device") not in devices:
-                continue
-            key = (*[row[k] for k in compare.CELL], row["metric"])
-            if key not in found and row.get("noise_sd") is not None and math.isfinite(row["noise_sd"]):
-                found[key] = float(row["noise_sd"])
-    return found
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item"):  # numpy scalars
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def execute(store: Store, inventory: Inventory, run_id: str, jobs: list[Job],
             progress: Callable[[Any], None] | None = None) -> None:
     """Run the schedule on the in-process executor (one thread per device, jobs in Job.index order)."""
@@ -201,20 +119,3 @@ def execute(store: Store, inventory: Inventory, run_id: str, jobs: list[Job],
         entry = next(d for d in inventory.devices if d.name == name)
         store.upsert_device(name, entry.profile, entry.transport.kind)
     LocalExecutor(store, inventory).submit(run_id, jobs, progress=progress)
-
-
-def failed_jobs(store: Store, run_id: str) -> dict[str, list[str]]:
-    """Errors of failed jobs per variant (a head that crashes where the base ran is a regression)."""
-    out: dict[str, list[str]] = {}
-    variant = {j.job_id: j.tags.get("variant", "?") for j in store.jobs(run_id)}
-    for row in store.job_rows(run_id):
-        if row.status == "failed":
-            side = variant.get(row.id, "?")
-            if side == "AB":  # a lock-step job: its error names the build that failed ("B: ...")
-                side = (row.error or "")[:1] if (row.error or "")[1:3] == ": " else "AB"
-            out.setdefault(side, []).append(f"{row.device}: {row.error_class}: {row.error}")
-    return out
-
-
-def report_json(report: compare.Report, **context: Any) -> dict[str, Any]:
-    return _jsonable({**context, "regressions": len(report.regressions), "results": report.as_dicts()})
