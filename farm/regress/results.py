@@ -20,19 +20,15 @@ from farm.store import Store
 
 def record_builds(store: Store, backend: str, builds: dict[str, dict[str, Any]]) -> None:
     """One engine_builds row per (backend, commit, target, flags) this run used (idempotent)."""
-    from farm.jobs import utcnow
-    from farm.store.models import EngineBuild
-
-    with store.session() as s:
-        for prov in builds.values():
-            flags = prov.get("build_flags") or ""
-            flags = flags if isinstance(flags, str) else " ".join(flags)
-            key = hashlib.sha256(json.dumps([backend, prov.get("engine_commit"), prov.get("target"), flags])
-                                 .encode()).hexdigest()[:32]
-            if s.get(EngineBuild, key) is None:
-                s.add(EngineBuild(id=key, backend=backend, source_commit=prov.get("engine_commit"),
-                                  target=str(prov.get("target")), flags=flags, compiler=prov.get("compiler") or "",
-                                  created_at=utcnow()))
+    rows = []
+    for prov in builds.values():
+        flags = prov.get("build_flags") or ""
+        flags = flags if isinstance(flags, str) else " ".join(flags)
+        key = hashlib.sha256(json.dumps([backend, prov.get("engine_commit"), prov.get("target"), flags])
+                             .encode()).hexdigest()[:32]
+        rows.append({"id": key, "backend": backend, "source_commit": prov.get("engine_commit"),
+                     "target": str(prov.get("target")), "flags": flags, "compiler": prov.get("compiler") or ""})
+    store.record_engine_builds(rows)
 
 
 def results_with_pairs(store: Store, run_id: str) -> pd.DataFrame:
@@ -54,11 +50,7 @@ def analyse(store: Store, run_id: str, *, threshold: float, alpha: float,
 
 def save_noise(store: Store, run_id: str, table: list[dict[str, Any]]) -> None:
     """Keep an A/A run's noise figures in its meta, where later regressions look them up."""
-    from farm.store.models import Run
-
-    with store.session() as s:
-        run = s.get(Run, run_id)
-        run.meta = {**(run.meta or {}), "noise": _jsonable(table)}
+    store.update_run_meta(run_id, noise=_jsonable(table))
 
 
 def load_noise(store: Store, devices: set[str], interleave: str = "process", limit: int = 200) -> dict[tuple, float]:

@@ -22,7 +22,7 @@ from farm.errors import ConfigError, InfraError
 from farm.jobs import Job, JobResult, utcnow
 from farm.store import statements as sql
 from farm.store.db import make_engine, migrate, resolve_url
-from farm.store.models import Device, JobRow, ResultRow, Run, Trace
+from farm.store.models import Device, EngineBuild, JobRow, ResultRow, Run, Trace
 
 TERMINAL = ("done", "failed", "cancelled")
 BUSY = "busy"  # claim_on: the job is claimable but its device runs another job (the device lease)
@@ -136,6 +136,21 @@ class Store:
     def job_rows(self, run_id: str) -> list[JobRow]:
         with self.session() as s:
             return list(s.scalars(select(JobRow).where(JobRow.run_id == run_id).order_by(JobRow.idx)))
+
+    def update_run_meta(self, run_id: str, **meta: Any) -> None:
+        """Merge keys into a run's meta (e.g. an A/A run's noise table)."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise ConfigError(f"no run {run_id!r}")
+            run.meta = {**(run.meta or {}), **meta}
+
+    def record_engine_builds(self, rows: Sequence[dict[str, Any]]) -> None:
+        """engine_builds rows (id, backend, source_commit, target, flags, compiler), each kept once."""
+        with self.session() as s:
+            for row in rows:
+                if s.get(EngineBuild, row["id"]) is None:
+                    s.add(EngineBuild(**row, created_at=utcnow()))
 
     def failure_classes(self, run_id: str) -> dict[str, int]:
         """Failed jobs of the run per error class."""
