@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
 
 import click
@@ -43,6 +44,7 @@ _load_commands()
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; FarmErrors become one line on stderr and their exit code."""
     args = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here, Ctrl-C is KeyboardInterrupt
     debug = "--debug" in args
     try:
         rv = cli.main(args=args, prog_name="farm", standalone_mode=False)

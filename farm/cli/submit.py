@@ -55,6 +55,7 @@ EXIT_CODES_HELP = ("Exit codes: 0 every job done; 1 a job failed (the benchmark:
 def submit_cmd(ctx: click.Context, sweep_path: str, db_url: str | None, devices_path: str | None,
                executor_name: str, wait: bool | None) -> None:
     """Validate, plan and run a sweep; prints the run id and, when done, the results table."""
+    from farm.dispatch.reaper import in_process_name
     from farm.executors import EXECUTORS
     from farm.plan import make_plan
     from farm.store import new_run_id
@@ -72,7 +73,8 @@ def submit_cmd(ctx: click.Context, sweep_path: str, db_url: str | None, devices_
     store.create_run(sweep.name, plan.jobs, run_id=run_id, sweep_yaml=Path(sweep_path).read_text(),
                      sweep_digest=sweep.digest(), executor=executor_name, priority=sweep.priority,
                      meta={"dropped": [{"cell": d.cell, "reason": d.reason} for d in plan.dropped],
-                           "est_s": plan.est_s, "devices_path": devices_path})
+                           "est_s": plan.est_s, "devices_path": devices_path},
+                     holder=in_process_name() if executor_cls.blocking else None)
     for name in sorted({j.device for j in plan.jobs}):
         entry = next(d for d in inventory.devices if d.name == name)
         store.upsert_device(name, entry.profile, entry.transport.kind)
@@ -123,7 +125,7 @@ def _report(store, name: str, outcome) -> int:  # type: ignore[no-untyped-def]
     if failed is not None:
         console.print(failed)
     console.print(f"run {run_id}: {outcome.status}", markup=False)
-    if outcome.error:
+    if outcome.error and outcome.exit_code != 130:
         click.echo(f"error: {outcome.error}", err=True)
     if outcome.status == "interrupted" and outcome.exit_code == 130:
         click.echo(f"continue it with: farm resume {run_id}", err=True)

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -98,12 +98,14 @@ class Store:
 
     def create_run(self, name: str, jobs: list[Job], *, run_id: str | None = None, kind: str = "sweep",
                    sweep_yaml: str = "", sweep_digest: str = "", executor: str = "local",
-                   priority: int = 0, meta: dict[str, Any] | None = None) -> str:
+                   priority: int = 0, meta: dict[str, Any] | None = None, holder: str | None = None) -> str:
+        """Store a run and its jobs, queued. `holder`: the process that will run it in-process (held from
+        the start, so a process killed before its first job still leaves a run the next command reaps)."""
         run_id = run_id or new_run_id()
         with self.session() as s:
             s.add(Run(id=run_id, name=name, kind=kind, sweep_yaml=sweep_yaml, sweep_digest=sweep_digest,
                       executor=executor, status="queued", priority=priority, n_jobs=len(jobs),
-                      created_at=utcnow(), meta=meta or {}))
+                      created_at=utcnow(), meta=meta or {}, holder=holder))
             s.flush()
             s.add_all(JobRow(id=j.job_id, run_id=run_id, idx=j.index, device=j.device, profile=j.profile,
                              backend=j.backend, model=j.model.label, quant=j.quant, n_prompt=j.n_prompt,
@@ -280,7 +282,7 @@ class Store:
     def hold_run(self, run_id: str, holder: str) -> bool:
         """Take `run_id` for this process (a new run, or an interrupted one being resumed)."""
         with self.session() as s:
-            return bool(s.execute(update(Run).where(Run.id == run_id, Run.holder.is_(None),
+            return bool(s.execute(update(Run).where(Run.id == run_id, or_(Run.holder.is_(None), Run.holder == holder),
                                                     Run.status.in_(["queued", "running", "interrupted"]))
                                   .values(holder=holder, status="running", finished_at=None)).rowcount)
 
