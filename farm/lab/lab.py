@@ -311,7 +311,7 @@ class Lab:
     def write_inventory(self) -> Path:
         entries: list[dict[str, Any]] = []
         for dev in self.devices():
-            kind = "phone" if isinstance(dev, VirtualPhone) else "board"
+            kind = load_profile(dev.base_profile).kind  # phone, board or host
             entries.append({"name": dev.name, "profile": f"lab-{dev.base_profile}",
                             "transport": dict(dev.transport), "tags": ["lab", kind, dev.base_profile]})
         text = yaml.safe_dump({"profile_dirs": [str(self.profile_dir)], "devices": entries}, sort_keys=False)
