@@ -11,8 +11,13 @@ Power: every device's sensors follow idle + k × the CPU cores its own processes
 namespace, so the engine running makes power rise), fed while the device runs
 (:class:`farm.lab.powerfeed.DeviceFeed`): phones through the fuel gauge (``current_now``,
 ``voltage_now``; unit and sign as the profile states, else the vendor's habit, or ``gauges=``),
-boards through their INA3221 hwmon files and ``tegrastats``/``vcgencmd`` stand-ins on the PATH.
-``power=False`` leaves the sandbox's static idle values.
+boards through their INA3221 hwmon files and ``tegrastats``/``vcgencmd`` stand-ins on the PATH, the
+x86 host (a "board" reached over ssh, running the host engine natively) through RAPL ``energy_uj``
+counters. ``power=False`` leaves the sandbox's static idle values.
+
+``Lab.every_profile(root)`` (``farm lab up --all-profiles``) starts one device per shipped profile.
+Every thermal zone rests steady below its profile's cool-down threshold, so the gate passes at the
+shipped poll and window, as on a device at rest.
 """
 
 from __future__ import annotations
