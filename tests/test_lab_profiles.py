@@ -5,10 +5,11 @@ raspberry-pi-5, jetson-agx-orin and x86-host are reached over real sshd. Every d
 zones (steady below its profile's cool-down threshold, as a device at rest) and real power sensors
 fed by the lab's load model (fuel gauges, INA3221 rails, the Pi's PMIC, RAPL energy counters).
 
-Nothing is turned off: the sweep states no thermal_gate, power, idle_s, timeout or poll, so the
-cool-down gate runs at its default poll and window, power is sampled, the idle baseline is
-measured. Through the CLI: `farm devices`, `farm devices check`, `farm submit`; every job must
-finish `done`, exit 0, with energy per token from a real (not modelled) sensor.
+The lab is started as a user starts it (`farm lab up --all-profiles`). Nothing is turned off: the
+sweep states no thermal_gate, power, idle_s, timeout or poll, so the cool-down gate runs at its
+default poll and window, power is sampled, the idle baseline is measured. Through the CLI: `farm
+devices`, `farm devices check`, `farm submit`; every job must finish `done`, exit 0, with energy
+per token from a real (not modelled) sensor.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -59,14 +62,12 @@ exclude:
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[object]:
-    need_lab_tools()
-    from farm.lab import Lab
-
-    root = Path(tempfile.mkdtemp(prefix="farm-lab-profiles-"))
-    with Lab.every_profile(root) as running:
-        yield running
+@dataclass
+class RunningLab:
+    root: Path
+    inventory: Path
+    devices: dict[str, str]  # lab device name -> shipped profile it stands for
+    phones: list[str]
 
 
 def farm(*args: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -74,14 +75,43 @@ def farm(*args: str, env: dict[str, str], timeout: float = 900) -> subprocess.Co
                           timeout=timeout, cwd=REPO, env={**os.environ, "COLUMNS": "250", **env})
 
 
-def test_the_lab_has_one_device_per_shipped_profile(lab) -> None:
-    assert sorted(d.base_profile for d in lab.devices()) == SHIPPED
-    inv = load_inventory(lab.inventory_path)
+@pytest.fixture(scope="module")
+def lab() -> Iterator[RunningLab]:
+    """`farm lab up --all-profiles`, as a user starts it, in the background until the tests end."""
+    need_lab_tools()
+    root = Path(tempfile.mkdtemp(prefix="farm-lab-profiles-"))
+    out = (root.parent / f"{root.name}.out").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "farm.cli.main", "lab", "up", "--all-profiles", "--dir", str(root)],
+                            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "inventory:" not in Path(out.name).read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, Path(out.name).read_text()
+            time.sleep(0.5)
+        inv = load_inventory(root / "devices.yaml")
+        lab_entries = [d for d in inv.devices if "lab" in d.tags]
+        yield RunningLab(root, root / "devices.yaml", {d.name: d.profile.removeprefix("lab-") for d in lab_entries},
+                         [d.name for d in lab_entries if d.transport.kind == "adb"])
+    finally:
+        proc.send_signal(signal.SIGTERM)  # the lab stops its devices and adb server by pid
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            subprocess.run([sys.executable, "-m", "farm.cli.main", "lab", "down", "--dir", str(root)], cwd=REPO,
+                           timeout=60)
+            proc.kill()
+            proc.wait()
+        out.close()
+
+
+def test_the_lab_has_one_device_per_shipped_profile(lab: RunningLab) -> None:
+    assert sorted(lab.devices.values()) == SHIPPED
+    inv = load_inventory(lab.inventory)
     for entry in inv.devices:
         if entry.name == "local":
             continue
         profile = load_profile(entry.profile, inv.profile_dirs)
-        base = load_profile(entry.profile.removeprefix("lab-"))
+        base = load_profile(lab.devices[entry.name])
         # the gate is the shipped one: same threshold, window, timeout (the lab only adapts cores/cpufreq)
         assert profile.thermal.model_dump(exclude={"cpufreq", "cpufreq_max"}) == \
             base.thermal.model_dump(exclude={"cpufreq", "cpufreq_max"})
@@ -95,9 +125,9 @@ def test_spec_defaults_are_the_user_defaults() -> None:
     assert sweep.idle_s > 0
 
 
-def test_default_path_on_every_shipped_profile(lab, tmp_path: Path) -> None:
-    env = {"FARM_DEVICES": str(lab.inventory_path), "FARM_DB_URL": f"sqlite:///{tmp_path / 'farm.db'}"}
-    names = sorted(d.name for d in lab.devices())
+def test_default_path_on_every_shipped_profile(lab: RunningLab, tmp_path: Path) -> None:
+    env = {"FARM_DEVICES": str(lab.inventory), "FARM_DB_URL": f"sqlite:///{tmp_path / 'farm.db'}"}
+    names = sorted(lab.devices)
 
     listing = farm("devices", env=env, timeout=120)
     assert listing.returncode == 0, listing.stdout + listing.stderr
