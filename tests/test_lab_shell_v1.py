@@ -74,3 +74,23 @@ def test_a_sweep_with_the_defaults_finishes_on_a_shell_v1_phone(lab, tmp_path: P
                           capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"run \S+: done", proc.stdout), proc.stdout
+
+
+def test_a_phone_reporting_another_abi_is_refused_by_devices_check(lab, tmp_path: Path) -> None:
+    """ro.product.cpu.abi is what the phone says it runs; a phone flashed with a 32-bit build (or a
+    wrong profile in the inventory) must not be handed the profile's arm64 engine."""
+    props = lab.device("phone1").root / "etc" / "props"
+    original = props.read_text()
+    props.write_text(original.replace("ro.product.cpu.abi=arm64-v8a", "ro.product.cpu.abi=armeabi-v7a"))
+    env = {**os.environ, "FARM_DEVICES": str(lab.inventory_path), "FARM_DB_URL": f"sqlite:///{tmp_path / 'f.db'}",
+           "COLUMNS": "250"}
+    try:
+        check = subprocess.run([sys.executable, "-m", "farm.cli.main", "devices", "check", "phone1"], env=env,
+                               capture_output=True, text=True, timeout=120, cwd=REPO)
+    finally:
+        props.write_text(original)
+    assert check.returncode == 1, check.stdout + check.stderr
+    out = " ".join(check.stdout.split())
+    assert ("phone1 abi FAIL device reports abi 'armeabi-v7a' but its profile lab-pixel-8-nozones says "
+            "'arm64-v8a'") in out, out
+    assert "phone1 quarantined" in out
