@@ -51,8 +51,10 @@ def test_the_phone_has_no_shell_v2(lab) -> None:
     t = open_transport("adb", **{k: v for k, v in lab.device("phone1").transport.items() if k != "kind"})
     try:
         assert "shell_v2" not in t.features() and "stat_v2" in t.features()
-        v1 = t.shell("echo out; echo err >&2; sh -c 'exit 7'")  # v1: stderr merged, status from a marker line
+        v1 = t.shell("echo out; echo err >&2; exit 7")  # v1: stderr merged, status from a marker line
         assert v1.exit_code == 7 and v1.stdout.split() == ["out", "err"], v1
+        bad = t.shell("; true")  # a script error is the script's status (2), not a phone gone away
+        assert bad.exit_code == 2 and "Syntax error" in bad.stdout, bad
         entry = load_inventory(lab.inventory_path).devices[1]
         profile = load_profile(entry.profile, [str(lab.profile_dir)])
         assert not profile.thermal.zones
