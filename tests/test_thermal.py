@@ -148,3 +148,15 @@ def test_gate_waits_while_hot_then_passes_a_window_after_cooling(tmp_path: Path)
     assert "state" in out, "the gate did not pass a window after the device cooled"
     assert window <= out["t"] - cooled <= window + 2 * poll + 1
     assert any(w.startswith("settling") for w in waits)  # cool but not yet flat for a window
+
+
+def test_zones_that_cannot_be_read_do_not_open_the_gate(tmp_path: Path) -> None:
+    """A profile that names zones, none readable (a sensor failing, a file being rewritten): the gate
+    used to take that for 'no zones' and let the job start hot. timeout_s 1 s and poll 0.1 s: the
+    shipped 900 s timeout cannot be waited out in a test."""
+    profile, zone, _ = profile_with(tmp_path, start_temp_c=45.0, stable_window_s=0.5, timeout_s=1.0)
+    assert not zone.exists()
+    waits: list[str] = []
+    with pytest.raises(InfraError, match=r"no thermal zone readable in 1 s"):
+        wait_until_cool(LocalTransport(), profile, on_wait=lambda s, why: waits.append(why), poll_s=0.1)
+    assert waits and set(waits) == {"no thermal zone readable"}

@@ -80,9 +80,17 @@ def wait_until_cool(transport: Transport, profile: DeviceProfile, *,
     while True:
         state = read_state(transport, profile)
         hottest = state.hottest_c
-        if hottest is None:
+        if not th.zones:
             return state  # no zones: nothing to gate on
         now = time.monotonic()
+        if hottest is None:  # zones named but none readable right now: not a reason to stop gating
+            if now >= deadline:
+                raise InfraError(f"device {profile.name} ({transport.kind}): no thermal zone readable in "
+                                 f"{th.timeout_s:.0f} s ({', '.join(th.zones)})")
+            if on_wait is not None:
+                on_wait(state, "no thermal zone readable")
+            time.sleep(poll)
+            continue
         history = _window([*history, (now, hottest)], now - th.stable_window_s)
         covered = now - history[0][0] >= th.stable_window_s
         spread = max(c for _, c in history) - min(c for _, c in history)
