@@ -160,6 +160,11 @@ def test_default_path_on_every_shipped_profile(lab: RunningLab, tmp_path: Path) 
     assert sorted(r["device"] for r in rows) == names
     for r in rows:
         assert r["decode_tps"] > 0 and r["prefill_tps"] > 0, r
-        assert r["decode_j_per_tok"] and r["decode_j_per_tok"] > 0, r
-        assert r["prefill_j_per_tok"] and r["prefill_j_per_tok"] > 0, r
+        assert r["decode_j_per_tok"] is not None and r["prefill_j_per_tok"] is not None, r
         assert not r["power_modelled"], r  # measured through the device's own sensor
+        if lab.devices[r["device"]] != "x86-host":
+            # the emulated engine keeps a core busy for seconds: energy well above the idle baseline.
+            # Not asserted on the x86 host: there the engine's net energy (a share of a contended core
+            # for < 1 s) is within the noise of the 1 s idle baseline on a loaded 2-core machine, and
+            # came out negative once in five runs; telling that apart is the energy-resolution bound.
+            assert r["decode_j_per_tok"] > 0 and r["prefill_j_per_tok"] > 0, r
