@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import posixpath
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from farm.errors import ConfigError
 from farm.paths import REPO_ROOT, cache_dir
-from farm.yamlio import load_yaml, validate
+from farm.yamlio import Locator, load_yaml, validate
 
 GIB = 1024**3
 
@@ -164,13 +165,40 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
         # Profile dirs are relative to the inventory file, so the file works from any cwd.
         base = Path(path).resolve().parent
         inv.profile_dirs = [str(base / d) for d in inv.profile_dirs]
-    if not any(d.name == "local" for d in inv.devices):
+    embedded = 0 if any(d.name == "local" for d in inv.devices) else 1
+    if embedded:
         inv.devices.insert(0, DeviceEntry(name="local", profile="host-auto", tags=["host"]))
     names = [d.name for d in inv.devices]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise ConfigError(f"{path}: device names must be unique: {', '.join(sorted(dupes))}")
+    _one_workdir_each(inv, loc if path else None, embedded)
     return inv
+
+
+# Transport options that say which machine a device is (not how to log in to it).
+_WHERE_KEYS = ("host", "port", "serial", "adb_host", "adb_port")
+
+
+def _one_workdir_each(inv: Inventory, loc: Locator | None, embedded: int) -> None:
+    """Two entries on one machine with one workdir would share (and overwrite) each other's files.
+
+    `embedded`: 1 when the embedded `local` entry was put in front (file indices are one less)."""
+    seen: dict[tuple[Any, ...], DeviceEntry] = {}
+    for i, entry in enumerate(inv.devices):
+        workdir = entry.workdir
+        if workdir is None:
+            try:
+                workdir = load_profile(entry.profile, inv.profile_dirs).workdir
+            except ConfigError:
+                continue  # an unknown profile is reported where the profile is needed
+        options = entry.transport.options()
+        key = (entry.transport.kind, *(str(options.get(k, "")) for k in _WHERE_KEYS), posixpath.normpath(workdir))
+        first = seen.setdefault(key, entry)
+        if first is not entry:
+            where = f"{loc.where(['devices', i - embedded])}: " if loc else ""
+            raise ConfigError(f"{where}devices[{i - embedded}] {entry.name!r} uses workdir {workdir} on the "
+                              f"same {entry.transport.kind} device as {first.name!r}: give each entry its own workdir")
 
 
 def select_devices(inventory: Inventory, selectors: list[str]) -> list[DeviceEntry]:

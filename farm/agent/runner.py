@@ -17,6 +17,7 @@ from typing import Any
 
 from farm.agent import scope
 from farm.agent.artifacts import stage
+from farm.agent.health import require_abi
 from farm.backends import get_backend
 from farm.devices import DeviceEntry, DeviceProfile
 from farm.errors import ConfigError, InfraError, JobError, error_class_of
@@ -78,6 +79,7 @@ def run_job(job: Job, device: DeviceEntry, profile: DeviceProfile, transport: Tr
             out = transport.shell(script, timeout=120)
             if out.exit_code != 0:  # the device is not in the state its profile promises: not the job's fault
                 raise InfraError(f"profile setup `{script}` exited {out.exit_code}: {out.stderr.strip()[:200]}")
+        require_abi(device.name, _fingerprint(transport)["abi"], profile)  # before any binary is pushed
         scope.prepare(transport, workdir)  # what earlier jobs left running dies before this one starts
         step("stage")
         staged, pushed = stage(transport, workdir, prepared.artifacts) if prepared.artifacts else ({}, 0)

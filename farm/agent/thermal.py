@@ -42,12 +42,12 @@ def read_state(transport: Transport, profile: DeviceProfile, *, workdir: str | N
     th = profile.thermal
     files = [*th.zones, *th.cpufreq, *th.cpufreq_max, *filter(None, map(_cap_file, th.cpufreq))]
     sampler = f"{(workdir or profile.workdir).rstrip('/')}/bin/farm-sampler"
-    script = "; ".join(f"printf '%s\\t%s\\n' {shlex.quote(f)} \"$(cat {shlex.quote(f)} 2>/dev/null)\""
-                       for f in files)
+    parts = [f"printf '%s\\t%s\\n' {shlex.quote(f)} \"$(cat {shlex.quote(f)} 2>/dev/null)\"" for f in files]
     if transport.kind != "local":  # on the local transport this process shares the device's clock
-        script += f"; [ -x {shlex.quote(sampler)} ] && printf 'now\\t%s\\n' \"$({shlex.quote(sampler)} -n)\""
+        parts.append(f"[ -x {shlex.quote(sampler)} ] && printf 'now\\t%s\\n' \"$({shlex.quote(sampler)} -n)\"")
     t_local = time.monotonic_ns()
-    out = transport.shell(script + "; true", timeout=20).stdout if files or transport.kind != "local" else ""
+    # one command per part, never an empty one: `; cmd` is a syntax error for sh (shell-v1 adb shows it)
+    out = transport.shell("; ".join([*parts, "true"]), timeout=20).stdout if parts else ""
     values: dict[str, str] = {}
     for line in out.splitlines():
         key, _, value = line.partition("\t")
@@ -80,11 +80,19 @@ def wait_until_cool(transport: Transport, profile: DeviceProfile, *,
     while True:
         state = read_state(transport, profile)
         hottest = state.hottest_c
-        if hottest is None:
+        if not th.zones:
             return state  # no zones: nothing to gate on
         now = time.monotonic()
-        history = [(t, c) for t, c in history if now - t <= th.stable_window_s] + [(now, hottest)]
-        covered = now - history[0][0] >= th.stable_window_s * 0.95
+        if hottest is None:  # zones named but none readable right now: not a reason to stop gating
+            if now >= deadline:
+                raise InfraError(f"device {profile.name} ({transport.kind}): no thermal zone readable in "
+                                 f"{th.timeout_s:.0f} s ({', '.join(th.zones)})")
+            if on_wait is not None:
+                on_wait(state, "no thermal zone readable")
+            time.sleep(poll)
+            continue
+        history = _window([*history, (now, hottest)], now - th.stable_window_s)
+        covered = now - history[0][0] >= th.stable_window_s
         spread = max(c for _, c in history) - min(c for _, c in history)
         if hottest < th.start_temp_c and covered and spread <= th.stable_delta_c:
             return state
@@ -97,6 +105,17 @@ def wait_until_cool(transport: Transport, profile: DeviceProfile, *,
         if on_wait is not None:
             on_wait(state, reason)
         time.sleep(poll)
+
+
+def _window(history: list[tuple[float, float]], start: float) -> list[tuple[float, float]]:
+    """The samples that cover [start, now]: all newer than `start` plus the newest one at or before it.
+
+    That anchor sample is what proves the window is covered; dropping it (keeping only samples inside
+    the window) leaves the oldest kept sample up to one poll younger than the window, for ever."""
+    first = 0
+    while first + 1 < len(history) and history[first + 1][0] <= start:
+        first += 1
+    return history[first:]
 
 
 def throttled(start: ThermalState, end: ThermalState, profile: DeviceProfile) -> tuple[bool, str]:

@@ -22,15 +22,18 @@ def command() -> None:
 
 @command.command("up")
 @click.option("--phones", default=2, show_default=True, help="Virtual phones (Pixel 8, Galaxy S24, ...).")
-@click.option("--boards", default=1, show_default=True, help="Virtual boards (Jetson Orin Nano, Pi 5, ...).")
+@click.option("--boards", default=1, show_default=True,
+              help="Virtual boards and hosts over ssh (Jetson Orin Nano, Pi 5, Jetson AGX Orin, x86 host).")
+@click.option("--all-profiles", is_flag=True,
+              help="One virtual device for each shipped profile in device_profiles/ (overrides --phones/--boards).")
 @click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Lab directory (sandboxes, keys, devices.yaml). Default: the farm cache.")
-def up(phones: int, boards: int, root: Path | None) -> None:
+def up(phones: int, boards: int, all_profiles: bool, root: Path | None) -> None:
     """Start the lab and stay in the foreground until Ctrl-C."""
     from farm.lab import Lab
 
     root = root or _default_dir()
-    with Lab(root, phones=phones, boards=boards) as lab:
+    with Lab.every_profile(root) if all_profiles else Lab(root, phones=phones, boards=boards) as lab:
         for dev in lab.devices():
             where = dev.transport.get("serial") or f"{dev.transport.get('user')}@127.0.0.1:{dev.port}"
             click.echo(f"{dev.name:8} lab-{dev.base_profile:18} {dev.transport['kind']:4} {where}")

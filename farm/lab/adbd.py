@@ -13,7 +13,7 @@ ls_v2). Commands run with /bin/sh in a new session so a closed stream can kill t
 as adbd does when the host goes away. The process is expected to run inside the phone's
 namespaces (see :mod:`farm.lab.nsexec`), so absolute paths are the phone's.
 
-Run: ``python -m farm.lab.adbd --port 55551 --props FILE --path BIN_DIR``.
+Run: ``python -m farm.lab.adbd --port 55551 --props FILE --path BIN_DIR [--features LIST]``.
 """
 
 from __future__ import annotations
@@ -151,12 +151,12 @@ async def _quiet(coro) -> None:
 class Adbd:
     """The daemon: a banner, an environment for shells, a TCP listener."""
 
-    def __init__(self, props: dict[str, str], env: dict[str, str]) -> None:
+    def __init__(self, props: dict[str, str], env: dict[str, str], features: str = FEATURES) -> None:
         self.props = props
         self.env = env
         self.banner = (f"device::ro.product.name={props.get('ro.product.name', '')};"
                        f"ro.product.model={props.get('ro.product.model', '')};"
-                       f"ro.product.device={props.get('ro.product.device', '')};features={FEATURES}")
+                       f"ro.product.device={props.get('ro.product.device', '')};features={features}")
 
     def handler(self, service: str):
         if service.startswith("shell"):
@@ -233,8 +233,9 @@ def read_props(path: Path) -> dict[str, str]:
     return props
 
 
-async def serve(port: int, props: dict[str, str], env: dict[str, str], host: str = "127.0.0.1") -> None:
-    daemon = Adbd(props, env)
+async def serve(port: int, props: dict[str, str], env: dict[str, str], host: str = "127.0.0.1",
+                features: str = FEATURES) -> None:
+    daemon = Adbd(props, env, features)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await Connection(daemon, reader, writer).run()
@@ -249,13 +250,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--props", type=Path, required=True, help="key=value lines (getprop)")
     parser.add_argument("--path", default="", help="directories prepended to the shells' PATH")
+    parser.add_argument("--features", default=FEATURES,
+                        help="features the banner advertises (leave out shell_v2 to act as an Android < 7 phone)")
     ns = parser.parse_args(argv)
     props = read_props(ns.props)
     env = {"PATH": os.pathsep.join(p for p in [ns.path, "/usr/sbin:/usr/bin:/sbin:/bin"] if p),
            "HOME": "/data/local/tmp", "TMPDIR": "/data/local/tmp", "ANDROID_DATA": "/data",
            "LANG": "C.UTF-8", "FARM_LAB_AARCH64": os.environ.get("FARM_LAB_AARCH64", "")}
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    asyncio.run(serve(ns.port, props, env))
+    asyncio.run(serve(ns.port, props, env, features=ns.features))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,13 @@ Power: every device's sensors follow idle + k × the CPU cores its own processes
 namespace, so the engine running makes power rise), fed while the device runs
 (:class:`farm.lab.powerfeed.DeviceFeed`): phones through the fuel gauge (``current_now``,
 ``voltage_now``; unit and sign as the profile states, else the vendor's habit, or ``gauges=``),
-boards through their INA3221 hwmon files and ``tegrastats``/``vcgencmd`` stand-ins on the PATH.
-``power=False`` leaves the sandbox's static idle values.
+boards through their INA3221 hwmon files and ``tegrastats``/``vcgencmd`` stand-ins on the PATH, the
+x86 host (a "board" reached over ssh, running the host engine natively) through RAPL ``energy_uj``
+counters. ``power=False`` leaves the sandbox's static idle values.
+
+``Lab.every_profile(root)`` (``farm lab up --all-profiles``) starts one device per shipped profile.
+Every thermal zone rests steady below its profile's cool-down threshold, so the gate passes at the
+shipped poll and window, as on a device at rest.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import yaml
 from farm.devices import DeviceProfile, load_profile
 from farm.errors import InfraError
 from farm.lab import sandbox
-from farm.lab.powerfeed import AndroidGauge, DeviceFeed, Ina3221
+from farm.lab.powerfeed import AndroidGauge, DeviceFeed, Ina3221, RaplCounter
 from farm.lab.virtual import (
     SSHD,
     VirtualBoard,
@@ -46,6 +51,8 @@ from farm.lab.virtual import (
 from farm.power.trace import TOTAL_RAILS, pick_rail
 
 FIRST_PORT = 55551
+# Boards (and ssh hosts) in the order `boards=N` takes them; phones likewise by `phone_profiles`.
+BOARD_PROFILES = ("jetson-orin-nano", "raspberry-pi-5", "jetson-agx-orin", "x86-host")
 PHONE_PROPS = {
     "pixel-8": {"ro.product.model": "Pixel 8", "ro.product.device": "shiba", "ro.product.name": "shiba",
                 "ro.soc.model": "Tensor G3", "ro.product.manufacturer": "Google",
@@ -58,7 +65,7 @@ PHONE_PROPS = {
 # Power model of each virtual device: (idle W, W per busy core); boards with INA3221 rails idle at
 # their rails' reading (sandbox.INA_RAILS), so files and model agree from the first tick.
 LOAD_W = {"pixel-8": (0.9, 2.2), "galaxy-s24": (1.1, 2.6), "raspberry-pi-5": (2.7, 1.4),
-          "phone": (1.0, 2.4), "board": (3.0, 2.0)}
+          "x86-host": (12.0, 9.0), "phone": (1.0, 2.4), "board": (3.0, 2.0)}
 # Fuel-gauge convention of a vendor whose profile states none (Samsung: mA, positive discharging).
 VENDOR_GAUGE = {"galaxy-s24": ("mA", "positive-discharge")}
 
@@ -73,12 +80,22 @@ def tools_missing() -> list[str]:
     return missing
 
 
+def shipped_profiles() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(phone profiles, board and host profiles) shipped in device_profiles/, each sorted by name."""
+    from farm.paths import REPO_ROOT
+
+    profiles = [load_profile(p.stem) for p in sorted((REPO_ROOT / "device_profiles").glob("*.yaml"))]
+    return (tuple(p.name for p in profiles if p.kind == "phone"),
+            tuple(p.name for p in profiles if p.kind != "phone"))
+
+
 def lab_profile(base: DeviceProfile, cpus: int) -> DeviceProfile:
     """`base` as it looks on this host: cores, masks, qemu speed and the cpufreq files that exist."""
     data = base.model_dump()
     mask = (1 << cpus) - 1
     data["name"] = f"lab-{base.name}"
-    data["description"] = f"virtual {base.name} (farm lab, {cpus} host cores, aarch64 via qemu): {base.description}"
+    how = "aarch64 via qemu" if base.engine_target == "aarch64-linux-static" else "native"
+    data["description"] = f"virtual {base.name} (farm lab, {cpus} host cores, {how}): {base.description}"
     data["cpus"] = {"count": cpus, "big": hex(1 << (cpus - 1)) if cpus > 1 and base.cpus.little else hex(mask),
                     "mid": None, "little": hex(mask >> 1) if cpus > 1 and base.cpus.little else None}
     slow = 5.0 if base.engine_target == "aarch64-linux-static" and platform.machine() != "aarch64" else 1.0
@@ -95,11 +112,13 @@ class Lab:
 
     def __init__(self, root: str | Path, phones: int = 2, boards: int = 1,
                  phone_profiles: tuple[str, ...] = ("pixel-8", "galaxy-s24"),
-                 board_profiles: tuple[str, ...] = ("jetson-orin-nano", "raspberry-pi-5"),
+                 board_profiles: tuple[str, ...] = BOARD_PROFILES,
                  first_port: int = FIRST_PORT, power: bool = True,
-                 gauges: dict[str, AndroidGauge] | None = None) -> None:
+                 gauges: dict[str, AndroidGauge] | None = None,
+                 phone_features: dict[str, str] | None = None) -> None:
         self.root = Path(root).resolve()
         self.power = power
+        self.phone_features = dict(phone_features or {})  # by phone name: what its adbd advertises
         self.gauges = dict(gauges or {})  # by device name or base profile name
         self.n_phones, self.n_boards = phones, boards
         self.phone_profiles, self.board_profiles = phone_profiles, board_profiles
@@ -111,6 +130,13 @@ class Lab:
         self.boards: dict[str, VirtualBoard] = {}
         self.inventory_path = self.root / "devices.yaml"
         self.profile_dir = self.root / "profiles"
+
+    @classmethod
+    def every_profile(cls, root: str | Path, **options: Any) -> Lab:
+        """A lab with one virtual device for each shipped profile (phones over adb, the rest over ssh)."""
+        phones, boards = shipped_profiles()
+        return cls(root, phones=len(phones), boards=len(boards), phone_profiles=phones, board_profiles=boards,
+                   **options)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -223,7 +249,7 @@ class Lab:
         binds = sandbox.build_phone(self.root / name, profile, base_name, props, self.cpus)
         phone = VirtualPhone(name, base_name, self.root / name, port, binds,
                              transport={"kind": "adb", "serial": f"127.0.0.1:{port}", "adb_port": self.adb_port},
-                             feed=self._feed(name, base_name, profile))
+                             feed=self._feed(name, base_name, profile), features=self.phone_features.get(name))
         self.phones[name] = phone
         phone.start()
         self.connect_phone(name)
@@ -255,7 +281,11 @@ class Lab:
                 feed.ina3221 = Ina3221(hwmon=_rel(hw), rails={label: (mw[label] / mw[total], mv)
                                                               for label, mv, _ in rails})
                 break
-        if profile.kind != "phone":
+        if profile.power.source == "rapl":  # an x86 host: package energy counters the model integrates
+            domains = [str(d) for d in profile.power.options.get("domains", [])]
+            if domains:  # the first package carries the model's power (a lab host has one socket)
+                feed.rapl = RaplCounter(domain=_rel(domains[0]).rsplit("/", 1)[0])
+        if profile.kind == "board":
             feed.tools = _rel("/usr/local/bin")  # tegrastats / vcgencmd stand-ins on the board's PATH
         return feed
 
@@ -286,7 +316,7 @@ class Lab:
     def write_inventory(self) -> Path:
         entries: list[dict[str, Any]] = []
         for dev in self.devices():
-            kind = "phone" if isinstance(dev, VirtualPhone) else "board"
+            kind = load_profile(dev.base_profile).kind  # phone, board or host
             entries.append({"name": dev.name, "profile": f"lab-{dev.base_profile}",
                             "transport": dict(dev.transport), "tags": ["lab", kind, dev.base_profile]})
         text = yaml.safe_dump({"profile_dirs": [str(self.profile_dir)], "devices": entries}, sort_keys=False)

@@ -325,7 +325,7 @@ class DeviceFeed:
     """How a virtual device's power sensors behave: idle + k × cores its own processes use.
 
     One recipe for phones and boards; the sensors differ (a fuel gauge, INA3221 rails, the
-    tegrastats/vcgencmd stand-ins), the model does not. Paths are relative to the sandbox root the
+    tegrastats/vcgencmd stand-ins, RAPL counters), the model does not. Paths are relative to the sandbox root the
     device sees as ``/`` (the host-side files behind its bind mounts, never symlinks that only
     resolve inside the device).
     """
@@ -334,6 +334,7 @@ class DeviceFeed:
     k_w_per_core: float
     android: AndroidGauge | None = None
     ina3221: Ina3221 | None = None
+    rapl: RaplCounter | None = None
     tools: str | None = None
     tegrastats_format: str = "orin"
     rate_hz: float = 50.0
@@ -344,6 +345,6 @@ class DeviceFeed:
         model = LoadModel(idle_w=self.idle_w, k_w_per_core=self.k_w_per_core, namespace_of=namespace_of,
                           window_s=self.window_s)
         feeder = PowerFeeder(root, model, rate_hz=self.rate_hz, android=self.android, ina3221=self.ina3221,
-                             tools=self.tools, tegrastats_format=self.tegrastats_format)
+                             rapl=self.rapl, tools=self.tools, tegrastats_format=self.tegrastats_format)
         feeder.start()
         return feeder

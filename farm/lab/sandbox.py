@@ -37,7 +37,7 @@ BOARD_MOUNTS = ["/var/tmp", "/sys/class", "/sys/bus", "/sys/devices/system/cpu",
 
 ZONE_TYPES = {"pixel-8": ["BIG", "MID", "LITTLE"], "galaxy-s24": ["cpu0-big", "cpu1-mid", "cpu2-little"],
               "jetson-orin-nano": ["cpu-thermal", "gpu-thermal"], "jetson-agx-orin": ["cpu-thermal", "gpu-thermal"],
-              "raspberry-pi-5": ["cpu-thermal"]}
+              "raspberry-pi-5": ["cpu-thermal"], "x86-host": ["x86_pkg_temp"]}
 # INA3221 channels per board: (label, mV, mA) at idle.
 INA_RAILS = {"jetson-orin-nano": {"1-0040": [("VDD_IN", 5072, 900), ("VDD_CPU_GPU_CV", 5064, 95),
                                              ("VDD_SOC", 5064, 286)]},
@@ -145,8 +145,10 @@ def _skeleton(root: Path, mounts: list[str]) -> Path:
 
 def _common(fs: Path, profile: DeviceProfile, base: str, cpus: int) -> None:
     types = ZONE_TYPES.get(base, [])
+    # Steady and below the profile's cool-down threshold, so its gate passes at the shipped defaults.
+    below = int(profile.thermal.start_temp_c * 1000) - 3000
     for i, zone in enumerate(profile.thermal.zones):
-        _put(fs, zone, 35000 + 1000 * i)
+        _put(fs, zone, min(35000 + 1000 * i, below))
         _put(fs, zone.rsplit("/", 1)[0] + "/type", types[i] if i < len(types) else f"zone{i}")
     for f in ("online", "possible", "present"):
         _put(fs, f"/sys/devices/system/cpu/{f}", f"0-{cpus - 1}" if cpus > 1 else "0")
@@ -214,10 +216,15 @@ def build_board(root: Path, profile: DeviceProfile, base: str, serial: str, cpus
             _put(fs, f"{iio}/in_voltage{ch}_input", mv)
             _put(fs, f"{iio}/in_current{ch}_input", ma)
             _put(fs, f"{iio}/in_power{ch}_input", mv * ma // 1000)
-    dt = "/sys/firmware/devicetree/base"
-    host_path(fs, dt).mkdir(parents=True, exist_ok=True)
-    host_path(fs, f"{dt}/model").write_bytes(DT_MODEL.get(base, profile.description).encode() + b"\0")
-    host_path(fs, f"{dt}/serial-number").write_bytes(serial.encode() + b"\0")
+    if profile.kind == "board":  # an x86 host has no devicetree: ssh falls back to hostname and machine-id
+        dt = "/sys/firmware/devicetree/base"
+        host_path(fs, dt).mkdir(parents=True, exist_ok=True)
+        host_path(fs, f"{dt}/model").write_bytes(DT_MODEL.get(base, profile.description).encode() + b"\0")
+        host_path(fs, f"{dt}/serial-number").write_bytes(serial.encode() + b"\0")
+    if profile.power.source == "rapl":  # powercap counters at rest (the power model makes them count)
+        for domain in profile.power.options.get("domains", []):
+            _put(fs, str(domain), 0)
+            _put(fs, str(domain).rsplit("/", 1)[0] + "/max_energy_range_uj", 262_143_328_850)
     _common(fs, profile, base, cpus)
     if profile.abi == "aarch64":
         # The board's identity says arm64 as the real one does; everything else is the host's uname.

@@ -163,10 +163,12 @@ class VirtualDevice:
 @dataclass
 class VirtualPhone(VirtualDevice):
     kind = "phone"
+    features: str | None = None  # what adbd advertises (None: farm.lab.adbd.FEATURES, with shell_v2)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "farm.lab.adbd", "--port", str(self.port),
-                "--props", str(self.root / "etc" / "props"), "--path", "/usr/local/bin"]
+                "--props", str(self.root / "etc" / "props"), "--path", "/usr/local/bin",
+                *(["--features", self.features] if self.features is not None else [])]
 
 
 def ensure_lab_user(name: str = LAB_USER) -> str:

@@ -111,7 +111,9 @@ class AdbTransport(Transport):
               on_line: LineCallback | None = None) -> CommandResult:
         start = time.monotonic()
         v2 = "shell_v2" in self.features()
-        command = with_pid(script) + ("" if v2 else f"\necho {EXIT_MARK}$?")
+        # v1 has no exit packet: the shell prints the status on its way out, also after `exit N` or a
+        # syntax error (a marker appended after the script would never be reached then)
+        command = with_pid(script if v2 else f"trap 'echo {EXIT_MARK}$?' EXIT\n{script}")
         err = Lines(None)
         lines = StdoutFilter(on_line)
         deadline = None if timeout is None else start + timeout
