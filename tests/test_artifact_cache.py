@@ -29,9 +29,9 @@ from tests.test_local_executor import PROFILES
 REPO = Path(__file__).resolve().parent.parent
 WORKDIRS = {"phone1": "/data/local/tmp/farm", "board1": "/var/tmp/farm"}
 
-# thermal_gate: false — the cool-down gate at the default poll never passes on 0183b25 (issue 12, fixed
-# apart from this change); what this test judges is the cache, and a gate that waits 900 s per job would
-# only hide it. Everything else is the shipped default (power on, idle baseline, timeouts).
+# thermal_gate: false — what this test judges is the cache; the gate waits a full stable window
+# (10 s) before every job, which would triple this test's time. The gate with the shipped defaults
+# runs on every profile in tests/test_lab_profiles.py. Everything else is the shipped default.
 SWEEP = """version: 1
 name: cache-check
 models: [farm-tiny]

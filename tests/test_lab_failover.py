@@ -46,7 +46,7 @@ gen_tokens: [32]
 threads: [1]
 repetitions: 2
 warmup: 0
-power: false
+power: false  # failover is judged here; power and the gate with shipped defaults: test_lab_profiles
 thermal_gate: false
 """
 

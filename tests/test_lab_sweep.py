@@ -49,7 +49,7 @@ repetitions: 2
 warmup: 0
 power: true
 idle_s: 1.0
-thermal_gate: false
+thermal_gate: false  # transports and energy judged here; the gate with defaults: test_lab_profiles
 """
 
 

@@ -26,7 +26,7 @@ gen_tokens: [8]
 threads: [1]
 repetitions: 2
 warmup: 0
-power: false
+power: false  # executor behaviour is judged here; power and the gate with defaults: test_lifecycle_cli
 thermal_gate: false
 """
 

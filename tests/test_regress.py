@@ -31,8 +31,8 @@ gen_tokens: [32]
 threads: [1]
 repetitions: {reps}
 warmup: 1
-thermal_gate: false
-idle_s: 0
+thermal_gate: false  # ABBA pairs run back to back by design; a 10 s cool-down window per job would
+idle_s: 0            # make each test minutes long (the shipped defaults run in test_lab_profiles)
 """
 
 

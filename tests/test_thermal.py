@@ -54,6 +54,8 @@ def test_wait_until_cool_waits_for_cooling_and_flatness(tmp_path: Path) -> None:
     start = time.monotonic()
     cooler.start()
     try:
+        # poll 0.1 s, window 1 s: the cooling curve is simulated in 0.1 s steps; the shipped poll and
+        # window are tested in test_gate_passes_at_the_shipped_poll_and_window_when_steady
         state = wait_until_cool(LocalTransport(), profile, on_wait=lambda s, why: waits.append(why), poll_s=0.1)
     finally:
         halt.set()
@@ -65,7 +67,7 @@ def test_wait_until_cool_times_out_with_a_clear_message(tmp_path: Path) -> None:
     profile, zone, _ = profile_with(tmp_path, start_temp_c=45.0, stable_window_s=0.5, timeout_s=1.0)
     zone.write_text("52500\n")
     with pytest.raises(InfraError, match=r"host-auto.*52\.5 °C.*threshold 45\.0 °C"):
-        wait_until_cool(LocalTransport(), profile, poll_s=0.1)
+        wait_until_cool(LocalTransport(), profile, poll_s=0.1)  # 1 s timeout: the shipped 900 s cannot be waited out
 
 
 def test_no_zones_no_gating() -> None:
