@@ -72,6 +72,9 @@ def status_cmd(run_id: str, db_url: str | None, follow: bool) -> None:
         watch(store, run_id)
     else:
         console.print(status_table(store, run_id))
+    run = store.get_run(run_id)
+    if run.status == "interrupted":
+        console.print(f"continue it with: farm resume {run.id}", markup=False)
 
 
 @click.command("results")
