@@ -41,6 +41,30 @@ class Prepared:
 
 
 @dataclass
+class Measured:
+    """One test as an engine reported it (one line of its table): the shape, and every repetition it
+    printed — or, when it printed only mean ± sd (``summary_only``), one repetition holding the mean.
+
+    ``definitions`` says in words how this engine counts (what its prefill includes, which runs it
+    drops); ``reported`` keeps the engine's own figures (rates, stddevs, averages) as printed.
+    """
+
+    n_prompt: int
+    n_gen: int
+    repetitions: list[Repetition]
+    n_depth: int = 0
+    threads: int | None = None
+    summary_only: bool = False
+    reported: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test(self) -> str:
+        from farm.jobs import test_name
+
+        return test_name(self.n_prompt, self.n_gen, self.n_depth)
+
+
+@dataclass
 class BackendOutput:
     repetitions: list[Repetition]
     raw: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,130 @@
+"""Parsers of MNN, ExecuTorch, mllm, ONNX Runtime GenAI and MLC outputs, on the real samples in tests/data/engines
+(see its README: verbatim from shared/samples/engines.md, or built from the engine's format strings where said).
+
+Every expected number is worked out by hand in the comment beside it: seconds = tokens / the engine's rate, or
+the difference of its timestamps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farm.backends.executorch import ExecuTorchBackend
+from farm.backends.mlc import MlcBackend
+from farm.backends.mllm import MllmBackend
+from farm.backends.mnn import MnnBackend
+from farm.backends.ortgenai import OrtGenAIBackend
+from farm.backends.prebuilt import join_phases
+from farm.errors import JobError
+
+DATA = Path(__file__).parent / "data" / "engines"
+
+
+def text(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def test_mnn_issue_3392_table_pp_tg_and_blended_row() -> None:
+    pp, tg, both = MnnBackend.parse_text(text("mnn-3392.md"))
+    assert (pp.test, tg.test, both.test) == ("pp512", "tg128", "pp512+tg128")
+    assert pp.threads == 4 and pp.summary_only
+    assert pp.repetitions[0].prefill_s == pytest.approx(0.5140407, rel=1e-6)  # 512 / 996.03
+    assert pp.repetitions[0].prefill_tps == pytest.approx(996.03)
+    assert pp.reported["std"] == 16.28 and pp.reported["model_size"] == "265.09 MiB"
+    assert tg.repetitions[0].decode_s == pytest.approx(0.7522332, rel=1e-6)  # 128 / 170.16
+    # ≤ 3.6.1: the pp+tg rate is of the summed times, which no one can split into phases: kept, not stored
+    assert both.repetitions == [] and both.reported["blended_tps"] == 514.65
+    # a job pp512 + tg128 joins the pp row's prefill and the tg row's decode
+    (rep,) = join_phases([pp, tg, both], 512, 128, 0, "llm_bench")
+    assert (rep.prefill_s, rep.decode_s) == (pp.repetitions[0].prefill_s, tg.repetitions[0].decode_s)
+
+
+def test_mnn_current_pg_layout_prefill_br_decode() -> None:
+    (m,) = MnnBackend.parse_text(text("mnn-docs-pg.md"))
+    assert m.test == "pp512+tg128" and m.reported["precision"] == "Low" and m.reported["backend"] == "METAL"
+    r = m.repetitions[0]
+    assert r.prefill_s == pytest.approx(0.1011570, rel=1e-6)  # 512 / 5061.44
+    assert r.decode_s == pytest.approx(0.4362645, rel=1e-6)  # 128 / 293.40
+    assert (m.reported["prefill_std"], m.reported["decode_std"]) == (9.30, 0.42)
+
+
+def test_mnn_precision_column_and_old_kv_layout() -> None:
+    (m,) = MnnBackend.parse_text(text("mnn-3806-precision.md"))
+    assert m.test == "tg128" and m.repetitions[0].decode_s == pytest.approx(2.8082492, rel=1e-6)  # 128 / 45.58
+    (kv,) = MnnBackend.parse_text(text("mnn-kv-3.6.1.md"))
+    assert kv.test == "pp512+tg128"
+    assert kv.repetitions[0].prefill_s == pytest.approx(0.8173691, rel=1e-6)  # 512 / 626.40
+    assert kv.repetitions[0].decode_s == pytest.approx(2.3473317, rel=1e-6)  # 128 / 54.53
+
+
+def test_mnn_one_table_per_process_is_one_repetition_each() -> None:
+    two = text("mnn-3392.md") + "\n" + text("mnn-3392.md").replace("996.03 ± 16.28", "1000.00 ± 0.00")
+    reps = join_phases(MnnBackend.parse_text(two), 512, 128, 0, "llm_bench")
+    assert [r.prefill_s for r in reps] == pytest.approx([512 / 996.03, 0.512])  # 512 / 1000.00
+
+
+def test_executorch_observer_line_by_name_old_and_new_keys() -> None:
+    for name in ("executorch-arm.txt", "executorch-newer.txt"):
+        (m,) = ExecuTorchBackend.parse_text(text(name))
+        (r,) = m.repetitions
+        assert (r.n_prompt, r.n_gen) == (54, 53)
+        assert r.prefill_s == pytest.approx(0.185)  # 1710296034544 - 1710296034359 ms, tokenisation included
+        assert r.decode_s == pytest.approx(1.372)  # 1710296035916 - 1710296034544 ms
+        assert r.ttft_s == pytest.approx(0.185)  # first_token_ms - inference_start_ms
+        # the same rates stats.h prints: 291.891892 and 38.629738 tokens/second
+        assert r.prefill_tps == pytest.approx(291.891892) and r.decode_tps == pytest.approx(38.629738)
+    (newer,) = ExecuTorchBackend.parse_text(text("executorch-newer.txt"))
+    assert newer.reported["runs"][0]["aggregate_model_execution_time_ms"] == 1549
+    with pytest.raises(JobError, match="lacks"):
+        ExecuTorchBackend.parse_text('PyTorchObserver {"prompt_tokens": 3}')
+
+
+def test_mllm_per_run_lines_not_the_printed_average() -> None:
+    (m,) = MllmBackend.parse_text(text("mllm-readme.txt"))
+    (r,) = m.repetitions  # the README omits runs 2 and 3: only run 1 is data
+    assert (m.n_prompt, m.n_gen) == (128, 128)
+    assert r.ttft_s == pytest.approx(0.90238605)  # 902.38605 ms
+    assert r.prefill_s == pytest.approx(0.9023860, rel=1e-6)  # 128 / 141.84618 (= TTFT: prefill speed is PP/TTFT)
+    assert r.decode_s == pytest.approx(1.6387100, rel=1e-6)  # 128 / 78.11022
+    # the printed Average (sum / 3 whatever --runs is) is kept as printed and never used
+    assert m.reported["printed_average"]["Prefill Speed"] == 140.24936
+    assert r.prefill_tps != pytest.approx(140.24936)
+
+
+def test_mllm_runs_not_three_give_their_own_mean() -> None:
+    run = text("mllm-readme.txt").split("  [runs")[0]
+    five = run + "".join(run.split("----------------------------------------\n")[-1]
+                         .replace("Run 1 of 3", f"Run {i} of 5").replace("Run 1 of 5", "Run 1 of 5")
+                         for i in range(2, 6))
+    (m,) = MllmBackend.parse_text(five.replace("Run 1 of 3", "Run 1 of 5"))
+    assert len(m.repetitions) == 5 and m.reported["runs_declared"] == 5
+
+
+def test_ortgenai_report_averages_as_one_repetition() -> None:
+    (m,) = OrtGenAIBackend.parse_text(text("ortgenai-android.txt"))
+    (r,) = m.repetitions
+    assert m.summary_only and (r.n_prompt, r.n_gen) == (2, 127)  # n: 635 * 1 token(s) over 5 repetitions
+    assert r.prefill_s == pytest.approx(0.140607) and r.ttft_s == pytest.approx(0.140607)  # 140607 us
+    assert r.decode_s == pytest.approx(23.515701)  # 127 tokens × 185163 us
+    assert r.prefill_tps == pytest.approx(14.224, rel=1e-4)  # what it printed: 14.224
+    assert r.decode_tps == pytest.approx(5.40064, rel=1e-5)  # what it printed: 5.40064
+    assert r.peak_rss_bytes == 2864254976
+    assert m.reported["token_generation_stddev_us"] == 40530.6
+
+
+def test_mlc_stats_needs_token_counts() -> None:
+    with pytest.raises(JobError, match="no token counts"):
+        MlcBackend.parse_text(text("mlc-stats.txt"))
+    (m,) = MlcBackend.parse_text(text("mlc-stats.txt"), (32, 64))
+    r = m.repetitions[0]
+    assert r.prefill_s == pytest.approx(0.6570842, rel=1e-6)  # 32 / 48.7
+    assert r.decode_s == pytest.approx(1.2121212, rel=1e-6)  # 64 / 52.8
+
+
+@pytest.mark.parametrize("backend", [MnnBackend, ExecuTorchBackend, MllmBackend, OrtGenAIBackend, MlcBackend])
+def test_foreign_output_is_refused_with_the_reason(backend) -> None:
+    with pytest.raises(JobError, match="no "):
+        backend.parse_text(text("executorch-arm.txt") if backend is not ExecuTorchBackend else text("mnn-3392.md"),
+                           (1, 1))
