@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from farm.errors import ConfigError
 from farm.yamlio import Locator, load_yaml, loads_yaml, validate
@@ -148,6 +148,17 @@ def _check_registries(sweep: Sweep, loc: Locator) -> None:
     for i, b in enumerate(sweep.backends):
         if b.name not in known:
             raise ConfigError(f"{loc.where(['backends', i])}: backend {b.name!r} is not one of {', '.join(known)}")
+        options_model = getattr(BACKENDS.get(b.name), "Options", None)
+        if options_model is not None:  # the files an option names are checked on the agent host that uses them
+            try:
+                options_model.model_validate(b.options, context={"shape_only": True})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                key = [str(x) for x in err["loc"]]
+                msg = f"unknown key {key[-1]!r}" if err["type"] == "extra_forbidden" else err["msg"]
+                raise ConfigError(f"{loc.where(['backends', i, 'options', *key[:1]])}: {b.name} options"
+                                  f"{': ' + '.'.join(key) if key and err['type'] != 'extra_forbidden' else ''}: "
+                                  f"{msg}") from None
     for i, m in enumerate(sweep.models):
         if m.card is not None:
             from farm.zoo.cards import load_card

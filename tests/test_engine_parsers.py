@@ -128,3 +128,62 @@ def test_foreign_output_is_refused_with_the_reason(backend) -> None:
     with pytest.raises(JobError, match="no "):
         backend.parse_text(text("executorch-arm.txt") if backend is not ExecuTorchBackend else text("mnn-3392.md"),
                            (1, 1))
+
+
+def _job(**kw):  # type: ignore[no-untyped-def]
+    from farm.jobs import Job, ModelRef
+
+    base = dict(job_id="j", run_id="r", index=0, device="phone", profile="pixel-8", backend="mnn",
+                model=ModelRef(card="m"), quant="q4_0", n_prompt=512, n_gen=128, threads=4, repetitions=3, warmup=1)
+    return Job(**{**base, **kw})
+
+
+def test_engines_without_a_depth_option_refuse_depth_and_say_so(tmp_path: Path) -> None:
+    from farm.devices import load_profile
+
+    exe = tmp_path / "llm_bench"
+    exe.write_text("#!/bin/sh\n")
+    opts = {"binary": {"arm64-v8a": str(exe)}, "model_dir": str(tmp_path)}
+    phone = load_profile("pixel-8")
+    ok, why = MnnBackend(**opts).accepts(_job(n_depth=512), phone)
+    assert not ok and why == "depth 512: llm_bench has no KV-depth option (tg always starts from a 1-token context)"
+    assert MnnBackend(**opts).accepts(_job(), phone) == (True, "")
+    ok, why = MnnBackend(**opts).accepts(_job(), load_profile("jetson-orin-nano"))
+    assert not ok and "no mnn binary for ABI aarch64" in why
+    for backend in (ExecuTorchBackend, MlcBackend):
+        assert "no KV-depth option" in backend(**opts).accepts(_job(n_depth=1), phone)[1]
+    ok, why = OrtGenAIBackend(**opts).accepts(_job(), phone)  # no thread flag: the lab must say what the model uses
+    assert not ok and "no thread flag" in why
+    assert OrtGenAIBackend(**opts, threads=4).accepts(_job(), phone) == (True, "")
+
+
+def test_binary_by_url_is_verified_by_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from farm.backends.prebuilt import Download, fetch
+    from farm.errors import ConfigError
+
+    monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))  # the cache under test, not the session's
+    src = tmp_path / "llm_bench"
+    src.write_bytes(b"\x7fELF stand-in")
+    good = hashlib.sha256(src.read_bytes()).hexdigest()
+    got = fetch(Download(url=src.as_uri(), sha256=good))
+    assert got.read_bytes() == src.read_bytes() and (tmp_path / "home" / "cache" / "prebuilt") in got.parents
+    with pytest.raises(ConfigError, match="is not the 0{64} the options name"):
+        fetch(Download(url=src.as_uri(), sha256="0" * 64))
+
+
+def test_bad_engine_options_are_refused_at_plan_time_with_file_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "s.yaml"
+    body = ("version: 1\nname: s\nmodels: [farm-tiny]\nquants: [q4_0]\nprompt_tokens: [8]\ngen_tokens: [8]\n"
+            "backends:\n  - name: mnn\n    options:\n      model_dir: /nowhere\n      binary: {arm64-v8a: /x}\n"
+            "      colour: red\n")
+    sweep.write_text(body)
+    out = subprocess.run([sys.executable, "-m", "farm.cli.main", "plan", str(sweep)], capture_output=True, text=True)
+    assert out.returncode == 2 and f"{sweep}:12: mnn options: unknown key 'colour'" in out.stderr, out.stderr
+    sweep.write_text(body.replace("      colour: red\n", "").replace("      model_dir: /nowhere\n", ""))
+    out = subprocess.run([sys.executable, "-m", "farm.cli.main", "plan", str(sweep)], capture_output=True, text=True)
+    assert out.returncode == 2 and "mnn options: model_dir: Field required" in out.stderr, out.stderr
