@@ -169,7 +169,7 @@ def test_binary_by_url_is_verified_by_sha256(tmp_path: Path, monkeypatch: pytest
     good = hashlib.sha256(src.read_bytes()).hexdigest()
     got = fetch(Download(url=src.as_uri(), sha256=good))
     assert got.read_bytes() == src.read_bytes() and (tmp_path / "home" / "cache" / "prebuilt") in got.parents
-    with pytest.raises(ConfigError, match="is not the 0{64} the options name"):
+    with pytest.raises(ConfigError, match=r"is not the 0{64} the options name"):
         fetch(Download(url=src.as_uri(), sha256="0" * 64))
 
 
