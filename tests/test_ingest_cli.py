@@ -69,6 +69,8 @@ def test_llama_bench_markdown_with_depth(sqlite_url: str) -> None:
     assert d.n_depth == 512 and rows["pp512"][0].n_depth == 0
     assert d.prefill_s == pytest.approx(0.0796773, rel=1e-5)  # 512 / 6425.91 t/s
     assert rows["tg128@d512"][0].decode_s == pytest.approx(1.0967355, rel=1e-5)  # 128 / 116.71 t/s
+    table = farm("results", d.run_id, "--db", sqlite_url).stdout  # the depth is part of the test's name
+    assert "pp512@d512" in table and "tg128@d512" in table
 
 
 def test_mnn_tables(sqlite_url: str) -> None:
@@ -82,12 +84,17 @@ def test_mnn_tables(sqlite_url: str) -> None:
     (pg,) = rows["pp512+tg128"]  # from the -pg layout only
     assert pg.prefill_s == pytest.approx(0.1011570, rel=1e-6)  # 512 / 5061.44
     assert pg.decode_s == pytest.approx(0.4362645, rel=1e-6)  # 128 / 293.40
+    rows = by_test(ingest(sqlite_url, "mnn", ENGINES / "mnn-kv-3.6.1.md", ENGINES / "mnn-3806-precision.md"))
+    assert rows["pp512+tg128"][0].prefill_s == pytest.approx(0.8173691, rel=1e-6)  # 512 / 626.40
+    assert rows["pp512+tg128"][0].decode_s == pytest.approx(2.3473317, rel=1e-6)  # 128 / 54.53
+    assert rows["tg128"][0].decode_s == pytest.approx(2.8082492, rel=1e-6)  # 128 / 45.58
 
 
 def test_executorch_mllm_ortgenai_mlc(sqlite_url: str) -> None:
-    (et,) = ingest(sqlite_url, "executorch", ENGINES / "executorch-arm.txt")
-    assert (et.n_prompt, et.n_gen, et.test) == (54, 53, "pp54+tg53")
-    assert (et.prefill_s, et.decode_s, et.ttft_s) == pytest.approx((0.185, 1.372, 0.185))  # ms differences
+    et, newer = ingest(sqlite_url, "executorch", ENGINES / "executorch-arm.txt", ENGINES / "executorch-newer.txt")
+    for r in (et, newer):  # the observer line with and without the keys newer builds add
+        assert (r.n_prompt, r.n_gen, r.test) == (54, 53, "pp54+tg53")
+        assert (r.prefill_s, r.decode_s, r.ttft_s) == pytest.approx((0.185, 1.372, 0.185))  # ms differences
     (ml,) = ingest(sqlite_url, "mllm", ENGINES / "mllm-readme.txt")
     assert ml.decode_s == pytest.approx(1.6387100, rel=1e-6)  # 128 / 78.11022, run 1 (not the average)
     assert ml.ttft_s == pytest.approx(0.90238605)
