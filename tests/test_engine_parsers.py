@@ -187,3 +187,37 @@ def test_bad_engine_options_are_refused_at_plan_time_with_file_line(tmp_path: Pa
     sweep.write_text(body.replace("      colour: red\n", "").replace("      model_dir: /nowhere\n", ""))
     out = subprocess.run([sys.executable, "-m", "farm.cli.main", "plan", str(sweep)], capture_output=True, text=True)
     assert out.returncode == 2 and "mnn options: model_dir: Field required" in out.stderr, out.stderr
+
+
+def test_stand_in_mnn_directory_binary_on_this_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A binary given as a directory (program + its .so) runs from its re-linked directory with LD_LIBRARY_PATH
+    pointing there; the stand-in program is a shell script printing a recorded llm_bench table."""
+    from farm.agent.devices import DevicePool
+    from farm.agent.runner import run_job
+    from farm.devices import load_inventory
+    from farm.jobs import Job, ModelRef
+
+    monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))  # the device workdir and caches of this test only
+    bindir, models = tmp_path / "mnn-bin", tmp_path / "model"
+    bindir.mkdir()
+    models.mkdir()
+    (models / "config.json").write_text("{}")
+    (bindir / "libMNN.so").write_text("not really a library")
+    table = (DATA / "mnn-3392.md").read_text()
+    (bindir / "llm_bench").write_text(
+        '#!/bin/sh\n[ -f "$LD_LIBRARY_PATH/libMNN.so" ] || { echo "no libMNN.so beside me" >&2; exit 3; }\n'
+        f'[ -f "$2" ] || {{ echo "no $2" >&2; exit 3; }}\ncat <<"EOF"\n{table}EOF\n')
+    (bindir / "llm_bench").chmod(0o755)
+    pool = DevicePool(load_inventory(None))
+    try:
+        job = Job(job_id="t-mnn", run_id="t", index=0, device="local", profile=pool.entry("local").profile,
+                  backend="mnn", backend_options={"binary": {pool.profile("local").abi: str(bindir)},
+                                                  "program": "llm_bench", "model_dir": str(models)},
+                  model=ModelRef(card="qwen"), quant="q4_0", n_prompt=512, n_gen=128, threads=1, repetitions=2,
+                  warmup=1, thermal_gate=False, power=False, idle_s=0)
+        res = run_job(job, pool.entry("local"), pool.profile("local"), pool.transport("local"))
+    finally:
+        pool.close()
+    assert res.status == "done", res.error
+    assert [r.prefill_s for r in res.repetitions] == pytest.approx([512 / 996.03] * 2)  # 3 processes, 1st dropped
+    assert res.raw["stdout"].count("FARM_REP") == 3
