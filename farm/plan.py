@@ -92,6 +92,13 @@ def _device_matches(selector: str, cell: dict[str, Any]) -> bool:
         kind == "tag" and value in cell["tags"])
 
 
+def _no_depth(backend: str) -> str | None:
+    """Why `backend` cannot fill the KV cache before the timed phases (None when it can)."""
+    from farm.backends import BACKENDS
+
+    return getattr(BACKENDS.get(backend), "has_depth", None)
+
+
 def memory_needed(arch: Architecture | None, quant: str, n_ctx: int, kv_type: str, file_bytes: int | None) -> int:
     weights = file_bytes if file_bytes is not None else (arch.weight_bytes(quant) if arch else 0)
     kv = arch.kv_cache_bytes(n_ctx, kv_type) if arch else 0
@@ -147,6 +154,10 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
             continue
         if dev.name in unavailable:
             dropped.append(Dropped(public, f"device quarantined: {unavailable[dev.name]}"))
+            continue
+        no_depth = depth and _no_depth(backend.name)
+        if no_depth:
+            dropped.append(Dropped(public, f"{backend.name}: {no_depth}"))
             continue
         if threads > profile.cpus.count:
             dropped.append(Dropped(public, f"{threads} threads > {profile.cpus.count} cores of {profile.name}"))

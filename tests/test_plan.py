@@ -110,3 +110,15 @@ def test_depth_axis_names_tests_fits_kv_at_depth_and_is_a_rule_key() -> None:
     assert reasons[(512, 2)] == "excluded by a rule"
     assert "GiB (weights + KV cache + scratch)" in reasons[(60000, 1)]  # 60k positions do not fit 512 MiB
     assert "depth=60000" in describe(plan) and "pp32+tg16@d512" in describe(plan)
+
+
+def test_a_backend_without_depth_drops_its_depth_cells_with_the_reason() -> None:
+    inventory = load_inventory(HERE / "data" / "plan-inventory.yaml")
+    sweep = loads_sweep(DEPTH_SWEEP.replace("depth: [0, 512, 60000]", "depth: [0, 512]").replace(
+        "models: [qwen2.5-0.5b]", "models: [qwen2.5-0.5b]\nbackends: [reference, {name: mllm, options: "
+        "{binary: {aarch64: /x}, model_dir: /m, model_name: qwen3}}]"))
+    plan = make_plan(sweep, inventory, run_id="depth")
+    assert sorted((j.backend, j.n_depth) for j in plan.jobs if j.threads == 1) == [
+        ("mllm", 0), ("reference", 0), ("reference", 512)]
+    (why,) = [d.reason for d in plan.dropped if d.cell["backend"] == "mllm" and d.cell["threads"] == 1]
+    assert why == "mllm: mllm-llm-benchmark starts every run from an empty cache (-cl only sizes it)"
