@@ -221,3 +221,20 @@ def test_stand_in_mnn_directory_binary_on_this_host(tmp_path: Path, monkeypatch:
     assert res.status == "done", res.error
     assert [r.prefill_s for r in res.repetitions] == pytest.approx([512 / 996.03] * 2)  # 3 processes, 1st dropped
     assert res.raw["stdout"].count("FARM_REP") == 3
+
+
+def test_every_registered_prebuilt_engine_keeps_the_contract(tmp_path: Path) -> None:
+    """Same checks over every registered engine farm runs but does not build: a new one is tested by registering it."""
+    from farm.backends import BACKENDS
+    from farm.backends.prebuilt import PrebuiltBackend
+    from farm.errors import ConfigError
+
+    prebuilt = {n: BACKENDS.get(n) for n in BACKENDS.names()
+                if isinstance(BACKENDS.get(n), type) and issubclass(BACKENDS.get(n), PrebuiltBackend)}
+    assert set(prebuilt) >= {"mnn", "executorch", "mllm", "ortgenai", "mlc"}
+    for name, cls in prebuilt.items():
+        assert cls.name == name and cls.engine and cls.definitions
+        with pytest.raises(JobError):
+            cls.parse_text("", (8, 8))  # nothing printed is never a result
+        with pytest.raises(ConfigError, match=f"{name} options"):
+            cls(binary={"aarch64": str(tmp_path)}, model_dir=str(tmp_path), colour="red")
