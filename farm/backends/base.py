@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.devices import DeviceProfile
-from farm.jobs import Job, ModelRef, Repetition
+from farm.jobs import Job, ModelRef, Repetition, test_name
 from farm.transports.base import CommandResult
 
 
@@ -59,8 +59,6 @@ class Measured:
 
     @property
     def test(self) -> str:
-        from farm.jobs import test_name
-
         return test_name(self.n_prompt, self.n_gen, self.n_depth)
 
 
