@@ -215,7 +215,8 @@ def test_stand_in_mnn_directory_binary_on_this_host(tmp_path: Path, monkeypatch:
     try:
         job = Job(job_id="t-mnn", run_id="t", index=0, device="local", profile=pool.entry("local").profile,
                   backend="mnn", backend_options={"binary": {pool.profile("local").abi: str(bindir)},
-                                                  "program": "llm_bench", "model_dir": str(models)},
+                                                  "program": "llm_bench", "model_dir": str(models),
+                                                  "engine_commit": "4d40bdbd"},
                   model=ModelRef(card="qwen"), quant="q4_0", n_prompt=512, n_gen=128, threads=1, repetitions=2,
                   warmup=1, thermal_gate=False, power=False, idle_s=0)
         res = run_job(job, pool.entry("local"), pool.profile("local"), pool.transport("local"))
@@ -224,6 +225,7 @@ def test_stand_in_mnn_directory_binary_on_this_host(tmp_path: Path, monkeypatch:
     assert res.status == "done", res.error
     assert [r.prefill_s for r in res.repetitions] == pytest.approx([512 / 996.03] * 2)  # 3 processes, 1st dropped
     assert res.raw["stdout"].count("FARM_REP") == 3
+    assert res.provenance["engine_commit"] == "4d40bdbd" and res.provenance["engine"] == "MNN"
 
 
 def test_every_registered_prebuilt_engine_keeps_the_contract(tmp_path: Path) -> None:

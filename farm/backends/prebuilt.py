@@ -56,6 +56,7 @@ class PrebuiltOptions(BaseModel):
     model_dir: str
     env: dict[str, str] = Field(default_factory=dict)
     args: list[str] = Field(default_factory=list, description="extra engine arguments, appended as given")
+    engine_commit: str | None = Field(default=None, description="the engine's commit or version, as the lab knows it")
 
     @model_validator(mode="after")
     def _local_paths(self, info: ValidationInfo) -> PrebuiltOptions:
@@ -150,6 +151,7 @@ class PrebuiltBackend(Backend):
         engine_sha = engine[0].sha256 if len(engine) == 1 else tree_digest(engine, "engine")
         return Prepared(artifacts=[*engine, *model], provenance={
             "engine": self.engine, "engine_sha256": engine_sha, "engine_build": engine_sha[:24],
+            "engine_commit": self.options.engine_commit,
             "engine_source": given.url if isinstance(given, Download) else str(path), "target": profile.abi,
             "model_sha256": tree_digest(model, "model"), "model_dir": self.options.model_dir,
             "definitions": self.definitions})
