@@ -169,6 +169,8 @@ def test_depth_sweep_on_the_virtual_phones(lab, tmp_path: Path) -> None:  # noqa
                    ("phone2", 0, "pp16+tg8"), ("phone2", 512, "pp16+tg8@d512")]
     # energy is still per phase: the depth's fill is outside both timed phases
     assert df["prefill_energy_j"].notna().all() and df["decode_energy_j"].notna().all()
+    print("\nfarm-tiny q4_0 pp16+tg8 on the virtual phones (aarch64 under qemu), by depth:")
+    print(df.groupby(["device", "n_depth"])[["prefill_tps", "decode_tps", "decode_j_per_tok"]].median().to_string())
     for device in ("phone1", "phone2"):
         d = df[df["device"] == device]
         # decode attends over 512 more positions at depth 512 (the aarch64 engine under qemu)
