@@ -55,6 +55,7 @@ class Job(BaseModel):
     n_gen: int
     threads: int
     repetitions: int
+    n_depth: int = 0  # tokens already in the KV cache before the timed phases (llama-bench -d)
     warmup: int
     kv_type: str = "f16"
     cooldown_s: float = 0.0
@@ -70,12 +71,14 @@ class Job(BaseModel):
 
     @property
     def test(self) -> str:
-        """llama-bench style test name: pp512, tg128 or pp512+tg128."""
-        if self.n_gen == 0:
-            return f"pp{self.n_prompt}"
-        if self.n_prompt == 0:
-            return f"tg{self.n_gen}"
-        return f"pp{self.n_prompt}+tg{self.n_gen}"
+        """llama-bench style test name: pp512, tg128, pp512+tg128, with @d512 at a depth."""
+        return test_name(self.n_prompt, self.n_gen, self.n_depth)
+
+
+def test_name(n_prompt: int, n_gen: int, n_depth: int = 0) -> str:
+    """pp512 | tg128 | pp512+tg128, with @d<depth> appended when the test ran at a depth (llama-bench's names)."""
+    name = f"pp{n_prompt}" if n_gen == 0 else (f"tg{n_gen}" if n_prompt == 0 else f"pp{n_prompt}+tg{n_gen}")
+    return f"{name}@d{n_depth}" if n_depth else name
 
 
 def job_id_for(run_id: str, cell: dict[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """From a sweep to an ordered list of jobs: expand, filter, fit, order, estimate.
 
-- expand: models (and architecture variants) × quants × backends × devices × pp × tg × threads;
+- expand: models (and architecture variants) × quants × backends × devices × pp × tg × threads × depth;
 - filter: ``include`` rules (keep a cell if it matches any) then ``exclude`` rules;
-- fit: drop cells whose weights + KV cache + scratch exceed the device profile's usable RAM,
+- fit: drop cells whose weights + KV cache (depth + pp + tg) + scratch exceed the device's usable RAM,
   listing the reason (a plan never hides a dropped cell);
 - order: per device, group by model file so each file is pushed once, lighter cells first
   so the device heats gradually; higher-priority sweeps first;
@@ -92,6 +92,13 @@ def _device_matches(selector: str, cell: dict[str, Any]) -> bool:
         kind == "tag" and value in cell["tags"])
 
 
+def _no_depth(backend: str) -> str | None:
+    """Why `backend` cannot fill the KV cache before the timed phases (None when it can)."""
+    from farm.backends import BACKENDS
+
+    return getattr(BACKENDS.get(backend), "has_depth", None)
+
+
 def memory_needed(arch: Architecture | None, quant: str, n_ctx: int, kv_type: str, file_bytes: int | None) -> int:
     weights = file_bytes if file_bytes is not None else (arch.weight_bytes(quant) if arch else 0)
     kv = arch.kv_cache_bytes(n_ctx, kv_type) if arch else 0
@@ -99,13 +106,14 @@ def memory_needed(arch: Architecture | None, quant: str, n_ctx: int, kv_type: st
 
 
 def estimate_s(arch: Architecture | None, quant: str, profile: DeviceProfile, n_prompt: int, n_gen: int,
-               threads: int, reps: int, warmup: int, file_bytes: int | None) -> float:
-    """Roofline estimate: prefill is compute-bound (2·params FLOP/token), decode bandwidth-bound."""
+               threads: int, reps: int, warmup: int, file_bytes: int | None, depth: int = 0) -> float:
+    """Roofline estimate: prefill is compute-bound (2·params FLOP/token), decode bandwidth-bound; filling the
+    cache to `depth` costs a prefill of that many tokens per repetition."""
     if arch is None:
         return LOAD_S + 60.0 * (reps + warmup)
     share = min(1.0, threads / profile.cpus.count)
     flops_per_tok = 2.0 * arch.n_params()
-    prefill = n_prompt * flops_per_tok / (profile.est_gflops * 1e9 * share)
+    prefill = (n_prompt + depth) * flops_per_tok / (profile.est_gflops * 1e9 * share)
     weight_bytes = file_bytes or arch.n_params() * BYTES_PER_WEIGHT.get(quant, 2.0)
     decode = n_gen * weight_bytes / (profile.mem_bw_gbs * 1e9 * min(1.0, 0.5 + share / 2))
     return LOAD_S + (reps + warmup) * (prefill + decode)
@@ -123,15 +131,19 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
     models = _models(sweep)
     jobs: list[Job] = []
     dropped: list[Dropped] = []
-    for dev, model, backend, quant, pp, tg, threads in itertools.product(
-            devices, models, sweep.backends, sweep.quants, sweep.prompt_tokens, sweep.gen_tokens, sweep.threads):
+    for dev, model, backend, quant, pp, tg, threads, depth in itertools.product(
+            devices, models, sweep.backends, sweep.quants, sweep.prompt_tokens, sweep.gen_tokens, sweep.threads,
+            sweep.depth):
         profile = profiles[dev.profile]
         quant = model.file_quant or quant
         cell = {"model": model.ref.label, "quant": quant, "backend": backend.name, "device": dev.name,
-                "profile": dev.profile, "tags": dev.tags, "prompt_tokens": pp, "gen_tokens": tg, "threads": threads}
-        public = {k: v for k, v in cell.items() if k not in ("profile", "tags")}
+                "profile": dev.profile, "tags": dev.tags, "prompt_tokens": pp, "gen_tokens": tg, "threads": threads,
+                "depth": depth}
+        # depth 0 is every cell's default: left out of what is shown and hashed, so ids and plans stay as before
+        public = {k: v for k, v in cell.items() if k not in ("profile", "tags") and (k != "depth" or depth)}
         if model.file_quant and any(j.device == dev.name and j.model == model.ref and j.backend == backend.name
-                                    and (j.n_prompt, j.n_gen, j.threads) == (pp, tg, threads) for j in jobs):
+                                    and (j.n_prompt, j.n_gen, j.threads, j.n_depth) == (pp, tg, threads, depth)
+                                    for j in jobs):
             continue  # a file has one quant: the quants axis does not multiply it
         if pp == 0 and tg == 0:
             continue
@@ -143,10 +155,14 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
         if dev.name in unavailable:
             dropped.append(Dropped(public, f"device quarantined: {unavailable[dev.name]}"))
             continue
+        no_depth = depth and _no_depth(backend.name)
+        if no_depth:
+            dropped.append(Dropped(public, f"{backend.name}: {no_depth}"))
+            continue
         if threads > profile.cpus.count:
             dropped.append(Dropped(public, f"{threads} threads > {profile.cpus.count} cores of {profile.name}"))
             continue
-        need = memory_needed(model.arch, quant, pp + tg, sweep.kv_type, model.file_bytes)
+        need = memory_needed(model.arch, quant, depth + pp + tg, sweep.kv_type, model.file_bytes)
         if need > profile.usable_ram_bytes:
             dropped.append(Dropped(public, f"needs {need / 2**30:.2f} GiB (weights + KV cache + scratch), "
                                            f"{profile.name} allows {profile.usable_ram_bytes / 2**30:.2f} GiB"))
@@ -156,11 +172,12 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
         jobs.append(Job(
             job_id=job_id_for(run_id, key), run_id=run_id, index=0, device=dev.name, profile=dev.profile,
             backend=backend.name, backend_options=backend.options, model=model.ref, quant=quant, n_prompt=pp,
-            n_gen=tg, threads=threads, repetitions=sweep.repetitions, warmup=sweep.warmup, kv_type=sweep.kv_type,
-            cooldown_s=sweep.cooldown_s, power=sweep.power, thermal_gate=sweep.thermal_gate, idle_s=sweep.idle_s,
+            n_gen=tg, n_depth=depth, threads=threads, repetitions=sweep.repetitions, warmup=sweep.warmup,
+            kv_type=sweep.kv_type, cooldown_s=sweep.cooldown_s, power=sweep.power, thermal_gate=sweep.thermal_gate,
+            idle_s=sweep.idle_s,
             timeout_s=sweep.timeouts.job_s, thermal_wait_s=sweep.timeouts.thermal_wait_s, priority=sweep.priority,
             est_s=estimate_s(model.arch, quant, profile, pp, tg, threads, sweep.repetitions, sweep.warmup,
-                             model.file_bytes) + sweep.cooldown_s,
+                             model.file_bytes, depth) + sweep.cooldown_s,
             mem_bytes=need))
     jobs = order_jobs(jobs)
     return Plan(sweep, jobs, dropped, profiles)
@@ -172,7 +189,7 @@ def order_jobs(jobs: list[Job]) -> list[Job]:
     for i, j in enumerate(jobs):
         first_seen.setdefault((j.device, j.model.label, j.quant), i)
     ordered = sorted(jobs, key=lambda j: (-j.priority, first_seen[(j.device, j.model.label, j.quant)],
-                                          j.threads, j.n_prompt + j.n_gen))
+                                          j.threads, j.n_depth + j.n_prompt + j.n_gen))
     return [j.model_copy(update={"index": i}) for i, j in enumerate(ordered)]
 
 

@@ -1,7 +1,7 @@
 """The sweep file: what to measure, validated with line-numbered errors.
 
 A sweep is the cross product models × quants × backends × devices × prompt_tokens ×
-gen_tokens × threads, narrowed by ``include``/``exclude`` rules. Unknown keys are rejected, the
+gen_tokens × threads × depth, narrowed by ``include``/``exclude`` rules. Unknown keys are rejected, the
 file carries a ``version``, and :func:`json_schema` publishes the schema for editors.
 """
 
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from farm.errors import ConfigError
 from farm.yamlio import Locator, load_yaml, loads_yaml, validate
@@ -20,7 +20,7 @@ from farm.zoo.arch import QUANTS
 
 SPEC_VERSION = 1
 ARCH_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "head_dim")
-CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads")
+CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads", "depth")
 
 
 class _Strict(BaseModel):
@@ -78,6 +78,8 @@ class Sweep(_Strict):
     prompt_tokens: list[int] = Field(min_length=1)
     gen_tokens: list[int] = Field(min_length=1)
     threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    depth: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="tokens already in the KV cache before the timed phases (llama-bench -d)")
     repetitions: int = Field(default=5, ge=1, le=1000)
     warmup: int = Field(default=1, ge=0, le=100)
     cooldown_s: float = Field(default=0.0, ge=0)
@@ -104,7 +106,7 @@ class Sweep(_Strict):
             return [{"name": b} if isinstance(b, str) else b for b in v]
         return v
 
-    @field_validator("prompt_tokens", "gen_tokens")
+    @field_validator("prompt_tokens", "gen_tokens", "depth")
     @classmethod
     def _non_negative(cls, v: list[int]) -> list[int]:
         if any(x < 0 for x in v):
@@ -146,6 +148,17 @@ def _check_registries(sweep: Sweep, loc: Locator) -> None:
     for i, b in enumerate(sweep.backends):
         if b.name not in known:
             raise ConfigError(f"{loc.where(['backends', i])}: backend {b.name!r} is not one of {', '.join(known)}")
+        options_model = getattr(BACKENDS.get(b.name), "Options", None)
+        if options_model is not None:  # the files an option names are checked on the agent host that uses them
+            try:
+                options_model.model_validate(b.options, context={"shape_only": True})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                key = [str(x) for x in err["loc"]]
+                msg = f"unknown key {key[-1]!r}" if err["type"] == "extra_forbidden" else err["msg"]
+                raise ConfigError(f"{loc.where(['backends', i, 'options', *key[:1]])}: {b.name} options"
+                                  f"{': ' + '.'.join(key) if key and err['type'] != 'extra_forbidden' else ''}: "
+                                  f"{msg}") from None
     for i, m in enumerate(sweep.models):
         if m.card is not None:
             from farm.zoo.cards import load_card

@@ -17,7 +17,8 @@ from tests.engine_ref import tiny_arch
 REP_KEYS = {"rep", "warmup", "prefill_start_ns", "prefill_end_ns", "decode_start_ns", "decode_end_ns", "prefill_ns",
             "decode_ns", "ttft_ns", "n_prompt", "n_gen", "decode_preemptions", "decode_token_ns"}
 TOP_KEYS = {"engine", "version", "build_flags", "simd", "model_filename", "model_type", "model_size",
-            "model_n_params", "n_threads", "n_prompt", "n_gen", "kv_type", "clock", "load_ns", "peak_rss_bytes",
+            "model_n_params", "n_threads", "n_prompt", "n_gen", "n_depth", "kv_type", "clock", "load_ns",
+            "peak_rss_bytes",
             "lockstep", "repetitions"}
 
 
@@ -166,3 +167,16 @@ def test_bad_inputs_exit_2_with_one_line(engine: Path, model: Path, tmp_path: Pa
         assert res.stdout == ""
         lines = res.stderr.splitlines()
         assert len(lines) == 1 and needle in lines[0], (args, res.stderr)
+
+
+def test_depth_fills_the_cache_before_the_timed_phases(engine: Path, model: Path) -> None:
+    """-d D: D tokens in the KV cache before prefill (untimed), so decode attends over D more positions."""
+    flat, _ = bench(engine, model, "-p", "8", "-n", "16", "-r", "3", "-w", "1")
+    deep, phases = bench(engine, model, "-p", "8", "-n", "16", "-r", "3", "-w", "1", "-d", "1536")
+    assert (flat["n_depth"], deep["n_depth"]) == (0, 1536)
+    assert [name for name, _ in phases[:4]] == ["prefill_start", "prefill_end", "decode_start", "decode_end"]
+    step = [min(r["decode_ns"] for r in out["repetitions"] if not r["warmup"]) for out in (flat, deep)]
+    # attention over 1544+ positions instead of 8+ dominates this tiny model's decode step
+    assert step[1] > 1.5 * step[0], step
+    bad = run(engine, "bench", "-m", str(model), "-d", "-1")
+    assert bad.returncode == 2 and "bad value '-1' for -d" in bad.stderr

@@ -20,7 +20,7 @@ def llama_bench():  # -> LlamaBenchBuild
     return lb.from_sdist()
 
 
-def _run(backend: str, options: dict, reps: int = 3):  # -> JobResult
+def _run(backend: str, options: dict, reps: int = 3, depth: int = 0):  # -> JobResult
     from farm.agent.devices import DevicePool
     from farm.agent.runner import run_job
     from farm.devices import load_inventory
@@ -30,7 +30,8 @@ def _run(backend: str, options: dict, reps: int = 3):  # -> JobResult
     try:
         job = Job(job_id=f"t-{backend}", run_id="t", index=0, device="local", profile=pool.entry("local").profile,
                   backend=backend, backend_options=options, model=ModelRef(card="smollm2-135m"), quant="q8_0",
-                  n_prompt=32, n_gen=16, threads=1, repetitions=reps, warmup=1, thermal_gate=False, idle_s=0)
+                  n_prompt=32, n_gen=16, n_depth=depth, threads=1, repetitions=reps, warmup=1, thermal_gate=False,
+                  idle_s=0)
         return run_job(job, pool.entry("local"), pool.profile("local"), pool.transport("local"))
     finally:
         pool.close()
@@ -59,6 +60,20 @@ def test_reference_engine_and_llama_bench_on_the_same_model(llama_bench) -> None
     med = sorted(r.decode_tps for r in ref.repetitions)[1], sorted(r.decode_tps for r in lcp.repetitions)[1]
     print(f"smollm2-135m q8_0 tg16 t1 decode t/s: reference {med[0]:.1f}, llama.cpp {med[1]:.1f}")
     assert 0.05 < med[0] / med[1] < 20  # same order of magnitude: both really ran the model
+
+
+@pytest.mark.slow
+def test_llama_bench_and_reference_engine_honour_depth(llama_bench) -> None:
+    """depth 256: both engines decode after 256 tokens already in the cache, and say so."""
+    for backend in ("llamacpp", "reference"):
+        flat, deep = _run(backend, {}, reps=2), _run(backend, {}, reps=2, depth=256)
+        assert flat.status == deep.status == "done", (flat.error, deep.error)
+        if backend == "llamacpp":
+            assert [r["test"] for r in deep.raw["records"]] == ["pp32@d256", "tg16@d256"]
+        else:
+            assert deep.raw["n_depth"] == 256
+        fast = [min(r.decode_s for r in res.repetitions) for res in (flat, deep)]
+        assert fast[1] > fast[0], (backend, fast)  # attention over 256 more positions
 
 
 def test_build_inputs_are_checked_before_any_build(tmp_path) -> None:

@@ -113,3 +113,20 @@ def test_backend_parse_errors_are_job_errors() -> None:
     out = be.parse(_result(0, stdout=(DATA / "readme.json").read_text()), _job(512, 128))
     assert out.provenance["llama_bench"]["build_commit"] == "8cf427ff"
     assert [r["test"] for r in out.raw["records"]] == ["pp512", "tg128"]
+
+
+def test_depth_records_are_the_ones_a_depth_job_takes() -> None:
+    """`-d 0,512` prints each test at both depths (n_depth 0 and 512): a job at depth 512 takes only the latter."""
+    base = _sample()
+    deep = [{**r, "n_depth": 512, "samples_ns": [s * 2 for s in r["samples_ns"]]} for r in base]
+    records = parse_records(json.dumps(base + deep))
+    assert [r.test for r in records] == ["pp512", "tg128", "pp512@d512", "tg128@d512"]
+    flat, at = repetitions(records, 512, 128), repetitions(records, 512, 128, 512)
+    assert [r.prefill_s for r in at] == pytest.approx([2 * r.prefill_s for r in flat])
+    job = _job(512, 128).model_copy(update={"n_depth": 512})
+    assert job.test == "pp512+tg128@d512"
+    argv = LlamaCppBackend().command(job, {"engine": "/d/lb", "model": "/d/m.gguf"})
+    assert argv[argv.index("-d") + 1] == "512"
+    assert "-d" not in LlamaCppBackend().command(_job(512, 128), {"engine": "/d/lb", "model": "/d/m.gguf"})
+    with pytest.raises(JobError, match=r"pp512@d256 and tg128@d256: got pp512, tg128, pp512@d512"):
+        repetitions(records, 512, 128, 256)

@@ -75,3 +75,50 @@ include:
     assert sorted(j.model.label for j in plan.jobs) == [
         "farm-tiny[n_layers=2]", "farm-tiny[n_layers=4]", "farm-tiny[n_layers=6]"]
     assert {j.quant for j in plan.jobs} == {"q8_0"}
+
+
+DEPTH_SWEEP = """
+version: 1
+name: depth
+models: [qwen2.5-0.5b]
+quants: [q4_0]
+devices: [board-a]
+prompt_tokens: [32]
+gen_tokens: [16]
+depth: [0, 512, 60000]
+exclude:
+  - {depth: 512, threads: 2}
+threads: [1, 2]
+"""
+
+
+def test_depth_axis_names_tests_fits_kv_at_depth_and_is_a_rule_key() -> None:
+    from farm.plan import memory_needed
+    from farm.zoo.cards import load_card
+
+    inventory = load_inventory(HERE / "data" / "plan-inventory.yaml")
+    plan = make_plan(loads_sweep(DEPTH_SWEEP), inventory, run_id="depth")
+    kept = sorted((j.threads, j.n_depth, j.test) for j in plan.jobs)
+    assert kept == [(1, 0, "pp32+tg16"), (1, 512, "pp32+tg16@d512"), (2, 0, "pp32+tg16")]
+    arch = load_card("qwen2.5-0.5b").architecture
+    at = {j.n_depth: j for j in plan.jobs}
+    # the KV cache of depth + pp + tg positions: 512 more positions cost exactly their KV bytes
+    assert at[512].mem_bytes - at[0].mem_bytes == arch.kv_cache_bytes(560, "f16") - arch.kv_cache_bytes(48, "f16")
+    assert at[512].mem_bytes == memory_needed(arch, "q4_0", 512 + 32 + 16, "f16", None)
+    assert len({j.job_id for j in plan.jobs}) == 3
+    reasons = {(d.cell.get("depth"), d.cell["threads"]): d.reason for d in plan.dropped}
+    assert reasons[(512, 2)] == "excluded by a rule"
+    assert "GiB (weights + KV cache + scratch)" in reasons[(60000, 1)]  # 60k positions do not fit 512 MiB
+    assert "depth=60000" in describe(plan) and "pp32+tg16@d512" in describe(plan)
+
+
+def test_a_backend_without_depth_drops_its_depth_cells_with_the_reason() -> None:
+    inventory = load_inventory(HERE / "data" / "plan-inventory.yaml")
+    sweep = loads_sweep(DEPTH_SWEEP.replace("depth: [0, 512, 60000]", "depth: [0, 512]").replace(
+        "models: [qwen2.5-0.5b]", "models: [qwen2.5-0.5b]\nbackends: [reference, {name: mllm, options: "
+        "{binary: {aarch64: /x}, model_dir: /m, model_name: qwen3}}]"))
+    plan = make_plan(sweep, inventory, run_id="depth")
+    assert sorted((j.backend, j.n_depth) for j in plan.jobs if j.threads == 1) == [
+        ("mllm", 0), ("reference", 0), ("reference", 512)]
+    (why,) = [d.reason for d in plan.dropped if d.cell["backend"] == "mllm" and d.cell["threads"] == 1]
+    assert why == "mllm: mllm-llm-benchmark starts every run from an empty cache (-cl only sizes it)"

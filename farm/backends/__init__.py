@@ -9,6 +9,11 @@ BACKENDS: Registry[type[Backend]] = Registry("backend", "farm.backends", {
     "reference": "farm.backends.reference:ReferenceBackend",
     "llamacpp": "farm.backends.llamacpp:LlamaCppBackend",
     "sleep": "farm.backends.sleep:SleepBackend",
+    "mnn": "farm.backends.mnn:MnnBackend",
+    "executorch": "farm.backends.executorch:ExecuTorchBackend",
+    "mllm": "farm.backends.mllm:MllmBackend",
+    "ortgenai": "farm.backends.ortgenai:OrtGenAIBackend",
+    "mlc": "farm.backends.mlc:MlcBackend",
 })
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.devices import DeviceProfile
-from farm.jobs import Job, ModelRef, Repetition
+from farm.jobs import Job, ModelRef, Repetition, test_name
 from farm.transports.base import CommandResult
 
 
@@ -38,6 +38,28 @@ class Prepared:
 
     artifacts: list[Artifact]
     provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Measured:
+    """One test as an engine reported it (one line of its table): the shape, and every repetition it
+    printed — or, when it printed only mean ± sd (``summary_only``), one repetition holding the mean.
+
+    ``definitions`` says in words how this engine counts (what its prefill includes, which runs it
+    drops); ``reported`` keeps the engine's own figures (rates, stddevs, averages) as printed.
+    """
+
+    n_prompt: int
+    n_gen: int
+    repetitions: list[Repetition]
+    n_depth: int = 0
+    threads: int | None = None
+    summary_only: bool = False
+    reported: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def test(self) -> str:
+        return test_name(self.n_prompt, self.n_gen, self.n_depth)
 
 
 @dataclass

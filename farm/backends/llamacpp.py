@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm.backends.base import Artifact, Backend, BackendOutput, Prepared, resolve_model_file
+from farm.backends.base import Artifact, Backend, BackendOutput, Measured, Prepared, resolve_model_file
 from farm.devices import DeviceProfile
 from farm.errors import JobError
-from farm.jobs import Job, Repetition
+from farm.jobs import Job, Repetition, test_name
 from farm.transports.base import CommandResult
 
 # Keys of llama-bench's JSON record (README @5a32f10); anything else is kept as `extra`.
@@ -35,12 +35,6 @@ KNOWN_KEYS = frozenset({
 })
 PROVENANCE_KEYS = ("build_commit", "build_number", "backends", "cpu_info", "gpu_info", "model_type", "n_batch",
                    "n_ubatch", "type_k", "type_v", "n_gpu_layers", "flash_attn", "use_mmap")
-
-
-def test_name(n_prompt: int, n_gen: int, n_depth: int = 0) -> str:
-    """pp512 | tg128 | pp512+tg128, with @d<depth> appended when the test ran at a depth."""
-    name = f"pp{n_prompt}" if n_gen == 0 else (f"tg{n_gen}" if n_prompt == 0 else f"pp{n_prompt}+tg{n_gen}")
-    return f"{name}@d{n_depth}" if n_depth else name
 
 
 def _flash_attn(value: Any) -> str | None:
@@ -145,13 +139,14 @@ def parse_markdown(text: str) -> list[dict[str, Any]]:
     return rows
 
 
-def repetitions(records: list[BenchRecord], n_prompt: int, n_gen: int) -> list[Repetition]:
+def repetitions(records: list[BenchRecord], n_prompt: int, n_gen: int, n_depth: int = 0) -> list[Repetition]:
     """Join the pp and tg samples of a job into farm repetitions (sample i of each → repetition i)."""
-    pp = next((r for r in records if (r.n_prompt, r.n_gen, r.n_depth) == (n_prompt, 0, 0)), None)
-    tg = next((r for r in records if (r.n_prompt, r.n_gen, r.n_depth) == (0, n_gen, 0)), None)
+    pp = next((r for r in records if (r.n_prompt, r.n_gen, r.n_depth) == (n_prompt, 0, n_depth)), None)
+    tg = next((r for r in records if (r.n_prompt, r.n_gen, r.n_depth) == (0, n_gen, n_depth)), None)
     if (n_prompt and pp is None) or (n_gen and tg is None):
         have = ", ".join(r.test for r in records) or "nothing"
-        raise JobError(f"llama-bench did not report {test_name(n_prompt, 0)} and {test_name(0, n_gen)}: got {have}")
+        raise JobError(f"llama-bench did not report {test_name(n_prompt, 0, n_depth)} and "
+                       f"{test_name(0, n_gen, n_depth)}: got {have}")
     count = max(len(pp.samples_ns) if pp else 0, len(tg.samples_ns) if tg else 0)
     reps = []
     for i in range(count):
@@ -160,6 +155,70 @@ def repetitions(records: list[BenchRecord], n_prompt: int, n_gen: int) -> list[R
         reps.append(Repetition(rep=i, n_prompt=n_prompt if pre is not None else 0, n_gen=n_gen if dec is not None
                                else 0, prefill_s=pre, decode_s=dec, ttft_s=pre))
     return reps
+
+
+DEFINITIONS = ("llama-bench: each test runs its own context; tg is timed from an empty context (or the depth's "
+               "filled cache), pp is prompt processing until the last prompt token's logits; samples_ns are the "
+               "timed repetitions after its one warm-up run")
+
+
+def measured(text: str) -> list[Measured]:
+    """Every test llama-bench printed, for ``farm ingest``: JSON/JSONL (every sample), CSV (every sample when
+    it has samples_ns, else its mean), or the markdown table (mean ± sd only)."""
+    records = parse_records(text)
+    if not records and text.lstrip().startswith(("build_commit", '"build_commit"')):
+        records = _csv_records(text)
+    if records:
+        return [_measured(r) for r in records]
+    out = []
+    for row in parse_markdown(text):
+        m = _MD_NAME.match(row.get("test", ""))
+        if m is None or row.get("avg_ts") is None:
+            raise JobError(f"llama-bench table row without a test and t/s: {row}")
+        p, g, d = int(m.group(1) or 0), int(m.group(2) or 0), int(m.group(3) or 0)
+        t = (p + g) / row["avg_ts"]  # the mean rate as one repetition's time
+        rep = Repetition(rep=0, n_prompt=p, n_gen=g, prefill_s=t if g == 0 else None, decode_s=t if p == 0 else None,
+                         ttft_s=t if g == 0 else None)
+        threads = row.get("threads")
+        out.append(Measured(p, g, [rep], n_depth=d, threads=int(threads) if threads and threads.isdigit() else None,
+                            summary_only=True, reported={"avg_ts": row["avg_ts"], "stddev_ts": row["stddev_ts"],
+                                                         "definitions": DEFINITIONS}))
+    return out
+
+
+_MD_NAME = re.compile(r"^(?:pp(\d+))?(?:\+?tg(\d+))?(?:@d(\d+))?$")
+
+
+def _csv_records(text: str) -> list[BenchRecord]:
+    """``-o csv``: a header of field names, then one quoted row per test (samples as a list when present)."""
+    import csv
+    import io
+
+    out = []
+    for row in csv.DictReader(io.StringIO(text.strip())):
+        obj: dict[str, Any] = dict(row)
+        samples = row.get("samples_ns")
+        if samples:
+            obj["samples_ns"] = [int(x) for x in re.split(r"[,; ]+", samples.strip("[] ")) if x]
+        elif row.get("avg_ns"):
+            obj["samples_ns"] = [int(float(row["avg_ns"]))]
+            obj["summary_only"] = True
+        out.append(_record(obj))
+    return out
+
+
+def _measured(r: BenchRecord) -> Measured:
+    reps = []
+    for i, ns in enumerate(r.samples_ns):
+        s = ns / 1e9
+        pp_only, tg_only = r.n_gen == 0, r.n_prompt == 0
+        reps.append(Repetition(rep=i, n_prompt=r.n_prompt, n_gen=r.n_gen, prefill_s=s if pp_only else None,
+                               decode_s=s if tg_only else None, ttft_s=s if pp_only else None))
+    threads = r.fields.get("n_threads")
+    return Measured(r.n_prompt, r.n_gen, reps, n_depth=r.n_depth, threads=int(threads) if threads else None,
+                    summary_only=bool(r.extra.get("summary_only")),
+                    reported={"avg_ts": r.fields.get("avg_ts"), "stddev_ts": r.fields.get("stddev_ts"),
+                              "build_commit": r.fields.get("build_commit"), "definitions": DEFINITIONS})
 
 
 class LlamaCppBackend(Backend):
@@ -205,6 +264,8 @@ class LlamaCppBackend(Backend):
         argv = [staged["engine"], "-m", staged["model"], "-p", str(job.n_prompt), "-n", str(job.n_gen),
                 "-t", str(job.threads), "-r", str(job.repetitions), "-ctk", job.kv_type, "-ctv", job.kv_type,
                 "-o", "json"]
+        if job.n_depth:  # only when asked: a llama-bench without -d refuses it, and the job fails with its message
+            argv += ["-d", str(job.n_depth)]
         return argv if job.warmup else [*argv, "--no-warmup"]  # llama-bench's warm-up is one run, on or off
 
     def parse(self, result: CommandResult, job: Job) -> BackendOutput:
@@ -216,7 +277,7 @@ class LlamaCppBackend(Backend):
             if parse_markdown(result.stdout):
                 raise JobError("llama-bench printed its markdown table; farm needs -o json (per-repetition data)")
             raise JobError(f"llama-bench printed no JSON record: {result.stdout[:200]!r}")
-        reps = repetitions(records, job.n_prompt, job.n_gen)
+        reps = repetitions(records, job.n_prompt, job.n_gen, job.n_depth)
         first = records[0]
         prov = {k: first.fields[k] for k in PROVENANCE_KEYS if k in first.fields}
         prov["flash_attn"] = first.flash_attn

@@ -80,7 +80,9 @@ class ReferenceBackend(Backend):
 
     def _bench(self, job: Job, engine: str, model: str) -> list[str]:
         return [engine, "bench", "-m", model, "-p", str(job.n_prompt), "-n", str(job.n_gen),
-                "-t", str(job.threads), "-r", str(job.repetitions), "-w", str(job.warmup), "--kv", job.kv_type]
+                "-t", str(job.threads), "-r", str(job.repetitions), "-w", str(job.warmup), "--kv", job.kv_type,
+                # only when asked: an engine commit from before -d (farm regress) still runs depth-0 jobs
+                *(["-d", str(job.n_depth)] if job.n_depth else [])]
 
     def command(self, job: Job, staged: dict[str, str]) -> list[str]:
         if self.partner is None:

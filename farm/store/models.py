@@ -132,6 +132,7 @@ class ResultRow(Base):
     test: Mapped[str] = mapped_column(String(64))
     n_prompt: Mapped[int] = mapped_column(Integer)
     n_gen: Mapped[int] = mapped_column(Integer)
+    n_depth: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # KV tokens before the timed phases
     prefill_s: Mapped[float | None] = mapped_column(Float)
     decode_s: Mapped[float | None] = mapped_column(Float)
     prefill_tps: Mapped[float | None] = mapped_column(Float)

@@ -459,6 +459,7 @@ class Store:
             "job_id": job.job_id, "rep": r.rep, "run_id": job.run_id, "device": result.device,
             "profile": job.profile, "backend": job.backend, "model": job.model.label, "quant": job.quant,
             "threads": job.threads, "test": job.test, "n_prompt": r.n_prompt, "n_gen": r.n_gen,
+            "n_depth": job.n_depth,
             "prefill_s": r.prefill_s, "decode_s": r.decode_s, "prefill_tps": r.prefill_tps,
             "decode_tps": r.decode_tps, "decode_step_tps": r.decode_step_tps, "ttft_s": r.ttft_s,
             "peak_rss_bytes": r.peak_rss_bytes,

@@ -13,7 +13,9 @@
  *              burst of interference or a single slow step cannot hide in a total.
  *   decode_preemptions = involuntary context switches of the process during the decode: how often
  *              the scheduler gave one of its cores to someone else (a busy host, not the engine).
- * The KV cache holds n_prompt + n_gen positions; every repetition restarts at position 0.
+ *   depth    = -d D: before each repetition's prefill, D tokens fill the KV cache (one untimed batched pass, as
+ *              llama-bench -d); prefill then runs at positions D.., decode after it. Default 0.
+ * The KV cache holds n_depth + n_prompt + n_gen positions; every repetition restarts at position 0.
  *
  * --lockstep R,W (bench): before every timed phase (each repetition's prefill, each decode step) read one
  * byte from fd R, after it write one byte to fd W. farm-pair (src/pair) runs two builds this way, their
@@ -53,7 +55,7 @@ static void usage(void) {
 
 typedef struct {
     const char *model, *tokens;
-    int n_prompt, n_gen, threads, reps, warmup, kv_f16, all, seed, ubatch;
+    int n_prompt, n_gen, n_depth, threads, reps, warmup, kv_f16, all, seed, ubatch;
     int sync_in, sync_out; /* --lockstep R,W; -1 = free running */
 } opts_t;
 
@@ -79,6 +81,7 @@ static void parse(int argc, char **argv, opts_t *o) {
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = v;
         else if (!strcmp(a, "-p")) o->n_prompt = parse_int(a, v, 0);
         else if (!strcmp(a, "-n")) o->n_gen = parse_int(a, v, 0);
+        else if (!strcmp(a, "-d")) o->n_depth = parse_int(a, v, 0);
         else if (!strcmp(a, "-t")) o->threads = parse_int(a, v, 1);
         else if (!strcmp(a, "-r")) o->reps = parse_int(a, v, 1);
         else if (!strcmp(a, "-w")) o->warmup = parse_int(a, v, 0);
@@ -179,13 +182,14 @@ static int cmd_bench(const opts_t *o) {
     int64_t t0 = farm_now_ns();
     model_t m;
     model_load(&m, o->model);
-    const int P = o->n_prompt, G = o->n_gen;
+    const int P = o->n_prompt, G = o->n_gen, D = o->n_depth;
+    const int widest = P > D ? P : D;
     ctx_t c;
-    ctx_init(&c, &m, P + G, P > 512 ? 512 : (P > 0 ? P : 1), o->threads, o->kv_f16, 0);
+    ctx_init(&c, &m, D + P + G, widest > 512 ? 512 : (widest > 0 ? widest : 1), o->threads, o->kv_f16, 0);
     const int64_t load_ns = farm_now_ns() - t0;
-    int *prompt = malloc(sizeof(int) * (size_t)(P > 0 ? P : 1));
+    int *prompt = malloc(sizeof(int) * (size_t)(D + P > 0 ? D + P : 1)); /* the depth's tokens, then the prompt's */
     uint64_t s = 0x9E3779B97F4A7C15ULL ^ (uint64_t)o->seed; /* deterministic prompt ids (xorshift) */
-    for (int i = 0; i < P; i++) {
+    for (int i = 0; i < D + P; i++) {
         s ^= s << 13, s ^= s >> 7, s ^= s << 17;
         prompt[i] = (int)(s % (uint64_t)m.n_vocab);
     }
@@ -198,11 +202,12 @@ static int cmd_bench(const opts_t *o) {
     int64_t *decode_ns = calloc((size_t)n_reps, sizeof *decode_ns);
     for (int r = 0; r < n_reps; r++) {
         int tok = bos;
+        if (D > 0) forward(&c, prompt, D, 0, 0); /* the cache's depth: before the timed phases, untimed */
         turn_wait(o);
         ts[r][0] = farm_now_ns();
         phase("prefill_start", ts[r][0]);
         if (P > 0) {
-            forward(&c, prompt, P, 0, 0);
+            forward(&c, prompt + D, P, D, 0);
             tok = argmax(c.logits, m.n_vocab);
         }
         ts[r][1] = farm_now_ns();
@@ -219,7 +224,7 @@ static int cmd_bench(const opts_t *o) {
                 turn_wait(o);
                 t_step = farm_now_ns();
             }
-            forward(&c, &tok, 1, P + g, 0);
+            forward(&c, &tok, 1, D + P + g, 0);
             tok = argmax(c.logits, m.n_vocab);
             const int64_t t_done = farm_now_ns();
             tok_ns[(size_t)r * G + g] = t_done - t_step;
@@ -236,8 +241,8 @@ static int cmd_bench(const opts_t *o) {
     json_str(FARM_BUILD_FLAGS);
     printf(",\"simd\":\"%s\",", FARM_SIMD);
     print_model_fields(&m, o->model);
-    printf(",\"n_threads\":%d,\"n_prompt\":%d,\"n_gen\":%d,\"kv_type\":\"%s\",\"clock\":\"CLOCK_MONOTONIC\"", o->threads,
-           P, G, o->kv_f16 ? "f16" : "f32");
+    printf(",\"n_threads\":%d,\"n_prompt\":%d,\"n_gen\":%d,\"n_depth\":%d,\"kv_type\":\"%s\",\"clock\":\"CLOCK_MONOTONIC\"",
+           o->threads, P, G, D, o->kv_f16 ? "f16" : "f32");
     printf(",\"load_ns\":%lld,\"peak_rss_bytes\":%lld,\"lockstep\":%s,\"repetitions\":[", (long long)load_ns,
            (long long)peak_rss_bytes(), o->sync_in >= 0 ? "true" : "false");
     for (int r = 0; r < n_reps; r++) {
