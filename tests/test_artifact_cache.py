@@ -17,14 +17,12 @@ import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
 from farm.agent.artifacts import read_manifest, stage
 from farm.backends.base import Artifact
 from farm.store import Store
 from farm.transports.local import LocalTransport
 from tests.lab_fixtures import lab  # noqa: F401  (pytest fixture)
-from tests.test_local_executor import PROFILES
 
 REPO = Path(__file__).resolve().parent.parent
 WORKDIRS = {"phone1": "/data/local/tmp/farm", "board1": "/var/tmp/farm"}
@@ -162,26 +160,6 @@ def test_a_corrupt_push_is_refused_before_it_can_run(tmp_path: Path) -> None:
     with pytest.raises(InfraError, match="corrupt on the device"):
         stage(LocalTransport(), str(tmp_path / "device"), [art])
     assert not [p for p in (tmp_path / "device" / "cache").iterdir() if p.name != "manifest.json"]
-
-
-def test_two_entries_sharing_a_workdir_stage_side_by_side(tmp_path: Path) -> None:
-    """Two inventory entries on one workdir (this host twice) run a sweep through the CLI at once."""
-    shared = str(tmp_path / "shared")
-    inv = tmp_path / "devices.yaml"
-    inv.write_text(yaml.safe_dump({"profile_dirs": [str(PROFILES)], "devices": [
-        {"name": "host-a", "profile": "test-host", "workdir": shared},
-        {"name": "host-b", "profile": "test-host", "workdir": shared}]}))
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(SWEEP.format(devices="host-a, host-b").replace("models: [farm-tiny]",
-                                                                       "models: [farm-tiny, farm-mini]"))
-    db = f"sqlite:///{tmp_path / 'farm.db'}"
-    pushed = submit(sweep, db, inv)
-    assert set(pushed) == {"host-a", "host-b"}
-    cache = Path(shared) / "cache"
-    assert not [p.name for p in cache.iterdir() if p.name.endswith("part")]
-    manifest = read_manifest(LocalTransport(), shared)
-    assert sum(name.endswith(".gguf") for name in manifest) == 2, manifest  # both models, whoever pushed them
-    assert submit(sweep, db, inv) == {"host-a": 0, "host-b": 0}
 
 
 def test_concurrent_stagers_on_one_workdir_agree(tmp_path: Path) -> None:
