@@ -24,7 +24,8 @@ CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `threads: [true]` or `repetitions: "5"` is a mistake, not 1 and 5.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelSpec(_Strict):
@@ -176,8 +177,23 @@ def _finish(data: Any, loc: Locator) -> Sweep:
         raise ConfigError(f"{loc.where(['version'])}: version {data['version']!r} is not supported "
                           f"(this farm reads version {SPEC_VERSION})")
     sweep = validate(Sweep, data, loc)
+    _check_unique(sweep, loc)
     _check_registries(sweep, loc)
     return sweep
+
+
+def _check_unique(sweep: Sweep, loc: Locator) -> None:
+    """The same model, quant, backend, device or count twice would make the same cell twice."""
+    for field in ("models", "quants", "backends", "devices", "prompt_tokens", "gen_tokens", "threads"):
+        seen: list[Any] = []
+        for i, item in enumerate(getattr(sweep, field)):
+            key = item.model_dump(mode="json") if isinstance(item, BaseModel) else item
+            if key in seen:
+                shown = item if not isinstance(item, BaseModel) else (
+                    getattr(item, "card", None) or getattr(item, "file", None) or getattr(item, "name", ""))
+                raise ConfigError(f"{loc.where([field, i])}: {field}[{i}]: {shown!r} is listed twice "
+                                  f"(first as {field}[{seen.index(key)}])")
+            seen.append(key)
 
 
 def json_schema() -> dict[str, Any]:
