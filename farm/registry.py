@@ -8,12 +8,25 @@ Lookups import lazily, so a missing optional dependency only hurts the plug-in t
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from farm.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class PluginOptions(BaseModel):
+    """The options a plug-in takes: each plug-in class names its subclass as ``Options``.
+
+    Strict and closed: a typo (``insecure_accept_any_host_keys``) or a string where a bool belongs
+    (``insecure_accept_any_host_key: "false"``) is an error, never ignored or read as truthy.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Registry(Generic[T]):
@@ -50,3 +63,29 @@ class Registry(Generic[T]):
         module, _, attr = target.partition(":")
         self._loaded[name] = getattr(importlib.import_module(module), attr)
         return self._loaded[name]
+
+    def options(self, name: str, given: dict[str, Any] | None,
+                where: Callable[[Sequence[Any]], str] | None = None) -> PluginOptions:
+        """Validate the options `given` to plug-in `name` against its ``Options`` model.
+
+        `where` maps a location inside the options (keys, indices) to the place the user wrote it
+        ("file.yaml:12"); an unknown option is an error that lists the known ones.
+        """
+        model: type[PluginOptions] = getattr(self.get(name), "Options", PluginOptions)
+        try:
+            return model.model_validate(given or {})
+        except ValidationError as exc:
+            from farm.yamlio import describe
+
+            loc, text = describe(exc)
+            err = exc.errors()[0]
+            if err["type"] == "extra_forbidden" and len(loc) == 1:
+                known = ", ".join(model.model_fields) or "none"
+                text = f"unknown option {loc[0]!r}; known: {known}"
+            place = f"{where(loc)}: " if where else ""
+            raise ConfigError(f"{place}{self.kind} {name!r}: {text}") from None
+
+    def create(self, name: str, *args: Any, **options: Any) -> Any:
+        """An instance of plug-in `name` built from validated options (ConfigError on a bad one)."""
+        opts = self.options(name, options)
+        return self.get(name)(*args, **opts.model_dump(exclude_unset=True))

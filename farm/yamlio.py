@@ -175,24 +175,30 @@ def _loc_text(loc: Sequence[Any]) -> str:
     return out
 
 
+def describe(exc: ValidationError) -> tuple[list[Any], str]:
+    """The first error of a pydantic ValidationError as (location, "field: message")."""
+    err = exc.errors()[0]
+    # Drop pydantic's union/tagged-union markers from the location, keep the user's keys.
+    loc = [p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "tagged-"))]
+    field = _loc_text(loc)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key {loc[-1]!r}" if loc else "unknown key"
+    elif err["type"] == "missing":
+        msg = f"missing required key {loc[-1]!r}" if loc else "missing key"
+    msg = msg.removeprefix("Value error, ")
+    given = err.get("input")
+    if err["type"] in ("literal_error", "enum", "int_parsing", "float_parsing", "bool_parsing", "int_type",
+                       "float_type", "bool_type", "string_type", "less_than_equal", "greater_than_equal", "less_than",
+                       "greater_than") and isinstance(given, str | int | float):
+        msg = f"{given!r}: {msg}"
+    return loc, (f"{field}: {msg}" if field and err["type"] != "missing" else msg)
+
+
 def validate(model: type[M], data: Any, locator: Locator) -> M:
     """Validate `data` as `model`; the first error becomes one line naming file:line and field."""
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        # Drop pydantic's union/tagged-union markers from the location, keep the user's keys.
-        loc = [p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "tagged-"))]
-        field = _loc_text(loc)
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}" if loc else "unknown key"
-        elif err["type"] == "missing":
-            msg = f"missing required key {loc[-1]!r}" if loc else "missing key"
-        msg = msg.removeprefix("Value error, ")
-        given = err.get("input")
-        if err["type"] in ("literal_error", "enum", "int_parsing", "float_parsing", "bool_parsing", "int_type",
-                           "float_type", "bool_type", "string_type") and isinstance(given, str | int | float):
-            msg = f"{given!r}: {msg}"
-        text = f"{field}: {msg}" if field and err["type"] != "missing" else msg
+        loc, text = describe(exc)
         raise ConfigError(f"{locator.where(loc)}: {text}") from None

@@ -23,6 +23,7 @@ from farm.backends.base import Artifact, Backend, BackendOutput, Prepared, resol
 from farm.devices import DeviceProfile
 from farm.errors import JobError
 from farm.jobs import Job, Repetition
+from farm.registry import PluginOptions
 from farm.transports.base import CommandResult
 
 # Keys of llama-bench's JSON record (README @5a32f10); anything else is kept as `extra`.
@@ -168,9 +169,17 @@ class LlamaCppBackend(Backend):
 
     name = "llamacpp"
 
+    class Options(PluginOptions):
+        isa: str | None = None
+        version: str | None = None
+        source_dir: str | None = None
+        engine_commit: str | None = None
+        flags: list[str] | None = None
+        binary: str | None = None
+
     def __init__(self, isa: str | None = None, version: str | None = None, source_dir: str | None = None,
-                 engine_commit: str | None = None, flags: list[str] | None = None, binary: str | None = None,
-                 **_: Any) -> None:
+                 engine_commit: str | None = None, flags: list[str] | None = None,
+                 binary: str | None = None) -> None:
         self.isa, self.version, self.flags = isa, version, list(flags or [])
         self.source_dir = Path(source_dir) if source_dir else None
         self.engine_commit, self.binary = engine_commit, binary

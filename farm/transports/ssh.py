@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+from pydantic import Field
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from farm.errors import InfraError, JobError
+from farm.registry import PluginOptions
 from farm.transports.base import CommandResult, DeviceInfo, LineCallback, Transport
 from farm.transports.streams import Lines, StdoutFilter, device_survived, kill_script, killed_by_signal, with_pid
 
@@ -66,10 +68,21 @@ class SshTransport(Transport):
 
     kind = "ssh"
 
+    class Options(PluginOptions):
+        host: str = Field(min_length=1)
+        port: int = Field(default=22, ge=1, le=65535)
+        user: str | None = None
+        key_file: str | None = None
+        known_hosts: str | None = None
+        insecure_accept_any_host_key: bool = False
+        jump: SshTransport.Options | None = None
+        keepalive_s: float = Field(default=15, ge=0)
+        connect_timeout: float = Field(default=10, gt=0)
+
     def __init__(self, host: str, port: int = 22, user: str | None = None, key_file: str | None = None,
                  known_hosts: str | None = None, insecure_accept_any_host_key: bool = False,
                  jump: dict[str, Any] | None = None, keepalive_s: float = 15,
-                 connect_timeout: float = 10, **_: object) -> None:
+                 connect_timeout: float = 10) -> None:
         self.host, self.port = host, int(port)
         self.user = user or os.environ.get("USER") or "root"
         self.key_file = os.path.expanduser(key_file) if key_file else None
