@@ -32,11 +32,12 @@ class PluginOptions(BaseModel):
 class Registry(Generic[T]):
     """Name → plug-in class, from ``builtins`` ("module:attr" strings) and the entry-point group."""
 
-    def __init__(self, kind: str, group: str, builtins: dict[str, str]) -> None:
+    def __init__(self, kind: str, group: str, builtins: dict[str, str], extras: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.group = group
         self._targets = dict(builtins)
         self._loaded: dict[str, Any] = {}
+        self._extras = dict(extras or {})  # plug-in name -> what to pip install when its dependency is missing
 
     def names(self) -> list[str]:
         names = set(self._targets)
@@ -61,7 +62,14 @@ class Registry(Generic[T]):
                     return self._loaded[name]
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         module, _, attr = target.partition(":")
-        self._loaded[name] = getattr(importlib.import_module(module), attr)
+        try:
+            self._loaded[name] = getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+                raise  # the plug-in's own module is missing: a broken install, not a missing extra
+            hint = self._extras.get(name, exc.name or "")
+            raise ConfigError(f"{self.kind} {name!r} needs the Python package {exc.name!r}, which is not "
+                              f"installed: pip install '{hint}'") from None
         return self._loaded[name]
 
     def options(self, name: str, given: dict[str, Any] | None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from farm.cli._common import console, db_option, devices_option, failures_table, open_store, results_table
+from farm.cli._common import console, db_option, devices_option, failures_table, open_store, results_table, styled
 from farm.errors import ConfigError
 
 
@@ -70,8 +70,9 @@ def submit_cmd(sweep_path: str, db_url: str | None, devices_path: str | None, ex
     for name in sorted({j.device for j in plan.jobs}):
         entry = next(d for d in inventory.devices if d.name == name)
         store.upsert_device(name, entry.profile, entry.transport.kind)
-    console.print(f"run [bold]{run_id}[/]: {len(plan.jobs)} jobs on {len({j.device for j in plan.jobs})} "
-                  f"device(s), {len(plan.dropped)} dropped, estimated {plan.est_s:.0f} s")
+    console.print(styled("run [bold]{run}[/]: {rest}", run=run_id, rest=(
+        f"{len(plan.jobs)} jobs on {len({j.device for j in plan.jobs})} device(s), {len(plan.dropped)} dropped, "
+        f"estimated {plan.est_s:.0f} s")))
     wait = executor.blocking if wait is None else wait
     if not executor.blocking:
         executor.submit(run_id, plan.jobs)
@@ -94,8 +95,10 @@ def submit_cmd(sweep_path: str, db_url: str | None, devices_path: str | None, ex
 
 def _run_with_progress(executor, run_id: str, plan) -> None:  # type: ignore[no-untyped-def]
     total_est = sum(j.est_s for j in plan.jobs) or 1.0
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+    # markup=False: the status column shows device and model names (untrusted text)
+    with Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(),
+                  TextColumn("ETA {task.fields[eta]}"),
                   console=console, transient=False) as progress:
         task = progress.add_task("jobs", total=len(plan.jobs), status="", eta="?")
         t0 = time.monotonic()
