@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from farm.errors import ConfigError
 from farm.yamlio import Locator, load_yaml, loads_yaml, validate
@@ -90,6 +90,11 @@ class Sweep(_Strict):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     priority: int = Field(default=0, description="higher runs first (CI regression jobs before surveys)")
+    _locator: Locator | None = PrivateAttr(default=None)
+
+    def where(self, loc: list[Any]) -> str:
+        """file:line of a field of the file this sweep was read from (for errors found after loading)."""
+        return self._locator.where(loc) if self._locator is not None else "sweep"
 
     @field_validator("models", mode="before")
     @classmethod
@@ -177,6 +182,7 @@ def _finish(data: Any, loc: Locator) -> Sweep:
         raise ConfigError(f"{loc.where(['version'])}: version {data['version']!r} is not supported "
                           f"(this farm reads version {SPEC_VERSION})")
     sweep = validate(Sweep, data, loc)
+    sweep._locator = loc
     _check_unique(sweep, loc)
     _check_registries(sweep, loc)
     return sweep
