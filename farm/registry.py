@@ -86,8 +86,7 @@ class Registry(Generic[T]):
             from farm.yamlio import describe
 
             loc, text = describe(exc)
-            err = exc.errors()[0]
-            if err["type"] == "extra_forbidden" and len(loc) == 1:
+            if any(e["type"] == "extra_forbidden" for e in exc.errors()) and len(loc) == 1:
                 known = ", ".join(model.model_fields) or "none"
                 text = f"unknown option {loc[0]!r}; known: {known}"
             place = f"{where(loc)}: " if where else ""

@@ -33,7 +33,7 @@ class ModelSpec(_Strict):
 
     card: str | None = None
     file: str | None = None
-    sha256: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")  # quote it if it is all digits
     vary: dict[str, list[int]] = Field(default_factory=dict)
     seed: int = 0
 
@@ -152,6 +152,7 @@ def _check_registries(sweep: Sweep, loc: Locator) -> None:
     for i, b in enumerate(sweep.backends):
         if b.name not in known:
             raise ConfigError(f"{loc.where(['backends', i])}: backend {b.name!r} is not one of {', '.join(known)}")
+        BACKENDS.options(b.name, b.options, lambda at, i=i: loc.where(["backends", i, "options", *at]))
     for i, m in enumerate(sweep.models):
         if m.card is not None:
             from farm.zoo.cards import load_card

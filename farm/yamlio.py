@@ -177,7 +177,9 @@ def _loc_text(loc: Sequence[Any]) -> str:
 
 def describe(exc: ValidationError) -> tuple[list[Any], str]:
     """The first error of a pydantic ValidationError as (location, "field: message")."""
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # A typo gives "unknown key 'serail'" and "missing key 'serial'": the unknown key is the one to fix.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     # Drop pydantic's union/tagged-union markers from the location, keep the user's keys.
     loc = [p for p in err["loc"] if isinstance(p, int) or not str(p).startswith(("function-", "tagged-"))]
     field = _loc_text(loc)
