@@ -24,7 +24,7 @@ GIB = 1024**3
 
 class _Strict(BaseModel):
     # strict: `count: "8"` or `tags: [1]` is a mistake, not 8 and "1".
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class PowerConfig(_Strict):

@@ -26,7 +26,7 @@ class PluginOptions(BaseModel):
     (``insecure_accept_any_host_key: "false"``) is an error, never ignored or read as truthy.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Registry(Generic[T]):

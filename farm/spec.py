@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -20,12 +20,14 @@ from farm.zoo.arch import QUANTS
 
 SPEC_VERSION = 1
 ARCH_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "head_dim")
+MAX_TOKENS = 1 << 20  # the engines take C ints; no SLM context is longer
 CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads")
 
 
 class _Strict(BaseModel):
     # strict: `threads: [true]` or `repetitions: "5"` is a mistake, not 1 and 5.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # allow_inf_nan=False: `cooldown_s: .inf` would wait forever.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -76,9 +78,9 @@ class Sweep(_Strict):
     quants: list[Literal["f32", "f16", "q8_0", "q4_0"]] = Field(min_length=1)
     backends: list[BackendSpec] = Field(default_factory=lambda: [BackendSpec(name="reference")], min_length=1)
     devices: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
-    prompt_tokens: list[int] = Field(min_length=1)
-    gen_tokens: list[int] = Field(min_length=1)
-    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    prompt_tokens: list[Annotated[int, Field(le=MAX_TOKENS)]] = Field(min_length=1)
+    gen_tokens: list[Annotated[int, Field(le=MAX_TOKENS)]] = Field(min_length=1)
+    threads: list[Annotated[int, Field(le=1024)]] = Field(default_factory=lambda: [1], min_length=1)
     repetitions: int = Field(default=5, ge=1, le=1000)
     warmup: int = Field(default=1, ge=0, le=100)
     cooldown_s: float = Field(default=0.0, ge=0)

@@ -144,6 +144,27 @@ def _check_duplicate_keys(root: yaml.Node | None, name: str) -> None:
             todo += node.value
 
 
+def _bad_scalar_line(text: str) -> int:
+    """The line of the first scalar PyYAML resolves but cannot construct (2024-13-45 as a timestamp)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        todo = [loader.get_single_node()]
+        while todo:
+            node = todo.pop(0)
+            if isinstance(node, yaml.ScalarNode):
+                try:
+                    loader.construct_object(node)
+                except (ValueError, OverflowError):
+                    return node.start_mark.line + 1
+            elif isinstance(node, yaml.MappingNode):
+                todo += [x for kv in node.value for x in kv]
+            elif isinstance(node, yaml.SequenceNode):
+                todo += node.value
+    finally:
+        loader.dispose()
+    return 1
+
+
 def loads_yaml(text: str, name: str = "<string>") -> tuple[Any, Locator]:
     try:
         _check_events(text, name)
@@ -161,7 +182,7 @@ def loads_yaml(text: str, name: str = "<string>") -> tuple[Any, Locator]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: invalid YAML: {exc}") from exc
     except (ValueError, OverflowError) as exc:  # e.g. a timestamp PyYAML resolves but cannot build
-        raise ConfigError(f"{name}: invalid YAML value: {exc}") from exc
+        raise ConfigError(f"{name}:{_bad_scalar_line(text)}: invalid YAML value: {exc}") from None
     return data, Locator(name, root)
 
 

@@ -127,6 +127,10 @@ SWEEP_VALUES = [
     ("pp-twice", "prompt_tokens: [8, 8]", "prompt_tokens[1]: 8 is listed twice"),
     ("device-twice", "devices: [local, local]", ":7: devices[1]: 'local' is listed twice"),
     ("backend-twice", "backends: [reference, {name: reference}]", ":7: backends[1]: 'reference' is listed twice"),
+    ("tokens-huge", "prompt_tokens: [99999999999999999999]", ":6: prompt_tokens[0]: 99999999999999999999: Input "
+                                                             "should be less than or equal to 1048576"),
+    ("cooldown-inf", "cooldown_s: .inf", ":7: cooldown_s: Input should be a finite number"),  # slept forever
+    ("bad-date", "description: 2024-13-45", ":7: invalid YAML value: month must be in 1..12"),
 ]
 
 
@@ -346,3 +350,16 @@ def test_markup_in_names_prints_literally_and_a_run_id_prefix_is_literal(tmp_pat
     for wildcard in ("%", "_", run_id[:4] + "%", "________"):
         one_line_error(farm("status", wildcard, "--db", db), f"no run {wildcard!r}")
     assert farm("status", run_id[:10], "--db", db).returncode == 0
+
+
+def test_dashboard_that_cannot_listen_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        one_line_error(farm("dashboard", "--port", str(port), "--db", f"sqlite:///{tmp_path / 'f.db'}"),
+                       f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    one_line_error(farm("dashboard", "--host", "192.0.2.1", "--port", "0", "--db", f"sqlite:///{tmp_path / 'f.db'}"),
+                   "cannot listen on 192.0.2.1:0: Cannot assign requested address")  # TEST-NET-1: never local

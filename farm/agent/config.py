@@ -25,7 +25,8 @@ CONFIG_ENV = "FARM_AGENT_CONFIG"  # Ray workers find their agent's config throug
 class AgentConfig(BaseModel):
     """An agent.yaml."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: `heartbeat_s: "5"` or `lease_s: .inf` is a mistake, not a value
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     name: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.@-]+$")
     executor: Literal["celery", "ray"] = "celery"
