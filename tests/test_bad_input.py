@@ -317,13 +317,17 @@ def test_planning_errors_name_the_sweep_line(tmp_path: Path) -> None:
         nothing_stored(db)
 
 
-def test_a_sha256_mismatch_names_the_sha256_line(tmp_path: Path) -> None:
+def test_a_sha256_mismatch_or_a_truncated_gguf_names_the_line(tmp_path: Path) -> None:
     from farm.zoo.files import resolve_model
 
     model = resolve_model("farm-tiny", "q4_0")
     sweep = write(tmp_path / "s.yaml", SWEEP.replace("models: [farm-tiny]", f"models:\n  - file: {model.path}\n"
                                                                               f"    sha256: {'a' * 64}"))
     one_line_error(farm("plan", str(sweep)), f"{sweep}:5: models[0].sha256:", "sha256 mismatch")
+    # a real GGUF cut short (a copy interrupted mid-way): gguf's reader fails with an IndexError inside numpy
+    cut = write(tmp_path / "cut.gguf", Path(model.path).read_bytes()[:5000])
+    sweep = write(tmp_path / "s.yaml", SWEEP.replace("models: [farm-tiny]", f"models:\n  - file: {cut}"))
+    one_line_error(farm("plan", str(sweep)), f"{sweep}:4: models[0].file: {cut}: not a readable GGUF file")
 
 
 # -- 7. untrusted text on the terminal, and run-id prefixes ---------------------------------------------
