@@ -220,6 +220,10 @@ PLUGIN_OPTIONS = [
     ("flags-at", REF + "{flags: ['@/tmp/args']}\n", "flag '@/tmp/args' is not"),
     ("flags-specs", REF + "{flags: [-specs=/tmp/x]}\n", "'-specs=/tmp/x' is not"),
     ("flags-plugin", REF + "{flags: [-fplugin=/tmp/x.so]}\n", "'-fplugin=/tmp/x.so'"),
+    ("cmake-launcher", "backends:\n  - name: llamacpp\n    options: {flags: [-DCMAKE_C_COMPILER_LAUNCHER=/bin/sh]}\n",
+     ":10: backend 'llamacpp': flags: cmake flag '-DCMAKE_C_COMPILER_LAUNCHER=/bin/sh' is not allowed"),
+    ("cmake-script", "backends:\n  - name: llamacpp\n    options: {flags: [-C, /tmp/x.cmake]}\n", "cmake flag '-C'"),
+    ("llamacpp-isa", "backends:\n  - name: llamacpp\n    options: {isa: avx9}\n", "isa: 'avx9' is not one of"),
     ("lockstep-typo", REF + "{lockstep_with: {flag: []}}\n",
      "backend 'reference': lockstep_with.flag: unknown key 'flag'"),
 ]
