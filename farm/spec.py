@@ -133,6 +133,11 @@ class Sweep(_Strict):
             bad = set(rule) - set(CELL_KEYS)
             if bad:
                 raise ValueError(f"rule key {sorted(bad)[0]!r} is not one of {', '.join(CELL_KEYS)}")
+            for key, want in rule.items():  # strict, as the axes: `threads: true` must not match 1
+                kind = int if key in ("prompt_tokens", "gen_tokens", "threads") else str
+                for value in want if isinstance(want, list) else [want]:
+                    if type(value) is not kind:
+                        raise ValueError(f"rule {key}: {value!r} is not {'an integer' if kind is int else 'a string'}")
         return rules
 
     @model_validator(mode="after")

@@ -127,6 +127,8 @@ SWEEP_VALUES = [
     ("pp-twice", "prompt_tokens: [8, 8]", "prompt_tokens[1]: 8 is listed twice"),
     ("device-twice", "devices: [local, local]", ":7: devices[1]: 'local' is listed twice"),
     ("backend-twice", "backends: [reference, {name: reference}]", ":7: backends[1]: 'reference' is listed twice"),
+    ("rule-bool", "exclude: [{threads: true}]", ":7: exclude: rule threads: True is not an integer"),
+    ("rule-int", "include: [{quant: 4}]", ":7: include: rule quant: 4 is not a string"),
     ("tokens-huge", "prompt_tokens: [99999999999999999999]", ":6: prompt_tokens[0]: 99999999999999999999: Input "
                                                              "should be less than or equal to 1048576"),
     ("cooldown-inf", "cooldown_s: .inf", ":7: cooldown_s: Input should be a finite number"),  # slept forever
