@@ -24,7 +24,8 @@ GIB = 1024**3
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `count: "8"` or `tags: [1]` is a mistake, not 8 and "1".
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class PowerConfig(_Strict):
@@ -85,9 +86,10 @@ class DeviceProfile(_Strict):
 
 
 class TransportConfig(BaseModel):
-    """How to reach a device: `kind` selects the transport, the rest are its options."""
+    """How to reach a device: `kind` selects the transport, the rest are its options (checked against
+    the transport's ``Options`` model when the inventory is loaded: :func:`check_inventory`)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     kind: str = "local"
 
     def options(self) -> dict[str, Any]:
@@ -129,9 +131,23 @@ def load_profile(name: str, extra_dirs: list[str] | None = None) -> DeviceProfil
     for path in candidates:
         if path.is_file():
             data, loc = load_yaml(path)
-            return validate(DeviceProfile, data, loc)
+            profile = validate(DeviceProfile, data, loc)
+            _check_power(profile, loc)
+            return profile
     known = sorted({p.stem for d in profile_dirs(extra_dirs) if d.is_dir() for p in d.glob("*.yaml")})
     raise ConfigError(f"unknown device profile {name!r}; known: {', '.join([*known, 'host-auto'])}")
+
+
+def _check_power(profile: DeviceProfile, loc: Locator) -> None:
+    """The power source exists and its options are its own (file:line of the profile)."""
+    from farm.power import POWER_SOURCES
+
+    known = POWER_SOURCES.names()
+    if profile.power.source not in known:
+        raise ConfigError(f"{loc.where(['power', 'source'])}: power.source: {profile.power.source!r} is not one of "
+                          f"{', '.join(known)}")
+    POWER_SOURCES.options(profile.power.source, profile.power.options,
+                          lambda at: loc.where(["power", "options", *at]))
 
 
 def host_profile() -> DeviceProfile:
@@ -161,17 +177,16 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
     inv = Inventory()
     if path:
         data, loc = load_yaml(path)
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{path}:1: an inventory is a mapping with keys devices, profile_dirs")
         inv = validate(Inventory, data, loc)
         # Profile dirs are relative to the inventory file, so the file works from any cwd.
         base = Path(path).resolve().parent
         inv.profile_dirs = [str(base / d) for d in inv.profile_dirs]
+        check_inventory(inv, loc)
     embedded = 0 if any(d.name == "local" for d in inv.devices) else 1
     if embedded:
         inv.devices.insert(0, DeviceEntry(name="local", profile="host-auto", tags=["host"]))
-    names = [d.name for d in inv.devices]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        raise ConfigError(f"{path}: device names must be unique: {', '.join(sorted(dupes))}")
     _one_workdir_each(inv, loc if path else None, embedded)
     return inv
 
@@ -199,6 +214,33 @@ def _one_workdir_each(inv: Inventory, loc: Locator | None, embedded: int) -> Non
             where = f"{loc.where(['devices', i - embedded])}: " if loc else ""
             raise ConfigError(f"{where}devices[{i - embedded}] {entry.name!r} uses workdir {workdir} on the "
                               f"same {entry.transport.kind} device as {first.name!r}: give each entry its own workdir")
+
+
+def check_inventory(inv: Inventory, loc: Locator, at: tuple[Any, ...] = ()) -> None:
+    """Everything about every device, at load time and with file:line: unique names, a known profile
+    (which itself loads cleanly), a known transport kind and options that transport takes."""
+    from farm.transports import TRANSPORTS
+
+    kinds = TRANSPORTS.names()
+    first: dict[str, int] = {}
+    for i, dev in enumerate(inv.devices):
+        here = [*at, "devices", i]
+        if dev.name in first:
+            raise ConfigError(f"{loc.where([*here, 'name'])}: device name {dev.name!r} is used twice "
+                              f"(first at devices[{first[dev.name]}])")
+        first[dev.name] = i
+        try:
+            load_profile(dev.profile, inv.profile_dirs)
+        except ConfigError as exc:
+            text = str(exc)
+            # a missing profile is this file's mistake; a broken profile file names its own file:line
+            raise ConfigError(f"{loc.where([*here, 'profile'])}: {text}" if text.startswith("unknown device profile")
+                              else text) from None
+        if dev.transport.kind not in kinds:
+            raise ConfigError(f"{loc.where([*here, 'transport', 'kind'])}: transport.kind: {dev.transport.kind!r} "
+                              f"is not one of {', '.join(kinds)}")
+        TRANSPORTS.options(dev.transport.kind, dev.transport.options(),
+                           lambda sub, here=here: loc.where([*here, "transport", *sub]))
 
 
 def select_devices(inventory: Inventory, selectors: list[str]) -> list[DeviceEntry]:

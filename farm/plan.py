@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farm.devices import DeviceEntry, DeviceProfile, Inventory, load_profile, select_devices
+from farm.errors import ConfigError
 from farm.jobs import Job, ModelRef, job_id_for
 from farm.spec import Sweep
 from farm.zoo.arch import BYTES_PER_WEIGHT, Architecture
@@ -58,18 +59,25 @@ def _models(sweep: Sweep) -> list[_Model]:
     from farm.zoo.cards import load_card
 
     out: list[_Model] = []
-    for spec in sweep.models:
+    for i, spec in enumerate(sweep.models):
         if spec.file is not None:
             from farm.zoo.files import resolve_model
 
-            mf = resolve_model(f"file:{spec.file}", None, sha256=spec.sha256)
+            try:
+                mf = resolve_model(f"file:{spec.file}", None, sha256=spec.sha256)
+            except ConfigError as exc:  # not a GGUF, sha256 mismatch: name the sweep's line
+                field = "sha256" if "sha256" in str(exc) and spec.sha256 else "file"
+                raise ConfigError(f"{sweep.where(['models', i, field])}: models[{i}].{field}: {exc}") from None
             out.append(_Model(ModelRef(file=str(mf.path), sha256=mf.sha256), mf.architecture, mf.size, mf.quant))
             continue
         card = load_card(str(spec.card))
         keys = sorted(spec.vary)
         for values in itertools.product(*(spec.vary[k] for k in keys)):
             overrides = dict(zip(keys, values, strict=True))
-            variant = card.with_overrides(**overrides) if overrides else card
+            try:
+                variant = card.with_overrides(**overrides) if overrides else card
+            except ConfigError as exc:  # e.g. d_model not divisible by n_heads
+                raise ConfigError(f"{sweep.where(['models', i, 'vary'])}: models[{i}].vary: {exc}") from None
             out.append(_Model(ModelRef(card=card.name, overrides=overrides, seed=spec.seed), variant.architecture))
     return out
 
@@ -126,7 +134,13 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
     `unavailable` maps quarantined device names to the reason; their cells are dropped, listed.
     """
     unavailable = unavailable or {}
-    devices: list[DeviceEntry] = select_devices(inventory, sweep.devices)
+    devices: list[DeviceEntry] = []
+    for i, selector in enumerate(sweep.devices):
+        try:
+            found = select_devices(inventory, [selector])
+        except ConfigError as exc:
+            raise ConfigError(f"{sweep.where(['devices', i])}: devices[{i}]: {exc}") from None
+        devices += [d for d in found if d not in devices]
     profiles = {d.profile: load_profile(d.profile, inventory.profile_dirs) for d in devices}
     models = _models(sweep)
     jobs: list[Job] = []

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from farm.errors import ConfigError
 from farm.yamlio import Locator, load_yaml, loads_yaml, validate
@@ -20,11 +20,14 @@ from farm.zoo.arch import QUANTS
 
 SPEC_VERSION = 1
 ARCH_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "head_dim")
+MAX_TOKENS = 1 << 20  # the engines take C ints; no SLM context is longer
 CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads", "depth")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `threads: [true]` or `repetitions: "5"` is a mistake, not 1 and 5.
+    # allow_inf_nan=False: `cooldown_s: .inf` would wait forever.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -32,7 +35,7 @@ class ModelSpec(_Strict):
 
     card: str | None = None
     file: str | None = None
-    sha256: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")  # quote it if it is all digits
     vary: dict[str, list[int]] = Field(default_factory=dict)
     seed: int = 0
 
@@ -75,11 +78,12 @@ class Sweep(_Strict):
     quants: list[Literal["f32", "f16", "q8_0", "q4_0"]] = Field(min_length=1)
     backends: list[BackendSpec] = Field(default_factory=lambda: [BackendSpec(name="reference")], min_length=1)
     devices: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
-    prompt_tokens: list[int] = Field(min_length=1)
-    gen_tokens: list[int] = Field(min_length=1)
-    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    depth: list[int] = Field(default_factory=lambda: [0], min_length=1,
-                             description="tokens already in the KV cache before the timed phases (llama-bench -d)")
+    prompt_tokens: list[Annotated[int, Field(le=MAX_TOKENS)]] = Field(min_length=1)
+    gen_tokens: list[Annotated[int, Field(le=MAX_TOKENS)]] = Field(min_length=1)
+    threads: list[Annotated[int, Field(le=1024)]] = Field(default_factory=lambda: [1], min_length=1)
+    depth: list[Annotated[int, Field(ge=0, le=MAX_TOKENS)]] = Field(
+        default_factory=lambda: [0], min_length=1,
+        description="tokens already in the KV cache before the timed phases (llama-bench -d)")
     repetitions: int = Field(default=5, ge=1, le=1000)
     warmup: int = Field(default=1, ge=0, le=100)
     cooldown_s: float = Field(default=0.0, ge=0)
@@ -91,6 +95,11 @@ class Sweep(_Strict):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     priority: int = Field(default=0, description="higher runs first (CI regression jobs before surveys)")
+    _locator: Locator | None = PrivateAttr(default=None)
+
+    def where(self, loc: list[Any]) -> str:
+        """file:line of a field of the file this sweep was read from (for errors found after loading)."""
+        return self._locator.where(loc) if self._locator is not None else "sweep"
 
     @field_validator("models", mode="before")
     @classmethod
@@ -127,6 +136,11 @@ class Sweep(_Strict):
             bad = set(rule) - set(CELL_KEYS)
             if bad:
                 raise ValueError(f"rule key {sorted(bad)[0]!r} is not one of {', '.join(CELL_KEYS)}")
+            for key, want in rule.items():  # strict, as the axes: `threads: true` must not match 1
+                kind = int if key in ("prompt_tokens", "gen_tokens", "threads", "depth") else str
+                for value in want if isinstance(want, list) else [want]:
+                    if type(value) is not kind:
+                        raise ValueError(f"rule {key}: {value!r} is not {'an integer' if kind is int else 'a string'}")
         return rules
 
     @model_validator(mode="after")
@@ -148,17 +162,9 @@ def _check_registries(sweep: Sweep, loc: Locator) -> None:
     for i, b in enumerate(sweep.backends):
         if b.name not in known:
             raise ConfigError(f"{loc.where(['backends', i])}: backend {b.name!r} is not one of {', '.join(known)}")
-        options_model = getattr(BACKENDS.get(b.name), "Options", None)
-        if options_model is not None:  # the files an option names are checked on the agent host that uses them
-            try:
-                options_model.model_validate(b.options, context={"shape_only": True})
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                key = [str(x) for x in err["loc"]]
-                msg = f"unknown key {key[-1]!r}" if err["type"] == "extra_forbidden" else err["msg"]
-                raise ConfigError(f"{loc.where(['backends', i, 'options', *key[:1]])}: {b.name} options"
-                                  f"{': ' + '.'.join(key) if key and err['type'] != 'extra_forbidden' else ''}: "
-                                  f"{msg}") from None
+        # the files an option names are checked on the agent host that uses them (shape only here)
+        BACKENDS.options(b.name, b.options, lambda at, i=i: loc.where(["backends", i, "options", *at]),
+                         context={"shape_only": True})
     for i, m in enumerate(sweep.models):
         if m.card is not None:
             from farm.zoo.cards import load_card
@@ -189,8 +195,24 @@ def _finish(data: Any, loc: Locator) -> Sweep:
         raise ConfigError(f"{loc.where(['version'])}: version {data['version']!r} is not supported "
                           f"(this farm reads version {SPEC_VERSION})")
     sweep = validate(Sweep, data, loc)
+    sweep._locator = loc
+    _check_unique(sweep, loc)
     _check_registries(sweep, loc)
     return sweep
+
+
+def _check_unique(sweep: Sweep, loc: Locator) -> None:
+    """The same model, quant, backend, device or count twice would make the same cell twice."""
+    for field in ("models", "quants", "backends", "devices", "prompt_tokens", "gen_tokens", "threads", "depth"):
+        seen: list[Any] = []
+        for i, item in enumerate(getattr(sweep, field)):
+            key = item.model_dump(mode="json") if isinstance(item, BaseModel) else item
+            if key in seen:
+                shown = item if not isinstance(item, BaseModel) else (
+                    getattr(item, "card", None) or getattr(item, "file", None) or getattr(item, "name", ""))
+                raise ConfigError(f"{loc.where([field, i])}: {field}[{i}]: {shown!r} is listed twice "
+                                  f"(first as {field}[{seen.index(key)}])")
+            seen.append(key)
 
 
 def json_schema() -> dict[str, Any]:

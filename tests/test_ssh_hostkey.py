@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,16 @@ def test_jump_host_reaches_the_board(board):
     t = SshTransport(**opts, jump=dict(opts))
     assert t.run(["echo", "via jump"]).stdout == "via jump\n"
     t.close()
+
+
+@pytest.mark.parametrize("also_known", [False, True])
+def test_revoked_host_key_is_refused_in_one_line(board, tmp_path, also_known):
+    """OpenSSH's `@revoked` marker (paramiko cannot parse it): the board's own key, revoked, is refused by name,
+    even when the same key is also listed as known."""
+    line = next(ln for ln in Path(board["known_hosts"]).read_text().splitlines() if ln.strip())
+    known = tmp_path / "known_hosts"
+    known.write_text(f"@revoked {line}\n" + (f"{line}\n" if also_known else ""))
+    opts = {k: v for k, v in board.items() if k != "kind"} | {"known_hosts": str(known)}
+    with pytest.raises(InfraError) as err:
+        SshTransport(**opts)
+    assert "REVOKED" in str(err.value) and f"{known}:1" in str(err.value) and "\n" not in str(err.value)

@@ -117,3 +117,30 @@ def test_farm_dashboard_command_serves_on_loopback(seeded_sqlite: Seeded) -> Non
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("query", ["/api/panel/throughput?from=0001-01-01", "/api/panel/throughput?to=99999-01-01",
+                                   "/api/options?from=0001-01-01", "/api/options?to=yesterday",
+                                   "/api/panel/memory?from=2024-13-45"])
+def test_a_malformed_time_range_is_400_not_500(site: str, query: str) -> None:
+    status, body = get(site + query)
+    assert status == 400 and "error" in body, (status, body)
+
+
+@pytest.mark.parametrize(("host", "status"), [("evil.example:{port}", 403), ("127.0.0.1:1", 403),
+                                              ("evil.example", 403), (None, 403),
+                                              ("127.0.0.1:{port}", 200), ("localhost:{port}", 200)])
+def test_a_foreign_host_header_is_refused(site: str, host: str | None, status: int) -> None:
+    """DNS rebinding: a page at evil.example rebound to 127.0.0.1 still sends its own name as Host."""
+    import http.client
+
+    port = int(site.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("GET", "/api/panels", skip_host=True)
+    if host is not None:
+        conn.putheader("Host", host.format(port=port))
+    conn.endheaders()
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == status

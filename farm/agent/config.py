@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from farm.devices import Inventory, load_inventory
+from farm.devices import Inventory, check_inventory, load_inventory
 from farm.errors import ConfigError
 from farm.paths import data_dir
 from farm.yamlio import load_yaml, validate
@@ -25,7 +25,8 @@ CONFIG_ENV = "FARM_AGENT_CONFIG"  # Ray workers find their agent's config throug
 class AgentConfig(BaseModel):
     """An agent.yaml."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: `heartbeat_s: "5"` or `lease_s: .inf` is a mistake, not a value
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     name: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9_.@-]+$")
     executor: Literal["celery", "ray"] = "celery"
@@ -83,4 +84,7 @@ def load_agent_config(path: str | Path | None = None) -> AgentConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: an agent config is a mapping (name, executor, devices, ...)")
     cfg = validate(AgentConfig, data, loc)
-    return cfg.model_copy(update={"source": str(Path(path).resolve())})
+    cfg = cfg.model_copy(update={"source": str(Path(path).resolve())})
+    if isinstance(cfg.devices, Inventory):  # an inline inventory is checked like a devices.yaml
+        check_inventory(cfg.inventory(), loc)
+    return cfg

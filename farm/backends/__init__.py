@@ -18,7 +18,7 @@ BACKENDS: Registry[type[Backend]] = Registry("backend", "farm.backends", {
 
 
 def get_backend(name: str, **options: object) -> Backend:
-    return BACKENDS.get(name)(**options)
+    return BACKENDS.create(name, **options)
 
 
 __all__ = ["BACKENDS", "Artifact", "Backend", "BackendOutput", "Prepared", "get_backend"]

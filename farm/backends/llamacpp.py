@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import field_validator
+
 from farm.backends.base import Artifact, Backend, BackendOutput, Measured, Prepared, resolve_model_file
 from farm.devices import DeviceProfile
 from farm.errors import JobError
 from farm.jobs import Job, Repetition, test_name
+from farm.registry import PluginOptions
 from farm.transports.base import CommandResult
 
 # Keys of llama-bench's JSON record (README @5a32f10); anything else is kept as `extra`.
@@ -227,9 +230,34 @@ class LlamaCppBackend(Backend):
 
     name = "llamacpp"
 
+    class Options(PluginOptions):
+        isa: str | None = None
+        version: str | None = None
+        source_dir: str | None = None
+        engine_commit: str | None = None
+        flags: list[str] | None = None  # extra cmake flags, from an allowlist (llamacpp_build.check_cmake_flags)
+        binary: str | None = None  # runs on the device as given: user code by design (README)
+
+        @field_validator("flags")
+        @classmethod
+        def _allowed(cls, flags: list[str] | None) -> list[str] | None:
+            from farm.backends.llamacpp_build import check_cmake_flags
+
+            check_cmake_flags(flags or [])
+            return flags
+
+        @field_validator("isa")
+        @classmethod
+        def _known_isa(cls, isa: str | None) -> str | None:
+            from farm.backends.llamacpp_build import ISA_FLAGS
+
+            if isa is not None and isa not in ISA_FLAGS:
+                raise ValueError(f"{isa!r} is not one of {', '.join(ISA_FLAGS)}")
+            return isa
+
     def __init__(self, isa: str | None = None, version: str | None = None, source_dir: str | None = None,
-                 engine_commit: str | None = None, flags: list[str] | None = None, binary: str | None = None,
-                 **_: Any) -> None:
+                 engine_commit: str | None = None, flags: list[str] | None = None,
+                 binary: str | None = None) -> None:
         self.isa, self.version, self.flags = isa, version, list(flags or [])
         self.source_dir = Path(source_dir) if source_dir else None
         self.engine_commit, self.binary = engine_commit, binary

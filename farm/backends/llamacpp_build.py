@@ -136,6 +136,21 @@ def _load(final: Path, isa: str, flags: list[str], source: str) -> LlamaBenchBui
                            info["source"])
 
 
+# Extra cmake flags a sweep or `farm regress --flag` may give: llama.cpp's and ggml's own switches and the
+# build type. Not CMAKE_C_COMPILER_LAUNCHER, CMAKE_*_FLAGS, -C script.cmake or toolchain files: each of
+# those runs or loads a program on the agent host.
+_CMAKE_FLAG = re.compile(r"-D(?:(?:GGML|LLAMA)_[A-Z0-9_]+(?::BOOL|:STRING)?=[A-Za-z0-9_.+,-]*"
+                         r"|CMAKE_BUILD_TYPE=(?:Release|Debug|RelWithDebInfo|MinSizeRel)|BUILD_SHARED_LIBS=(?:ON|OFF))")
+
+
+def check_cmake_flags(flags: list[str] | tuple[str, ...]) -> None:
+    """Raise ValueError naming the first cmake flag outside the allowlist above."""
+    for flag in flags:
+        if not _CMAKE_FLAG.fullmatch(flag):
+            raise ValueError(f"cmake flag {flag!r} is not allowed; use -DGGML_…=, -DLLAMA_…=, "
+                             f"-DCMAKE_BUILD_TYPE= or -DBUILD_SHARED_LIBS=")
+
+
 def _check_isa(isa: str) -> list[str]:
     if isa not in ISA_FLAGS:
         raise ConfigError(f"unknown llama.cpp ISA {isa!r}; choose one of {', '.join(ISA_FLAGS)}")
@@ -172,6 +187,10 @@ def from_tree(source_dir: Path, commit: str, isa: str | None = None,
               extra_flags: list[str] | tuple[str, ...] = ()) -> LlamaBenchBuild:
     """llama-bench built from a llama.cpp source tree at `commit`; cached by (commit, isa, flags)."""
     isa = isa or default_isa()
+    try:
+        check_cmake_flags(extra_flags)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     flags = [*_check_isa(isa), *extra_flags]
     src = Path(source_dir)
     has_bench = (src / "tools" / "llama-bench").is_dir() or (src / "examples" / "llama-bench").is_dir()

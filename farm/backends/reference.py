@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import field_validator
 
 from farm.backends.base import Artifact, Backend, BackendOutput, Prepared, resolve_model_file
 from farm.devices import DeviceProfile
 from farm.errors import JobError
 from farm.jobs import Job, Repetition
+from farm.registry import PluginOptions
 from farm.transports.base import CommandResult
 
 OOM_CODES = {137, -9}  # SIGKILL from the OOM killer (or a shell reporting 128+9)
@@ -30,9 +32,27 @@ class ReferenceBackend(Backend):
 
     name = "reference"
 
+    class Options(PluginOptions):
+        """`source_dir` is a checkout of engine sources that farm compiles and runs: user code, by design
+        (see farm/backends/README.md). `flags` are checked against an allowlist (farm.engine.build)."""
+
+        source_dir: str | None = None
+        engine_commit: str | None = None
+        flags: list[str] | None = None
+        lockstep_with: ReferenceBackend.Options | None = None
+        first: Literal["A", "B"] = "A"
+
+        @field_validator("flags")
+        @classmethod
+        def _allowed(cls, flags: list[str] | None) -> list[str] | None:
+            from farm.engine.build import check_flags
+
+            check_flags(flags or [])
+            return flags
+
     def __init__(self, source_dir: str | None = None, engine_commit: str | None = None,
                  flags: list[str] | None = None, lockstep_with: dict[str, Any] | None = None,
-                 first: str = "A", **_: Any) -> None:
+                 first: str = "A") -> None:
         self.source_dir = Path(source_dir) if source_dir else None
         # An archived checkout (farm regress) has no .git: its commit comes with the options.
         self.engine_commit = engine_commit

@@ -9,12 +9,13 @@ taxonomy is exercised by a real failing process.
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field
 
 from farm.backends.base import Backend, BackendOutput, Prepared
 from farm.devices import DeviceProfile
 from farm.errors import JobError
 from farm.jobs import Job, Repetition
+from farm.registry import PluginOptions
 from farm.transports.base import CommandResult
 
 _EXIT_HINTS = {137: "killed (SIGKILL: out of memory?)", 139: "crashed (SIGSEGV)", 134: "aborted (SIGABRT)"}
@@ -25,7 +26,11 @@ class SleepBackend(Backend):
 
     name = "sleep"
 
-    def __init__(self, seconds: float = 0.1, exit_code: int = 0, **_: Any) -> None:
+    class Options(PluginOptions):
+        seconds: float = Field(default=0.1, ge=0)
+        exit_code: int = Field(default=0, ge=0, le=255)
+
+    def __init__(self, seconds: float = 0.1, exit_code: int = 0) -> None:
         self.seconds = float(seconds)
         self.exit_code = int(exit_code)
 

@@ -8,10 +8,38 @@ from typing import Any
 import click
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 # Piped output (CI logs, `| less`) gets a wide fixed width instead of rich's 80 columns.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 180)
+# markup=False: device names, device-reported models, model names, errors are untrusted text; a device
+# calling itself `i3[/bold]` is printed as such (table cells included). farm's own styling goes
+# through `styled`, which escapes what it interpolates.
+console = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 180)
+
+
+def plain_console(**kwargs: Any) -> Console:
+    """Another console (stderr, fixed width) with the same rule: no markup in printed text."""
+    return Console(highlight=False, markup=False, **kwargs)
+
+
+def styled(template: str, **values: Any) -> Text:
+    """farm's own rich markup in `template`, with the untrusted `values` filled in literally.
+
+    ``styled("run [bold]{run}[/]: {status}", run=run_id, status=s)``; format specs work (``{name:<16}``).
+    """
+    return Text.from_markup(template.format(**{k: _Escaped(v) for k, v in values.items()}))
+
+
+class _Escaped(str):
+    """A value whose formatted text is markup-escaped (after padding, so widths count what is shown)."""
+
+    def __new__(cls, value: Any) -> _Escaped:
+        return super().__new__(cls, str(value))
+
+    def __format__(self, spec: str) -> str:
+        return escape(format(str(self), spec))
 
 db_option = click.option("--db", "db_url", envvar="FARM_DB_URL", default=None,
                          help="Store URL (sqlite:///path or postgresql://...). Default: $FARM_DB_URL or "
@@ -19,6 +47,20 @@ db_option = click.option("--db", "db_url", envvar="FARM_DB_URL", default=None,
 devices_option = click.option("--devices", "devices_path", envvar="FARM_DEVICES", default=None,
                               type=click.Path(dir_okay=False),
                               help="Inventory YAML of devices (default: $FARM_DEVICES, else just `local`).")
+
+
+def check_output_path(path: str) -> None:
+    """An output file's directory must exist and be writable, checked before any work is done."""
+    import os
+    from pathlib import Path
+
+    from farm.errors import ConfigError
+
+    parent = Path(path).expanduser().parent
+    if not parent.is_dir():
+        raise ConfigError(f"{path}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{path}: directory {str(parent)!r} is not writable")
 
 
 def open_store(db_url: str | None):  # -> farm.store.Store

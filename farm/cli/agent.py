@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from farm.cli._common import console, db_option
+from farm.cli._common import console, db_option, styled
 
 
 @click.group("agent")
@@ -31,7 +31,8 @@ def start_cmd(config_path: str, log_level: str) -> None:
     cfg = load_agent_config(config_path)
     os.environ[CONFIG_ENV] = cfg.source  # Ray workers on this node read it
     devices = ", ".join(d.name for d in cfg.inventory().devices)
-    console.print(f"agent [bold]{cfg.name}[/] ({cfg.executor}): {devices}")
+    console.print(styled("agent [bold]{name}[/] ({executor}): {devices}", name=cfg.name, executor=cfg.executor,
+                         devices=devices))
     Agent(cfg).run()
 
 

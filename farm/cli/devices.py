@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from farm.cli._common import console, db_option, devices_option, open_store
+from farm.cli._common import console, db_option, devices_option, open_store, styled
 
 
 def _health_all(devices_path: str | None, names: tuple[str, ...]):  # -> list[(entry, profile, Health)]
@@ -78,11 +78,13 @@ def check_cmd(ctx: click.Context, names: tuple[str, ...]) -> None:
                             fingerprint=health.info.get("fingerprint"), health=health.info)
         for c in health.checks:
             mark = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
-            console.print(f"{entry.name:<16} {c.name:<12} {mark}  {c.detail}")
+            console.print(styled("{name:<16} {check:<12} " + mark + "  {detail}", name=entry.name, check=c.name,
+                                 detail=c.detail))
         if not health.ok:
             failed += 1
             store.set_device_status(entry.name, "quarantined", health.reason)
-            console.print(f"{entry.name:<16} [bold red]quarantined[/]: {health.reason}")
+            console.print(styled("{name:<16} [bold red]quarantined[/]: {reason}", name=entry.name,
+                                 reason=health.reason))
     if failed:
         ctx.exit(1)
 

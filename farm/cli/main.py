@@ -13,7 +13,7 @@ from rich.console import Console
 from farm import __version__
 from farm.errors import FarmError
 
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, markup=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -21,7 +21,7 @@ from farm.cli._common import db_option, devices_option, open_store
 from farm.errors import ConfigError
 from farm.regress.schedule import INTERLEAVED
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, markup=False)  # model and device names print literally
 
 threshold_option = click.option("--threshold", default=0.03, show_default=True, type=click.FloatRange(0, 1),
                                 help="Smallest relative change that fails CI (0.03 = 3%); the MDE raises it.")

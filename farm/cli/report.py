@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from farm.cli._common import console, db_option, open_store
+from farm.cli._common import check_output_path, console, db_option, open_store
+from farm.errors import ConfigError
 
 
 @click.command("report")
@@ -18,7 +19,11 @@ def command(run_id: str, db_url: str | None, html_path: str) -> None:
     """Plots, tables and provenance of a run in one HTML file, e.g. to attach to a CI run."""
     from farm.report import render_report
 
+    check_output_path(html_path)
     store = open_store(db_url)
     html = render_report(store, run_id)
-    Path(html_path).write_text(html, encoding="utf-8")
+    try:
+        Path(html_path).write_text(html, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{html_path}: cannot write: {exc.strerror or exc}") from None
     console.print(f"wrote {html_path} ({len(html) / 1024:.0f} KiB)")

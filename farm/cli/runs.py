@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
 from rich.live import Live
 from rich.table import Table
 
-from farm.cli._common import console, db_option, failures_table, open_store, results_table
+from farm.cli._common import check_output_path, console, db_option, failures_table, open_store, results_table
 from farm.errors import ConfigError
 
 
@@ -86,6 +88,8 @@ def status_cmd(run_id: str, db_url: str | None, follow: bool) -> None:
 @click.option("--raw", is_flag=True, help="Every repetition instead of the per-job summary (csv/json).")
 def results_cmd(run_id: str, db_url: str | None, fmt: str, output: str | None, raw: bool) -> None:
     """Results of a run: a table, or every repetition as csv/json/parquet for notebooks."""
+    if output:
+        check_output_path(output)
     store = open_store(db_url)
     run = store.get_run(run_id)
     df = store.results_frame(run.id)
@@ -102,12 +106,13 @@ def results_cmd(run_id: str, db_url: str | None, fmt: str, output: str | None, r
     if fmt == "parquet":
         if not output:
             raise ConfigError("--format parquet needs -o FILE")
-        df.to_parquet(output, index=False)
+        with _writing(output):
+            df.to_parquet(output, index=False)
         console.print(f"wrote {len(df)} rows to {output}")
         return
     text = df.to_csv(index=False) if fmt == "csv" else df.to_json(orient="records", date_format="iso", indent=1)
     if output:
-        with open(output, "w") as f:
+        with _writing(output), open(output, "w") as f:
             f.write(text)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -125,3 +130,12 @@ def cancel_cmd(run_id: str, db_url: str | None) -> None:
 
 
 commands = [runs_cmd, status_cmd, results_cmd, cancel_cmd]
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """A file that cannot be written (disk full, permissions) is one line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None

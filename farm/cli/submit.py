@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from farm.cli._common import console, db_option, devices_option, failures_table, open_store, results_table
+from farm.cli._common import console, db_option, devices_option, failures_table, open_store, results_table, styled
 from farm.errors import ConfigError
 
 
@@ -78,8 +78,9 @@ def submit_cmd(ctx: click.Context, sweep_path: str, db_url: str | None, devices_
     for name in sorted({j.device for j in plan.jobs}):
         entry = next(d for d in inventory.devices if d.name == name)
         store.upsert_device(name, entry.profile, entry.transport.kind)
-    console.print(f"run {run_id}: {len(plan.jobs)} jobs on {len({j.device for j in plan.jobs})} "
-                  f"device(s), {len(plan.dropped)} dropped, estimated {plan.est_s:.0f} s")
+    console.print(styled("run [bold]{run}[/]: {rest}", run=run_id, rest=(
+        f"{len(plan.jobs)} jobs on {len({j.device for j in plan.jobs})} device(s), {len(plan.dropped)} dropped, "
+        f"estimated {plan.est_s:.0f} s")))
     wait = executor_cls.blocking if wait is None else wait
     if not executor_cls.blocking and not wait:
         run_jobs(store, inventory, run_id, executor_name, plan.jobs, wait=False)
@@ -135,7 +136,8 @@ def _report(store, name: str, outcome) -> int:  # type: ignore[no-untyped-def]
 def _with_progress(jobs, run):  # type: ignore[no-untyped-def]
     """Call run(progress) under a progress bar of `jobs`; returns what run returns."""
     total_est = sum(j.est_s for j in jobs) or 1.0
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    # markup=False: the status column shows device and model names (untrusted text)
+    with Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(),
                   TextColumn("ETA {task.fields[eta]}"), console=console, transient=False) as progress:
         task = progress.add_task("jobs", total=len(jobs), status="", eta="?")

@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from farm.cli._common import plain_console, styled
 from farm.errors import ConfigError
 
 command = click.Group("zoo", help="Architecture cards of real SLMs and their synthetic-weight GGUF files.")
@@ -15,7 +16,7 @@ command = click.Group("zoo", help="Architecture cards of real SLMs and their syn
 
 def _console() -> Console:
     # Wide enough that the table is not squeezed when output is captured (CliRunner, pipes).
-    return Console(width=200, highlight=False, soft_wrap=True)
+    return plain_console(width=200, soft_wrap=True)
 
 
 def _human(n: int) -> str:
@@ -55,11 +56,11 @@ def list_cmd() -> None:
         pub = card.params_published_count
         delta = f"{(n - pub) / pub * 100:+.1f}%" if pub else ""
         if not card.runnable:
-            status = f"[red]no[/]: {_short(card.unsupported or '')}"
+            status = styled("[red]no[/]: {why}", why=_short(card.unsupported or ""))
         elif card.approximation:
-            status = f"[yellow]approx.[/]: {_short(card.approximation)}"
+            status = styled("[yellow]approx.[/]: {why}", why=_short(card.approximation))
         else:
-            status = "[green]yes[/]"
+            status = styled("[green]yes[/]")
         table.add_row(
             card.name, card.params_published or "-", _human(n), delta, str(a.n_layers), str(a.d_model),
             f"{a.n_heads}/{a.n_kv_heads}", str(a.d_ff), str(a.vocab_size), status,
@@ -80,7 +81,7 @@ def show_cmd(card: str, as_json: bool) -> None:
         click.echo(json.dumps(c.model_dump(mode="json") | {"n_params": c.n_params()}, indent=2))
         return
     a, out = c.architecture, _console()
-    out.print(f"[bold]{c.name}[/]  {c.hf_id or ''}")
+    out.print(styled("[bold]{name}[/]  {hf}", name=c.name, hf=c.hf_id or ""))
     out.print(f"source: {c.source}")
     pub = c.params_published or "-"
     out.print(f"params: published {pub}, computed {_human(c.n_params())} ({c.n_params():,})")

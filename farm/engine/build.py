@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -50,6 +51,24 @@ TARGETS: dict[str, dict[str, object]] = {
         "ldflags": ["-lm"],
     },
 }
+
+
+# Extra compiler flags a user may give (backend option `flags`, `farm regress --flag`): optimisation,
+# target CPU, macros, -f code-generation and -m machine options. Nothing that names a program or a file
+# to run or read (-wrapper, -B, -specs=, @file, -fplugin=, -Wl,..., -o, -include): the flags come from a
+# sweep file, and a sweep must not be able to run a command on the agent host.
+_FLAG_VALUE = r"[A-Za-z0-9_.+,-]*"  # no '/', no spaces: a value is never a path
+_ALLOWED_FLAG = re.compile(rf"-O(?:[0-3sgz]|fast)?|-m(?:arch|cpu|tune)={_FLAG_VALUE}|-D[A-Za-z_]\w*(?:={_FLAG_VALUE})?"
+                           rf"|-U[A-Za-z_]\w*|-f(?!plugin)[a-z0-9][a-z0-9-]*(?:={_FLAG_VALUE})?"
+                           rf"|-m[a-z0-9][a-z0-9-]*(?:={_FLAG_VALUE})?")
+
+
+def check_flags(flags: list[str] | tuple[str, ...]) -> None:
+    """Raise ValueError naming the first flag outside the allowlist above."""
+    for flag in flags:
+        if not isinstance(flag, str) or not _ALLOWED_FLAG.fullmatch(flag):
+            raise ValueError(f"compiler flag {flag!r} is not allowed; use -O…, -march=/-mcpu=/-mtune=, -D…, "
+                             f"-f… (not -fplugin) or -m…")
 
 
 @dataclass(frozen=True)
@@ -137,6 +156,10 @@ def build(
         raise ConfigError(f"unknown engine target {target!r}; choose one of {', '.join(TARGETS)}")
     if program not in PROGRAMS:
         raise ConfigError(f"unknown program {program!r}; choose one of {', '.join(PROGRAMS)}")
+    try:
+        check_flags(list(flags or []))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     src = Path(source_dir) if source_dir is not None else SOURCE_DIR
     spec = TARGETS[target]
     cc = str(spec["cc"])

@@ -9,6 +9,6 @@ EXECUTORS: Registry[type[Executor]] = Registry("executor", "farm.executors", {
     "local": "farm.executors.local:LocalExecutor",
     "celery": "farm.executors.celery:CeleryExecutor",
     "ray": "farm.executors.ray:RayExecutor",
-})
+}, extras={"ray": "farm[ray]"})
 
 __all__ = ["EXECUTORS", "Executor", "ProgressEvent"]

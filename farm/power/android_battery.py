@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from typing import Literal
 
 import numpy as np
 
@@ -47,6 +48,12 @@ def detect_sign(idle_i: np.ndarray, load_i: np.ndarray, charging: bool | None) -
 
 class AndroidBattery(DeviceSource):
     name = "android_battery"
+
+    class Options(DeviceSource.Options):
+        supply: str = SUPPLY
+        chargers: list[str] = CHARGERS
+        sign: Literal["negative-discharge", "positive-discharge"] | None = None
+        unit: Literal["uA", "mA", "A"] | None = None
 
     def prepare(self) -> None:
         supply = self.path(self.options.get("supply", SUPPLY))

@@ -22,6 +22,7 @@ import numpy as np
 from farm.devices import DeviceProfile, PowerConfig
 from farm.power.device import DeviceSampler
 from farm.power.trace import SamplerOutput, Trace
+from farm.registry import PluginOptions
 from farm.transports.base import Transport, quote_argv
 
 
@@ -30,6 +31,11 @@ class PowerSource(ABC):
 
     name: ClassVar[str] = ""
     modelled: ClassVar[bool] = False
+
+    class Options(PluginOptions):
+        """``profile.power.options``; each source extends this with its own keys."""
+
+        root: str = ""  # prefix of device paths (virtual devices keep their sysfs in a sandbox)
 
     def __init__(self, transport: Transport, profile: DeviceProfile, workdir: str) -> None:
         self.transport = transport

@@ -8,6 +8,7 @@ this source says ``modelled: true``: the numbers show how load moves, not joules
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from farm.power.base import DeviceSource
 from farm.power.trace import SamplerOutput, Trace, counter_rates
@@ -38,6 +39,10 @@ def busy_cores(out: SamplerOutput, ncpu: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CpuModel(DeviceSource):
+    class Options(DeviceSource.Options):
+        idle_w: float = Field(default=IDLE_W, ge=0)
+        k_w_per_core: float = Field(default=K_W_PER_CORE, ge=0)
+
     name = "cpu_model"
     modelled = True
 

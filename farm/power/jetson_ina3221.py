@@ -47,6 +47,10 @@ def rail_watts(out: SamplerOutput, n_rails: int) -> tuple[np.ndarray, np.ndarray
 
 
 class JetsonIna3221(DeviceSource):
+    class Options(DeviceSource.Options):
+        hwmon_glob: str | list[str] = HWMON_GLOBS
+        rail: str | None = None
+
     name = "jetson_ina3221"
 
     def prepare(self) -> None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from farm.errors import InfraError
 from farm.power.base import PowerSource, device_clock_offset
@@ -49,6 +50,10 @@ def monsoon_trace(elapsed_s: np.ndarray, watts: np.ndarray, start_host_ns: int, 
 
 
 class Monsoon(PowerSource):
+    class Options(PowerSource.Options):
+        serial: int | str | None = None
+        vout: float = Field(default=4.2, gt=0, le=13.5)
+
     name = "monsoon"
 
     def prepare(self) -> None:

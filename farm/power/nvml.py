@@ -19,6 +19,10 @@ from farm.power.trace import Trace, counter_rates
 
 
 class Nvml(HostSource):
+    class Options(HostSource.Options):
+        module: str = "pynvml"
+        indices: list[int] = [0]
+
     name = "nvml"
 
     def prepare(self) -> None:

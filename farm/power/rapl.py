@@ -31,6 +31,9 @@ def rapl_power(out: SamplerOutput, wraps: list[float]) -> Trace:
 
 
 class Rapl(DeviceSource):
+    class Options(DeviceSource.Options):
+        domains: list[str] = [DEFAULT_DOMAIN]
+
     name = "rapl"
 
     def prepare(self) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from pydantic import Field
+
 from farm.power.base import CommandSource
 
 _LINE = re.compile(r"^\s*([0-9A-Z_]+)_(A|V)\s+(current|volt)\((\d+)\)=([0-9.]+)(A|V)\s*$")
@@ -34,6 +36,11 @@ def rail_power(amps: dict[str, float], volts: dict[str, float], only: list[str] 
 
 
 class Rpi5Pmic(CommandSource):
+    class Options(CommandSource.Options):
+        max_rate_hz: float = Field(default=MAX_RATE_HZ, gt=0)
+        rails: list[str] | None = None
+        command: str = "vcgencmd"
+
     name = "rpi5_pmic"
     mode = "x"
 

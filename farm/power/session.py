@@ -94,4 +94,5 @@ def open_session(transport: Transport, profile: DeviceProfile, workdir: str) -> 
     from farm.power import POWER_SOURCES
 
     cls = POWER_SOURCES.get(profile.power.source)
+    POWER_SOURCES.options(profile.power.source, profile.power.options)
     return PowerSession(cls(transport, profile, workdir))

@@ -31,6 +31,10 @@ def parse_temps(line: str) -> dict[str, float]:
 
 
 class Tegrastats(CommandSource):
+    class Options(CommandSource.Options):
+        command: str = "tegrastats"
+        rail: str | None = None
+
     name = "tegrastats"
     mode = "s"
 

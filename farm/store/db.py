@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from farm.errors import ConfigError, InfraError
 from farm.paths import data_dir
@@ -52,16 +52,31 @@ def make_engine(url: str | None = None) -> Engine:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigError(f"store URL {url!r} is not a database URL: {exc}") from None
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"store URL {shown!r}: {backend!r} databases are not supported; "
+                          f"use sqlite:///PATH or postgresql://USER@HOST/DB")
+    if backend == "sqlite":
+        # No file (sqlite:///, sqlite://) or :memory: is one private database per connection: the
+        # coordinator's threads would each see an empty store and wait for each other forever.
+        if not parsed.database or parsed.database == ":memory:":
+            raise ConfigError(f"store URL {shown!r} names no file; use sqlite:///PATH (sqlite:////abs/path)")
+        try:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"store URL {shown!r}: cannot create its directory: {exc.strerror or exc}") from None
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # No pre-ping: it would cost a round trip per transaction. A pooled connection the server dropped
     # fails its first statement instead, with InfraError, which every store caller already retries
     # (agents, reapers, spool flushes); SQLAlchemy then replaces the pool's connections.
-    return create_engine(url, pool_size=5, max_overflow=10)
+    try:
+        return create_engine(url, pool_size=5, max_overflow=10)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(f"store URL {shown!r}: its driver is not installed ({exc}); "
+                          f"use postgresql://… (psycopg 3)") from None
 
 
 @contextlib.contextmanager

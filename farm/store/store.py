@@ -118,10 +118,15 @@ class Store:
         with self.session() as s:
             run = s.get(Run, run_id)
             if run is None:
-                matches = s.scalars(select(Run).where(Run.id.like(f"{run_id}%")).limit(2)).all()
+                # a prefix is literal: `%` and `_` in it are escaped, not LIKE wildcards
+                matches = s.scalars(select(Run).where(Run.id.startswith(run_id, autoescape=True))
+                                    .limit(2)).all() if run_id else []
                 if len(matches) == 1:
                     return matches[0]
-                raise ConfigError(f"no run {run_id!r} in {self.engine.url.render_as_string(hide_password=True)}")
+                where = self.engine.url.render_as_string(hide_password=True)
+                if matches:
+                    raise ConfigError(f"run id prefix {run_id!r} matches several runs in {where}; give more of it")
+                raise ConfigError(f"no run {run_id!r} in {where}")
             return run
 
     def runs(self, limit: int = 20) -> list[Run]:

@@ -16,7 +16,7 @@ TRANSPORTS: Registry[type[Transport]] = Registry("transport", "farm.transports",
 
 def open_transport(kind: str, **options: Any) -> Transport:
     """Instantiate the transport `kind` with the options of a device entry."""
-    return TRANSPORTS.get(kind)(**options)
+    return TRANSPORTS.create(kind, **options)
 
 
 __all__ = ["TRANSPORTS", "CommandResult", "DeviceInfo", "Transport", "open_transport", "quote_argv"]

@@ -31,8 +31,10 @@ from pathlib import Path
 
 import adbutils
 from adbutils.errors import AdbError
+from pydantic import Field
 
 from farm.errors import InfraError, JobError
+from farm.registry import PluginOptions
 from farm.transports.base import CommandResult, DeviceInfo, LineCallback, Transport
 from farm.transports.streams import (
     EXIT_MARK,
@@ -70,8 +72,15 @@ class AdbTransport(Transport):
 
     kind = "adb"
 
+    class Options(PluginOptions):
+        serial: str = Field(min_length=1)
+        adb_host: str = "127.0.0.1"
+        adb_port: int = Field(default=5037, ge=1, le=65535)
+        connect: bool | None = None
+        connect_timeout: float = Field(default=15.0, gt=0)
+
     def __init__(self, serial: str, adb_host: str = "127.0.0.1", adb_port: int = 5037,
-                 connect: bool | None = None, connect_timeout: float = 15.0, **_: object) -> None:
+                 connect: bool | None = None, connect_timeout: float = 15.0) -> None:
         self.serial = serial
         self.connect = _is_network(serial) if connect is None else connect
         self.connect_timeout = connect_timeout

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.errors import InfraError, JobError
+from farm.registry import PluginOptions
 from farm.transports.base import CommandResult, DeviceInfo, LineCallback, Transport, quote_argv
 
 
@@ -142,7 +143,10 @@ class LocalTransport(Transport):
 
     kind = "local"
 
-    def __init__(self, name: str = "local", **_: object) -> None:
+    class Options(PluginOptions):
+        name: str = "local"
+
+    def __init__(self, name: str = "local") -> None:
         self.name = name
 
     def shell(self, script: str, *, timeout: float | None = None,

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+from pydantic import Field
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from farm.errors import InfraError, JobError
+from farm.registry import PluginOptions
 from farm.transports.base import CommandResult, DeviceInfo, LineCallback, Transport
 from farm.transports.streams import Lines, StdoutFilter, device_survived, kill_script, killed_by_signal, with_pid
 
@@ -42,11 +44,55 @@ def _host_id(host: str, port: int) -> str:
     return host if port == 22 else f"[{host}]:{port}"
 
 
+def load_known_hosts(client: paramiko.SSHClient, path: str) -> dict[tuple[str, str], int]:
+    """Load `path` into `client`; returns the ``@revoked`` keys ((type, base64) → line number).
+
+    paramiko cannot parse OpenSSH's markers (it raises InvalidHostKey on the whole file). A revoked key
+    must never be accepted, whichever host offers it, so those lines are kept aside and checked by
+    :func:`refuse_revoked`. ``@cert-authority`` is refused: farm does not check host certificates.
+    """
+    import tempfile
+
+    revoked: dict[tuple[str, str], int] = {}
+    kept: list[str] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise InfraError(f"cannot read known_hosts {path}: {exc.strerror or exc}") from exc
+    for n, line in enumerate(lines, 1):
+        fields = line.split()
+        if fields and fields[0] == "@revoked" and len(fields) >= 4:
+            revoked[(fields[2], fields[3])] = n
+        elif fields and fields[0].startswith("@"):
+            raise InfraError(f"{path}:{n}: marker {fields[0]} is not supported (farm checks plain host keys "
+                             f"and @revoked); remove the line or use a separate known_hosts for farm")
+        else:
+            kept.append(line)
+    with tempfile.NamedTemporaryFile("w", suffix=".known_hosts") as tmp:
+        tmp.write("\n".join(kept) + "\n")
+        tmp.flush()
+        try:
+            client.get_host_keys().load(tmp.name)
+        except (OSError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey) as exc:
+            raise InfraError(f"cannot read known_hosts {path}: {exc}") from exc
+    return revoked
+
+
+def refuse_revoked(key: paramiko.PKey, hostname: str, known_hosts: str, revoked: dict[tuple[str, str], int]) -> None:
+    line = revoked.get((key.get_name(), key.get_base64()))
+    if line is not None:
+        raise InfraError(f"ssh host key of {hostname} ({key.get_name()} {key.fingerprint}) is REVOKED in "
+                         f"{known_hosts}:{line}; refusing to connect")
+
+
 class _Reject(paramiko.MissingHostKeyPolicy):
-    def __init__(self, known_hosts: str) -> None:
+    def __init__(self, known_hosts: str, revoked: dict[tuple[str, str], int] | None = None) -> None:
         self.known_hosts = known_hosts
+        self.revoked = revoked or {}
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        refuse_revoked(key, hostname, self.known_hosts, self.revoked)
         fp = key.fingerprint if hasattr(key, "fingerprint") else key.get_base64()[:24]
         raise InfraError(
             f"unknown ssh host key for {hostname} ({key.get_name()} {fp}), not in {self.known_hosts}. "
@@ -66,10 +112,21 @@ class SshTransport(Transport):
 
     kind = "ssh"
 
+    class Options(PluginOptions):
+        host: str = Field(min_length=1)
+        port: int = Field(default=22, ge=1, le=65535)
+        user: str | None = None
+        key_file: str | None = None
+        known_hosts: str | None = None
+        insecure_accept_any_host_key: bool = False
+        jump: SshTransport.Options | None = None
+        keepalive_s: float = Field(default=15, ge=0)
+        connect_timeout: float = Field(default=10, gt=0)
+
     def __init__(self, host: str, port: int = 22, user: str | None = None, key_file: str | None = None,
                  known_hosts: str | None = None, insecure_accept_any_host_key: bool = False,
                  jump: dict[str, Any] | None = None, keepalive_s: float = 15,
-                 connect_timeout: float = 10, **_: object) -> None:
+                 connect_timeout: float = 10) -> None:
         self.host, self.port = host, int(port)
         self.user = user or os.environ.get("USER") or "root"
         self.key_file = os.path.expanduser(key_file) if key_file else None
@@ -91,15 +148,13 @@ class SshTransport(Transport):
 
     def _connect(self) -> None:
         client = paramiko.SSHClient()
+        revoked: dict[tuple[str, str], int] = {}
         if self.insecure:
             client.set_missing_host_key_policy(_AcceptLoudly())
         else:
             if os.path.exists(self.known_hosts):
-                try:
-                    client.load_host_keys(self.known_hosts)
-                except (OSError, paramiko.SSHException) as exc:
-                    raise InfraError(f"cannot read known_hosts {self.known_hosts}: {exc}") from exc
-            client.set_missing_host_key_policy(_Reject(self.known_hosts))
+                revoked = load_known_hosts(client, self.known_hosts)
+            client.set_missing_host_key_policy(_Reject(self.known_hosts, revoked))
         sock = None
         if self.jump:
             self._jump = SshTransport(**self.jump)
@@ -129,6 +184,12 @@ class SshTransport(Transport):
             raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise InfraError(f"cannot connect to {self.where}: {exc}") from exc
+        try:  # a key listed both as known and as @revoked: revoked wins
+            refuse_revoked(client.get_transport().get_remote_server_key(), _host_id(self.host, self.port),
+                           self.known_hosts, revoked)
+        except InfraError:
+            client.close()
+            raise
         client.get_transport().set_keepalive(int(self.keepalive_s))
         self._client = client
 

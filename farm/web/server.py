@@ -49,8 +49,35 @@ def read_only_engine(url: str | None) -> Engine:
         "options": "-c default_transaction_read_only=on -c jit=off -c plan_cache_mode=force_custom_plan"})
 
 
+class BadRequest(ValueError):
+    """A malformed query parameter: answered 400, never 500."""
+
+
 def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+    if not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{value!r} is not an ISO 8601 date/time") from None
+    if not 1970 <= t.year <= 9999:  # 0001-01-01 overflows timezone arithmetic and epoch conversions
+        raise BadRequest(f"{value!r} is outside 1970-9999")
+    return t
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def host_allowed(host_header: str | None, bound_host: str, bound_port: int) -> bool:
+    """Whether a request's Host header may be served (DNS rebinding guard).
+
+    A server bound to a loopback address answers only requests addressed to a loopback name and its
+    own port: a web page that rebinds evil.example to 127.0.0.1 sends ``Host: evil.example:PORT``
+    and is refused. A server bound to another address (the user chose to expose it) is not checked.
+    """
+    if bound_host not in ("127.0.0.1", "::1", "localhost"):
+        return True
+    return host_header is not None and host_header.lower() in {f"{n}:{bound_port}" for n in LOOPBACK_NAMES}
 
 
 class Dashboard:
@@ -77,7 +104,12 @@ class Dashboard:
                     for q in OPTIONS}
 
     def handle(self, path: str, query: str) -> tuple[int, str, bytes]:
-        args = parse_qs(query)
+        try:
+            return self._route(path, parse_qs(query))
+        except BadRequest as exc:
+            return _json({"error": str(exc)}, 400)
+
+    def _route(self, path: str, args: dict[str, list[str]]) -> tuple[int, str, bytes]:
         if path in STATIC:
             name, ctype = STATIC[path]
             return 200, ctype, resources.files("farm.web").joinpath("static", name).read_bytes()
@@ -106,10 +138,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
-        try:
-            status, ctype, body = self.app.handle(parts.path, parts.query)
-        except Exception as exc:  # the server stays up; the page shows the error in the panel
-            status, ctype, body = _json({"error": f"{type(exc).__name__}: {exc}"}, 500)
+        host, port = self.server.server_address[:2]
+        if not host_allowed(self.headers.get("Host"), str(host), int(port)):
+            status, ctype, body = _json({"error": "Host header is not this loopback server's address"}, 403)
+        else:
+            try:
+                status, ctype, body = self.app.handle(parts.path, parts.query)
+            except Exception as exc:  # the server stays up; the page shows the error in the panel
+                status, ctype, body = _json({"error": f"{type(exc).__name__}: {exc}"}, 500)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))

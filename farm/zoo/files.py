@@ -16,6 +16,7 @@ import yaml
 
 from farm.errors import ConfigError
 from farm.paths import data_dir
+from farm.yamlio import load_yaml
 from farm.zoo.arch import QUANTS
 from farm.zoo.cache import ModelFile, ensure_model, locked, sha256_file, still_valid, write_atomic
 from farm.zoo.cards import load_card
@@ -31,10 +32,7 @@ def _load_registry() -> list[dict[str, Any]]:
     path = _registry_path()
     if not path.exists():
         return []
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    data = load_yaml(path)[0] or {}
     entries = data.get("models", []) if isinstance(data, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e and "path" in e for e in entries):
         raise ConfigError(f"{path}: expected 'models:' as a list of {{name, path, sha256}} entries")
@@ -52,8 +50,10 @@ def _inspect(path: Path) -> tuple[int, str | None]:
 
     try:
         reader = GGUFReader(str(path))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{path}: not a readable GGUF file ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # a truncated or corrupt file fails inside gguf/numpy in many ways (IndexError, ...)
+        raise ConfigError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
     n_params = sum(int(t.n_elements) for t in reader.tensors)
     field = reader.get_field("general.file_type")
     quant = None
