@@ -201,6 +201,8 @@ def _one_workdir_each(inv: Inventory, loc: Locator | None, embedded: int) -> Non
     `embedded`: 1 when the embedded `local` entry was put in front (file indices are one less)."""
     seen: dict[tuple[Any, ...], DeviceEntry] = {}
     for i, entry in enumerate(inv.devices):
+        if i < embedded:  # the implicit `local` is not the user's entry: theirs are checked among themselves
+            continue
         workdir = entry.workdir
         if workdir is None:
             try:

@@ -35,6 +35,7 @@ from farm.backends.base import Artifact, Backend, BackendOutput, Measured, Prepa
 from farm.devices import DeviceProfile
 from farm.errors import ConfigError, JobError
 from farm.jobs import Job
+from farm.registry import PluginOptions
 from farm.transports.base import CommandResult, quote_argv
 
 REP_MARK = "FARM_REP"  # printed by the device loop before each repetition's process
@@ -47,10 +48,10 @@ class Download(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-class PrebuiltOptions(BaseModel):
+class PrebuiltOptions(PluginOptions):
     """Options every prebuilt engine takes; an engine adds its own fields in a subclass."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=())
     binary: dict[str, str | Download] = Field(min_length=1, description="ABI → path (file or directory) or url+sha256")
     program: str | None = Field(default=None, description="the executable's name when binary is a directory")
     model_dir: str
