@@ -190,7 +190,8 @@ def test_bad_engine_options_are_refused_at_plan_time_with_file_line(tmp_path: Pa
     assert f"{sweep}:12: backend 'mnn': unknown option 'colour'; known: binary" in out.stderr, out.stderr
     sweep.write_text(body.replace("      colour: red\n", "").replace("      model_dir: /nowhere\n", ""))
     out = subprocess.run([sys.executable, "-m", "farm.cli.main", "plan", str(sweep)], capture_output=True, text=True)
-    assert out.returncode == 2 and f"{sweep}:9: backend 'mnn': missing required key 'model_dir'" in out.stderr, out.stderr
+    assert out.returncode == 2, out.stderr
+    assert f"{sweep}:9: backend 'mnn': missing required key 'model_dir'" in out.stderr, out.stderr
 
 
 def test_stand_in_mnn_directory_binary_on_this_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
