@@ -211,9 +211,10 @@ def compare_unpaired(a: pd.DataFrame, b: pd.DataFrame, *, threshold: float, alph
             vb = b.loc[sel_b, metric.column].dropna().to_numpy(dtype=float)
             if len(va) < 2 or len(vb) < 2:
                 continue
-            result = MetricResult(cell, metric, stats.unpaired(va, vb))
+            mde_val = stats.mde_unpaired(va, vb, alpha)
+            result = MetricResult(cell, metric, stats.unpaired(va, vb), mde_val, "this run")
             report.results.append(result)
-            judged.append((result, None))
+            judged.append((result, mde_val))
         _judge(judged, threshold=threshold, alpha=alpha)
     return report
 
@@ -232,7 +233,7 @@ def noise_table(report: Report) -> list[dict[str, Any]]:
 
 
 _ICON = {"regression": "❌ regression", "improvement": "✅ improvement", "within noise": "〰 within noise",
-         "no change": "· no change"}
+         "no change": "· no change", "inconclusive": "? inconclusive"}
 
 
 def _fmt(v: float | None, m: Metric) -> str:
@@ -244,12 +245,21 @@ def _fmt(v: float | None, m: Metric) -> str:
 
 def pct(x: float) -> str:
     """A relative size for humans: beyond ±100% the digits mean nothing more than "huge"."""
+    if not math.isfinite(x):
+        return "∞"
     return ">100%" if x > 1 else f"{x:.1%}"
 
 
 def markdown(report: Report, title: str, header_lines: list[str]) -> str:
     """The CI comment: a headline, context lines, and one table row per cell × metric."""
-    lines = [f"### {title}", "", *header_lines, "",
+    statistics = sorted({r.comparison.statistic for r in report.results if r.comparison and r.comparison.statistic})
+    inconclusive = [r for r in report.results if r.verdict and r.verdict.label == "inconclusive"]
+    notes = [f"base, head and change: {s}" for s in statistics]
+    if inconclusive:  # say in words what the "?" rows mean: no evidence either way, not evidence of none
+        worst = max(r.mde if r.mde is not None else math.inf for r in inconclusive)
+        notes.append(f"? inconclusive ({len(inconclusive)} row(s)): not significant, but the test could not have "
+                     f"seen a change below its MDE (up to {pct(worst)}); more repetitions resolve smaller changes")
+    lines = [f"### {title}", "", *header_lines, *notes, "",
              "| device | cell | metric | base | head | change | 95% CI | p (Holm) | MDE | verdict |",
              "|---|---|---|---:|---:|---:|---|---:|---:|---|"]
     for r in report.results:
@@ -261,8 +271,8 @@ def markdown(report: Report, title: str, header_lines: list[str]) -> str:
             continue
         mde = "-" if r.mde is None else pct(r.mde) + (f" ({r.mde_source})" if r.mde_source else "")
         lines.append(
-            f"| {r.cell['device']} | {cell} | {r.metric.label} ({r.metric.unit}) | {_fmt(c.median_a, r.metric)} | "
-            f"{_fmt(c.median_b, r.metric)} | {c.change:+.1%} | [{c.ci_low - 1:+.1%}, {c.ci_high - 1:+.1%}] | "
+            f"| {r.cell['device']} | {cell} | {r.metric.label} ({r.metric.unit}) | {_fmt(c.base, r.metric)} | "
+            f"{_fmt(c.head, r.metric)} | {c.change:+.1%} | [{c.ci_low - 1:+.1%}, {c.ci_high - 1:+.1%}] | "
             f"{c.p_value if r.p_adjusted is None else r.p_adjusted:.2g} | {mde} | "
             f"{_ICON[r.verdict.label] if r.verdict else '· not judged: ' + r.note} |")
     return "\n".join(lines) + "\n"
