@@ -130,6 +130,6 @@ def render_report(store: Any, run_id: str) -> str:
     if run.sweep_yaml:
         body += ["<h2>Sweep</h2>", f"<pre>{escape(run.sweep_yaml)}</pre>"]
     body.append(f"<p class='meta'>farm {__version__} · report made {datetime.now():%Y-%m-%d %H:%M:%S} · every "
-                "repetition: <code>farm results RUN --format parquet -o FILE</code></p>")
+                "repetition: <code>farm results RUN --raw --format parquet -o FILE</code></p>")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>farm run {escape(run.id)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")

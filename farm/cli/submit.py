@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -90,6 +91,17 @@ def submit_cmd(sweep_path: str, db_url: str | None, devices_path: str | None, ex
         console.print(failed)
     status = store.finish_run_if_complete(run_id) or store.get_run(run_id).status
     console.print(f"run {run_id}: {status}")
+    print_next_steps(run_id, db_url)
+
+
+def print_next_steps(run_id: str, db_url: str | None = None) -> None:
+    """What a user can do with a finished run (the commands work as printed, --db included when given)."""
+    db = f" --db {shlex.quote(db_url)}" if db_url else ""
+    console.print("next:", style="bold")
+    for cmd, what in ((f"farm results {run_id}{db}", "the table again; --format csv|json|parquet, --raw"),
+                      (f"farm report {run_id}{db} --html report-{run_id}.html", "a self-contained HTML report"),
+                      (f"farm dashboard{db}", "charts of every run in the browser")):
+        console.print(f"  {cmd}    # {what}", markup=False)
 
 
 def _run_with_progress(executor, run_id: str, plan) -> None:  # type: ignore[no-untyped-def]

@@ -356,6 +356,7 @@ class Store:
             "exit_status": r.exit_status, "error_class": result.error_class,
             "prefill_energy_j": r.prefill_energy_j, "decode_energy_j": r.decode_energy_j,
             "prefill_j_per_tok": r.prefill_j_per_tok, "decode_j_per_tok": r.decode_j_per_tok,
+            "prefill_j_per_tok_bound": r.prefill_j_per_tok_bound, "decode_j_per_tok_bound": r.decode_j_per_tok_bound,
             "prefill_avg_w": r.prefill_avg_w, "decode_avg_w": r.decode_avg_w,
             "power_modelled": result.power.get("modelled"), "throttled": result.thermal.get("throttled"),
             "charging": result.power.get("charging"), "engine_commit": commit,
