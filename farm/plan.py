@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import itertools
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ class Plan:
     jobs: list[Job]
     dropped: list[Dropped] = field(default_factory=list)
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)
+    est_factor: dict[str, float] = field(default_factory=dict)  # "device/backend" -> calibration (see calibrate)
 
     @property
     def est_s(self) -> float:
@@ -164,6 +166,29 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
             mem_bytes=need))
     jobs = order_jobs(jobs)
     return Plan(sweep, jobs, dropped, profiles)
+
+
+MIN_CALIBRATION_JOBS = 3  # fewer stored jobs on a device than this: its roofline estimate stands
+
+
+def calibrate(plan: Plan, timings: list[tuple[str, str, float, float]]) -> dict[str, tuple[float, int]]:
+    """Scale each job's estimate by how long jobs of its device and backend really took before.
+
+    `timings`: (device, backend, uncalibrated estimate, measured seconds) of stored done jobs (see
+    ``Store.job_timings``). The factor per device/backend is the median of measured ÷ estimated, so one
+    job stuck behind a cool-down does not skew it; it covers what the roofline leaves out (staging,
+    idle baseline, thermal gate, process start). Returns {"device/backend": (factor, jobs used)}; the
+    plan's jobs are updated in place.
+    """
+    ratios: dict[str, list[float]] = {}
+    for device, backend, est, seconds in timings:
+        if est > 0 and seconds > 0:
+            ratios.setdefault(f"{device}/{backend}", []).append(seconds / est)
+    factors = {k: (statistics.median(v), len(v)) for k, v in ratios.items() if len(v) >= MIN_CALIBRATION_JOBS}
+    plan.est_factor = {k: f for k, (f, _) in factors.items()}
+    plan.jobs = [j.model_copy(update={"est_s": j.est_s * factors[f"{j.device}/{j.backend}"][0]})
+                 if f"{j.device}/{j.backend}" in factors else j for j in plan.jobs]
+    return factors
 
 
 def order_jobs(jobs: list[Job]) -> list[Job]:

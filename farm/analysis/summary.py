@@ -76,5 +76,5 @@ def fmt_energy(mean: float | None, std: float | None, bound: float | None = None
     if mean is None or pd.isna(mean):
         return "-"
     if bound is not None and not pd.isna(bound) and abs(mean) <= bound:
-        return f"<{bound * 1e3:.2f}"
+        return f"<{bound * 1e3:.2g}"
     return fmt_pm(mean * 1e3, None if std is None or pd.isna(std) else std * 1e3, 2)

@@ -22,21 +22,35 @@ def _load(sweep_path: str, devices_path: str | None):  # -> (Sweep, Inventory)
     return load_sweep(sweep_path), load_inventory(devices_path)
 
 
+def _calibrated(plan, store) -> str:  # type: ignore[no-untyped-def]
+    """Calibrate the plan's estimates from the store's timings of the same devices; say how, in words."""
+    from farm.plan import calibrate
+
+    factors = calibrate(plan, store.job_timings({j.device for j in plan.jobs}))
+    if not factors:
+        return "roofline only: no stored jobs of these devices to calibrate from"
+    return "calibrated from stored runs: " + ", ".join(f"{k} ×{f:.2g} ({n} jobs)" for k, (f, n) in factors.items())
+
+
 @click.command("plan")
 @click.argument("sweep_path", metavar="SWEEP", type=click.Path(dir_okay=False))
 @devices_option
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
-def plan_cmd(sweep_path: str, devices_path: str | None, as_json: bool) -> None:
-    """Show the jobs a sweep expands to, the cells dropped and why, and the estimated wall time."""
+def plan_cmd(sweep_path: str, devices_path: str | None, db_url: str | None, as_json: bool) -> None:
+    """Show the jobs a sweep expands to, the cells dropped and why, and the estimated wall time
+    (calibrated by how long jobs of the same devices took in the store's earlier runs)."""
     from farm.plan import describe, make_plan
 
     plan = make_plan(*_load(sweep_path, devices_path))
+    how = _calibrated(plan, open_store(db_url))
     if as_json:
         click.echo(json.dumps({"jobs": [j.model_dump(mode="json") for j in plan.jobs],
                                "dropped": [{"cell": d.cell, "reason": d.reason} for d in plan.dropped],
                                "est_s": plan.est_s}, indent=1))
     else:
         click.echo(describe(plan))
+        click.echo(f"estimate {how}")
 
 
 @click.command("submit")
@@ -62,17 +76,18 @@ def submit_cmd(sweep_path: str, db_url: str | None, devices_path: str | None, ex
     if not plan.jobs:
         reasons = "; ".join(sorted({d.reason for d in plan.dropped})) or "no cell matched the include rules"
         raise ConfigError(f"{sweep_path}: the sweep plans no job ({reasons})")
+    how = _calibrated(plan, store)
     executor_cls = EXECUTORS.get(executor_name)
     executor = executor_cls(store, inventory)
     store.create_run(sweep.name, plan.jobs, run_id=run_id, sweep_yaml=Path(sweep_path).read_text(),
                      sweep_digest=sweep.digest(), executor=executor_name, priority=sweep.priority,
                      meta={"dropped": [{"cell": d.cell, "reason": d.reason} for d in plan.dropped],
-                           "est_s": plan.est_s, "devices_path": devices_path})
+                           "est_s": plan.est_s, "est_factor": plan.est_factor, "devices_path": devices_path})
     for name in sorted({j.device for j in plan.jobs}):
         entry = next(d for d in inventory.devices if d.name == name)
         store.upsert_device(name, entry.profile, entry.transport.kind)
     console.print(f"run [bold]{run_id}[/]: {len(plan.jobs)} jobs on {len({j.device for j in plan.jobs})} "
-                  f"device(s), {len(plan.dropped)} dropped, estimated {plan.est_s:.0f} s")
+                  f"device(s), {len(plan.dropped)} dropped, estimated {plan.est_s:.0f} s ({how})")
     wait = executor.blocking if wait is None else wait
     if not executor.blocking:
         executor.submit(run_id, plan.jobs)
@@ -97,11 +112,10 @@ def submit_cmd(sweep_path: str, db_url: str | None, devices_path: str | None, ex
 def print_next_steps(run_id: str, db_url: str | None = None) -> None:
     """What a user can do with a finished run (the commands work as printed, --db included when given)."""
     db = f" --db {shlex.quote(db_url)}" if db_url else ""
-    console.print("next:", style="bold")
-    for cmd, what in ((f"farm results {run_id}{db}", "the table again; --format csv|json|parquet, --raw"),
-                      (f"farm report {run_id}{db} --html report-{run_id}.html", "a self-contained HTML report"),
-                      (f"farm dashboard{db}", "charts of every run in the browser")):
-        console.print(f"  {cmd}    # {what}", markup=False)
+    console.print("next: results as csv/json/parquet (--format), an HTML report, every run in the browser:")
+    for cmd in (f"farm results {run_id}{db}", f"farm report {run_id}{db} --html report-{run_id}.html",
+                f"farm dashboard{db}"):
+        console.print(f"  {cmd}", markup=False, soft_wrap=True)  # never broken: copied and pasted as one line
 
 
 def _run_with_progress(executor, run_id: str, plan) -> None:  # type: ignore[no-untyped-def]

@@ -15,8 +15,11 @@ nothing. Under "the phase drew idle power", net = T · (mean P in the phase − 
   (samples of a sensor that refreshes slower than it is read count once per refresh). The first term is
   the two-sided ~95% band (2 sd) of a difference of two means of independent readings.
 - step: the sensor's resolution in W, read off the data as the smallest non-zero difference between
-  readings. A steady draw closer than half a step to the idle draw reads the same value, and averaging
-  does not remove that error (it is the same on every sample), so half a step is added, not averaged.
+  readings, and never finer than the 6 significant digits a trace is stored with (``encode_trace``):
+  a trace that shows one value throughout (a saturated CPU model, a gauge that did not refresh) then
+  still has a bound, and its net energy of exactly 0 ± rounding reads as below resolution. A steady draw
+  closer than half a step to the idle draw reads the same value, and averaging does not remove that
+  error (it is the same on every sample), so half a step is added, not averaged.
 
 A phase with |net| ≤ bound is *below resolution*: shown as "< bound/token", its raw value kept.
 """
@@ -32,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from farm.power.trace import Trace
 
+STORED_PRECISION = 1e-5  # a trace keeps 6 significant digits: readings closer than this (relative) are one value
 MIN_PERIODS = 2.0  # a window shorter than this many sample periods gets a warning with its figure
 
 
@@ -106,8 +110,9 @@ def idle_noise(idle: Trace, run: Trace | None = None) -> IdleNoise | None:
     gaps = np.diff(np.unique(both))
     gaps = gaps[gaps > 1e-12]
     whole = run if run is not None and len(run) > 1 else idle
+    stored = STORED_PRECISION * float(np.abs(both).max())  # what "%.6g" in encode_trace can tell apart
     return IdleNoise(sd_w=float(np.std(w, ddof=1)), n_eff=min(len(w), runs),
-                     step_w=float(gaps.min()) if len(gaps) else 0.0, update_hz=whole.update_hz())
+                     step_w=max(float(gaps.min()) if len(gaps) else 0.0, stored), update_hz=whole.update_hz())
 
 
 @dataclass
