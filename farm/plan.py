@@ -169,22 +169,28 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
 
 
 MIN_CALIBRATION_JOBS = 3  # fewer stored jobs on a device than this: its roofline estimate stands
+CALIBRATION_JOBS = 20  # the newest jobs per device/backend that calibrate it (a device changes: firmware, cooling)
 
 
 def calibrate(plan: Plan, timings: list[tuple[str, str, float, float]]) -> dict[str, tuple[float, int]]:
     """Scale each job's estimate by how long jobs of its device and backend really took before.
 
     `timings`: (device, backend, uncalibrated estimate, measured seconds) of stored done jobs (see
-    ``Store.job_timings``). The factor per device/backend is the median of measured ÷ estimated, so one
-    job stuck behind a cool-down does not skew it; it covers what the roofline leaves out (staging,
-    idle baseline, thermal gate, process start). Returns {"device/backend": (factor, jobs used)}; the
-    plan's jobs are updated in place.
+    ``Store.job_timings``, newest first). The factor per device/backend is the lower quartile of measured ÷
+    estimated over its newest CALIBRATION_JOBS jobs: it covers what the roofline leaves out (idle
+    baseline, power sampling, process start, the engine's real speed), while the one-off costs that a
+    job on a warm device does not pay again (generating a zoo model, building an engine, a first push,
+    a long cool-down) only ever lengthen a job and stay in the upper quartiles. Measured here: a cold
+    first smoke run took 4-7× its roofline per job, the warm runs after it ~1.5×.
+    Returns {"device/backend": (factor, jobs used)}; the plan's jobs (and est_factor) are updated in place.
     """
     ratios: dict[str, list[float]] = {}
     for device, backend, est, seconds in timings:
-        if est > 0 and seconds > 0:
-            ratios.setdefault(f"{device}/{backend}", []).append(seconds / est)
-    factors = {k: (statistics.median(v), len(v)) for k, v in ratios.items() if len(v) >= MIN_CALIBRATION_JOBS}
+        key = f"{device}/{backend}"
+        if est > 0 and seconds > 0 and len(ratios.get(key, [])) < CALIBRATION_JOBS:
+            ratios.setdefault(key, []).append(seconds / est)
+    factors = {k: (float(statistics.quantiles(v, n=4, method="inclusive")[0]), len(v))
+               for k, v in ratios.items() if len(v) >= MIN_CALIBRATION_JOBS}
     plan.est_factor = {k: f for k, (f, _) in factors.items()}
     plan.jobs = [j.model_copy(update={"est_s": j.est_s * factors[f"{j.device}/{j.backend}"][0]})
                  if f"{j.device}/{j.backend}" in factors else j for j in plan.jobs]

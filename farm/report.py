@@ -73,8 +73,11 @@ def _summary_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
                "test": r["test"], "threads": int(r["threads"]), "reps": int(r["reps"])}
         for col, _title, unit, scale in CHARTS:
             mean, sd = _num(r[f"{col}_mean"], scale), _num(r[f"{col}_std"], scale)
-            row[f"{col.replace('_bytes', '').replace('_j_per_tok', ' J/tok')} ({unit})"] = (
-                "-" if mean is None else f"{svg.fmt(mean)} ± {svg.fmt(sd)}" if sd is not None else svg.fmt(mean))
+            key = f"{col.replace('_bytes', '').replace('_j_per_tok', ' J/tok')} ({unit})"
+            row[key] = ("-" if mean is None else f"{svg.fmt(mean)} ± {svg.fmt(sd)}" if sd is not None
+                        else svg.fmt(mean))
+            if r.get(f"{col}_below_resolution") is True:  # raw value kept, after the bound
+                row[key] = f"< {svg.fmt(_num(r[f'{col}_bound_mean'], scale))} (below resolution; raw {row[key]})"
         row["flags"] = ",".join(flags)
         rows.append(row)
     return rows
@@ -111,6 +114,13 @@ def render_report(store: Any, run_id: str) -> str:
         warn.append("This run holds labelled-synthetic figures (seeded test data), not measurements.")
     if not df.empty and df["power_modelled"].fillna(False).astype(bool).any():
         warn.append("Some energy figures are modelled (no power sensor on that device), not measured.")
+    below = [p for p in ("prefill", "decode") if f"{p}_j_per_tok_below_resolution" in summary
+             and (summary[f"{p}_j_per_tok_below_resolution"] == True).any()]  # noqa: E712 - None-aware
+    if below:
+        warn.append(f"{' and '.join(below).capitalize()} energy per token is below resolution in some jobs: the "
+                    "net energy (after subtracting idle power) is within the noise of the idle baseline, so it is "
+                    "shown as '< bound' (2 sd of the idle readings over the phase plus half the sensor step, per "
+                    "token) with the raw value beside it.")
     if not df.empty and df["charging"].fillna(False).astype(bool).any():
         warn.append("Some repetitions ran while charging: phone energy figures are unreliable there.")
     if not df.empty and df["throttled"].fillna(False).astype(bool).any():

@@ -85,6 +85,14 @@ def _modelled(rows: pd.DataFrame) -> bool:
     return "power_modelled" in rows and bool(rows["power_modelled"].fillna(False).astype(bool).any())
 
 
+def _below_resolution(rows: pd.DataFrame, metric: Metric) -> bool:
+    """Whether a side's energy per token is within the idle baseline's noise (median |value| ≤ median bound)."""
+    bound = f"{metric.column}_bound"
+    if not metric.energy or bound not in rows or rows[bound].isna().all():
+        return False
+    return bool(rows[metric.column].abs().median() <= rows[bound].median())
+
+
 def paired_frames(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per (cell, pair, rep) with columns a and b: the A and B values that ran side by side."""
     sub = _usable(df)[[*CELL, "pair", "rep", "variant", metric]].dropna(subset=[metric])
@@ -176,6 +184,11 @@ def compare_paired(df: pd.DataFrame, *, threshold: float, alpha: float,
                     report.results.append(MetricResult(cell, metric, None,
                                                        note="fewer than 2 complete A/B pairs with values > 0"))
                 continue
+            blind = [v for v in ("A", "B") if _below_resolution(measured[measured["variant"] == v], metric)]
+            if blind:
+                report.results.append(MetricResult(cell, metric, None, note=f"below resolution on "
+                                                                            f"{' and '.join(blind)}: not compared"))
+                continue
             c = stats.paired(rows["a"].to_numpy(), rows["b"].to_numpy())
             if metric.energy and _modelled(measured):
                 # A modelled power figure (no sensor: P from CPU load) shows how load moves, it is not a
@@ -210,6 +223,12 @@ def compare_unpaired(a: pd.DataFrame, b: pd.DataFrame, *, threshold: float, alph
             va = a.loc[sel_a, metric.column].dropna().to_numpy(dtype=float)
             vb = b.loc[sel_b, metric.column].dropna().to_numpy(dtype=float)
             if len(va) < 2 or len(vb) < 2:
+                continue
+            blind = [side for side, df, sel in (("A", a, sel_a), ("B", b, sel_b)) if _below_resolution(df[sel], metric)]
+            if blind or min(va.min(), vb.min()) <= 0:
+                # A ratio of energies inside the idle noise (or ≤ 0 after idle subtraction) means nothing.
+                report.results.append(MetricResult(cell, metric, None, note="below resolution on "
+                                                   + (" and ".join(blind) or "a side") + ": not compared"))
                 continue
             mde_val = stats.mde_unpaired(va, vb, alpha)
             result = MetricResult(cell, metric, stats.unpaired(va, vb), mde_val, "this run")
