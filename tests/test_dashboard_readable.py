@@ -18,8 +18,8 @@ PARETO = """(() => { const s = document.querySelector('#panel-pareto svg');
   const hidden = [...s.querySelectorAll('text')].map(t => t.textContent).find(t => t.includes('hidden')) || '';
   return {points: s.querySelectorAll('circle.pt').length,
           labels: [...s.querySelectorAll('text.pt-label')].map(t => t.textContent),
-          boxes: [...s.querySelectorAll('text.pt-label')].map(t => { const b = t.getBBox();
-                                                                    return [b.x, b.y, b.x + b.width, b.y + b.height]; }),
+          boxes: [...s.querySelectorAll('text.pt-label')].map(t => {
+            const b = t.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height]; }),
           hidden: parseInt(hidden) || 0}; })()"""
 
 

@@ -59,6 +59,7 @@ def with_resolution(df: pd.DataFrame) -> pd.DataFrame:
 
 def below_resolution(value: pd.Series, bound: pd.Series) -> pd.Series:
     """True where |value| ≤ bound, False where both are known and it is not, None where either is unknown."""
+    value, bound = pd.to_numeric(value, errors="coerce"), pd.to_numeric(bound, errors="coerce")  # None → NaN
     known = value.notna() & bound.notna()
     return (value.abs() <= bound).where(known, None).astype(object).where(known, None)
 
