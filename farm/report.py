@@ -53,9 +53,13 @@ def _charts(summary: pd.DataFrame) -> str:
         if summary[f"{col}_mean"].isna().all():
             continue
         series = {d: [None] * len(labels) for d in devices}
+        bounds = {d: [None] * len(labels) for d in devices} if f"{col}_bound_mean" in summary else None
         for _, r in summary.iterrows():
             series[r["device"]][labels.index(_label(r))] = _num(r[f"{col}_mean"], scale)
-        parts.append(f"<h3>{escape(title)} (mean over repetitions)</h3>" + svg.bar_chart(labels, series, unit))
+            if bounds is not None:
+                bounds[r["device"]][labels.index(_label(r))] = _num(r[f"{col}_bound_mean"], scale)
+        parts.append(f"<h3>{escape(title)} (mean over repetitions)</h3>"
+                     + svg.bar_chart(labels, series, unit, bounds=bounds))
     if not summary["decode_j_per_tok_mean"].isna().all():
         points = [{"x": _num(r["decode_tps_mean"]), "y": _num(r["decode_j_per_tok_mean"], 1e3),
                    "r": _num(r["peak_rss_bytes_mean"], 1 / 2**20), "label": f"{r['device']} · {_label(r)}",

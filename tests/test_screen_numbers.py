@@ -160,7 +160,17 @@ def test_below_resolution_through_a_real_gauge(tmp_path: Path) -> None:
     assert any(r["decode_j_per_tok"] != 0 for r in decode)  # the raw value is kept, not zeroed
     html = tmp_path / "r.html"
     assert farm("report", run_id, "--db", db, "--html", str(html)).returncode == 0
-    assert "below resolution" in html.read_text()
+    assert "below resolution" in html.read_text() and 'class="pt below"' in html.read_text()  # table, chart
+    from farm.web.server import serve_in_thread  # the dashboard's energy panel: a grey "< bound" bar
+
+    server, base = serve_in_thread(db)
+    try:
+        import urllib.request
+
+        panel = json.load(urllib.request.urlopen(f"{base}/api/panel/energy?from=2000-01-01T00:00:00Z", timeout=30))
+    finally:
+        server.shutdown()
+    assert 'class="pt below"' in panel["html"] and "below resolution" in panel["html"], panel
 
 
 def test_resolution_bound_separates_a_real_draw_from_idle_noise() -> None:

@@ -74,8 +74,11 @@ def _empty(width: int, message: str = "no data for these filters") -> str:
 
 
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], unit: str = "",
-              width: int = 760) -> str:
-    """Horizontal grouped bars: one block per group label, one bar per series (e.g. device)."""
+              width: int = 760, bounds: dict[str, Sequence[float | None]] | None = None) -> str:
+    """Horizontal grouped bars: one block per group label, one bar per series (e.g. device).
+
+    `bounds` (same shape as `series`): a value whose magnitude is within its bound is below resolution
+    (energy per token inside the idle baseline's noise): its bar is grey and labelled "< bound"."""
     values = [v for vs in series.values() for v in vs if v is not None]
     if not groups or not values:
         return _empty(width)
@@ -104,7 +107,16 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], 
                    f'text-anchor="end">{escape(_clip(g))}<title>{escape(g)}</title></text>')
         for si, (name, vs) in enumerate(series.items()):
             v = vs[gi]
-            if v is not None:
+            b = (bounds or {}).get(name, [None] * len(groups))[gi]
+            if v is not None and b is not None and abs(float(v)) <= float(b):
+                # below resolution: a grey bar of the bound, its text saying so, the raw value in the tooltip
+                x0, x1 = sorted((px(0.0), px(float(b))))
+                out.append(f'<rect class="pt below" x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 0.5):.1f}" '
+                           f'height="{bar_h - 1}" fill="#d0d0d0"><title>{escape(name)} · {escape(g)}: below '
+                           f'resolution, &lt; {fmt(b)} {unit} (raw {fmt(v)})</title></rect>'
+                           f'<text x="{x1 + 4:.1f}" y="{y + bar_h - 2}" {FONT} fill="#555">&lt; {fmt(b)} below '
+                           f'resolution</text>')
+            elif v is not None:
                 x0, x1 = sorted((px(0.0), px(float(v))))
                 out.append(f'<rect class="pt" x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 0.5):.1f}" '
                            f'height="{bar_h - 1}" '
