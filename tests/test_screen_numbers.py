@@ -237,3 +237,13 @@ def test_agx_orin_power_is_the_sum_of_its_rails_on_a_lab_board(tmp_path: Path) -
     assert all(p["avg_w"] > power["idle_w"] * 0.9 for p in decode)
     rows = json.loads(farm("results", run_id, "--db", db, "--format", "json", "--raw").stdout)
     assert all(r["decode_energy_j"] is not None for r in rows)
+
+
+def test_llama_bench_build_cache_lives_under_farm_home(tmp_path: Path) -> None:
+    """README: FARM_HOME keeps every cache under DIR; the llama.cpp builds (~3.5 min each) included."""
+    home = tmp_path / "home"
+    proc = subprocess.run([sys.executable, "-m", "farm.backends.llamacpp_build", "--where"], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "FARM_HOME": str(home)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    where = Path(proc.stdout.strip())
+    assert where == home / "cache" / "llamacpp" and where.is_dir()
