@@ -45,16 +45,18 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str, Path]:
     sweep = tmp / "screen.yaml"
     sweep.write_text(SWEEP)
     db = f"sqlite:///{tmp / 'farm.db'}"
-    planned = farm("plan", str(sweep), "--db", db)
-    assert planned.returncode == 0 and "roofline only" in planned.stdout, planned.stdout + planned.stderr
+    planned = farm("plan", str(sweep), "--db", db, "--json")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    roofline = json.loads(planned.stdout)
+    assert roofline["est_factor"] == {} and "roofline only" in roofline["estimate"]  # an empty store
     proc = farm("submit", str(sweep), "--db", db, env={"COLUMNS": "80"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_id = re.search(r"run (\d{8}-\d{6}-[0-9a-f]{4})", proc.stdout).group(1)  # type: ignore[union-attr]
-    return db, run_id, proc.stdout, sweep
+    return db, run_id, proc.stdout, sweep, roofline["est_s"]
 
 
 def test_submit_prints_next_steps_and_a_table_of_80_columns(run) -> None:  # type: ignore[no-untyped-def]
-    db, run_id, out, _ = run
+    db, run_id, out, _, _ = run
     table = [line for line in out.splitlines() if BOX.match(line)]
     assert table and max(len(line) for line in table) <= 80, "\n".join(table)
     assert sum(1 for line in table if line.startswith("│")) == 4  # one line per job
@@ -69,7 +71,7 @@ def test_submit_prints_next_steps_and_a_table_of_80_columns(run) -> None:  # typ
 
 
 def test_every_format_has_one_row_per_job_unless_raw(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    db, run_id, _, _ = run
+    db, run_id, _, _, _ = run
     counts = {}
     for raw in ([], ["--raw"]):
         rows_json = json.loads(farm("results", run_id, "--db", db, "--format", "json", *raw).stdout)
@@ -86,7 +88,7 @@ def test_every_format_has_one_row_per_job_unless_raw(run, tmp_path: Path) -> Non
 
 
 def test_energy_per_token_carries_its_resolution(run) -> None:  # type: ignore[no-untyped-def]
-    db, run_id, _, _ = run
+    db, run_id, _, _, _ = run
     rows = json.loads(farm("results", run_id, "--db", db, "--format", "json").stdout)
     for r in rows:
         for phase in ("prefill", "decode"):
@@ -96,22 +98,22 @@ def test_energy_per_token_carries_its_resolution(run) -> None:  # type: ignore[n
 
 
 def test_estimate_is_calibrated_from_stored_runs_of_the_device(run) -> None:  # type: ignore[no-untyped-def]
-    db, run_id, out, sweep = run
-    roofline = float(re.search(r"estimated (\d+) s", out).group(1))  # type: ignore[union-attr]
+    db, run_id, _, sweep, roofline = run
     from farm.store import Store
 
     measured = sum((j.finished_at - j.started_at).total_seconds() for j in Store(db).job_rows(run_id))
-    planned = farm("plan", str(sweep), "--db", db)
-    assert "calibrated from stored runs: local/reference ×" in planned.stdout, planned.stdout
-    calibrated = float(re.search(r"estimated (\d+) s", planned.stdout).group(1))  # type: ignore[union-attr]
+    assert "calibrated from stored runs: local/reference ×" in farm("plan", str(sweep), "--db", db).stdout
+    planned = json.loads(farm("plan", str(sweep), "--db", db, "--json").stdout)
+    calibrated = planned["est_s"]
+    assert set(planned["est_factor"]) == {"local/reference"}
     # closer to what the run took than the roofline was (on the log scale: a factor too long is as wrong
-    # as a factor too short)
-    assert abs(math.log(max(calibrated, 0.5) / measured)) < abs(math.log(max(roofline, 0.5) / measured)), \
-        (roofline, calibrated, measured)
+    # as a factor too short), and within half of it either way
+    error, before = abs(math.log(calibrated / measured)), abs(math.log(roofline / measured))
+    assert error < before and error < math.log(1.5), (roofline, calibrated, measured)
 
 
 def test_compare_of_a_run_with_itself_warns_and_3_reps_are_inconclusive(run) -> None:  # type: ignore[no-untyped-def]
-    db, run_id, _, _ = run
+    db, run_id, _, _, _ = run
     proc = farm("compare", run_id, run_id, "--db", db)
     assert proc.returncode == 0, proc.stderr
     assert "compared with itself" in proc.stderr and "compared with itself" in proc.stdout

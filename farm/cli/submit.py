@@ -47,7 +47,7 @@ def plan_cmd(sweep_path: str, devices_path: str | None, db_url: str | None, as_j
     if as_json:
         click.echo(json.dumps({"jobs": [j.model_dump(mode="json") for j in plan.jobs],
                                "dropped": [{"cell": d.cell, "reason": d.reason} for d in plan.dropped],
-                               "est_s": plan.est_s}, indent=1))
+                               "est_s": plan.est_s, "est_factor": plan.est_factor, "estimate": how}, indent=1))
     else:
         click.echo(describe(plan))
         click.echo(f"estimate {how}")
