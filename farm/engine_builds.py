@@ -1,7 +1,7 @@
 """Engine source trees at git commits, for A/B builds: the part of ``farm regress`` that touches git.
 
 Owns turning (engine repository PATH, REV) into a read-only source tree and the backend options that
-build it. ``git archive`` of the commit is unpacked under ``user_cache_dir("farm")/engine-src/<sha>/``
+build it. ``git archive`` of the commit is unpacked under ``farm.paths.cache_dir("engine-src")/<sha>/``
 (atomically, once per commit), so the user's checkout, index and worktree list are never touched and
 uncommitted edits cannot leak into a build. The backend then compiles that tree; its own cache is
 keyed by the tree's content, target and flags, so one (commit, target, flags) is built once.

@@ -107,6 +107,9 @@ class Repetition(BaseModel):
     decode_energy_j: float | None = None
     prefill_j_per_tok: float | None = None
     decode_j_per_tok: float | None = None
+    # |J/token| at or below this bound is within the idle baseline's noise (farm.power.energy): below resolution
+    prefill_j_per_tok_bound: float | None = None
+    decode_j_per_tok_bound: float | None = None
     prefill_avg_w: float | None = None
     decode_avg_w: float | None = None
     exit_status: int = 0

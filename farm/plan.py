@@ -37,6 +37,7 @@ class Plan:
     jobs: list[Job]
     dropped: list[Dropped] = field(default_factory=list)
     profiles: dict[str, DeviceProfile] = field(default_factory=dict)
+    est_factor: dict[str, float] = field(default_factory=dict)  # "device/backend" -> calibration (see calibrate)
 
     @property
     def est_s(self) -> float:
@@ -195,6 +196,40 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
             mem_bytes=need))
     jobs = order_jobs(jobs)
     return Plan(sweep, jobs, dropped, profiles)
+
+
+MIN_CALIBRATION_JOBS = 3  # fewer stored jobs on a device than this: its roofline estimate stands
+
+
+def calibrate(plan: Plan, timings: list[tuple[str, str, str, float, float]]) -> dict[str, tuple[float, int]]:
+    """Scale each job's estimate by how long jobs of its device and backend really took before.
+
+    `timings`: (run, device, backend, uncalibrated estimate, measured seconds) of stored done jobs (see
+    ``Store.job_timings``, newest first). The factor per device/backend is Σ measured ÷ Σ estimated over
+    the jobs of its newest run (older runs added while fewer than MIN_CALIBRATION_JOBS jobs are in
+    hand): it covers what the roofline leaves out (idle baseline, power sampling, process start, a
+    run's first-job costs, the engine's real speed on this device today), weighted as a run's wall
+    time weighs them (a per-job median missed a first job 3× slower than the rest: 3.9 s estimated for
+    6.2 s). The newest run, not a long history: a device's speed moves with its load, firmware and
+    cooling, and a cold first run (zoo models generated, engine built: measured here 4-7× its roofline
+    per job, warm runs ~1.5×) then misleads one estimate, not the next twenty.
+    Returns {"device/backend": (factor, jobs used)}; the plan's jobs (and est_factor) are updated in place.
+    """
+    pairs: dict[str, list[tuple[float, float]]] = {}  # key -> (estimated, measured) per job
+    runs: dict[str, str] = {}  # key -> the run whose jobs are being collected
+    for run_id, device, backend, est, seconds in timings:
+        key = f"{device}/{backend}"
+        if len(pairs.get(key, [])) >= MIN_CALIBRATION_JOBS and runs.get(key) != run_id:
+            continue  # enough jobs, and this one is from an older run
+        if est > 0 and seconds > 0:
+            pairs.setdefault(key, []).append((est, seconds))
+            runs[key] = run_id
+    factors = {k: (sum(s for _, s in v) / sum(e for e, _ in v), len(v)) for k, v in pairs.items()
+               if len(v) >= MIN_CALIBRATION_JOBS}
+    plan.est_factor = {k: f for k, (f, _) in factors.items()}
+    plan.jobs = [j.model_copy(update={"est_s": j.est_s * factors[f"{j.device}/{j.backend}"][0]})
+                 if f"{j.device}/{j.backend}" in factors else j for j in plan.jobs]
+    return factors
 
 
 def order_jobs(jobs: list[Job]) -> list[Job]:

@@ -53,9 +53,13 @@ def _charts(summary: pd.DataFrame) -> str:
         if summary[f"{col}_mean"].isna().all():
             continue
         series = {d: [None] * len(labels) for d in devices}
+        bounds = {d: [None] * len(labels) for d in devices} if f"{col}_bound_mean" in summary else None
         for _, r in summary.iterrows():
             series[r["device"]][labels.index(_label(r))] = _num(r[f"{col}_mean"], scale)
-        parts.append(f"<h3>{escape(title)} (mean over repetitions)</h3>" + svg.bar_chart(labels, series, unit))
+            if bounds is not None:
+                bounds[r["device"]][labels.index(_label(r))] = _num(r[f"{col}_bound_mean"], scale)
+        parts.append(f"<h3>{escape(title)} (mean over repetitions)</h3>"
+                     + svg.bar_chart(labels, series, unit, bounds=bounds))
     if not summary["decode_j_per_tok_mean"].isna().all():
         points = [{"x": _num(r["decode_tps_mean"]), "y": _num(r["decode_j_per_tok_mean"], 1e3),
                    "r": _num(r["peak_rss_bytes_mean"], 1 / 2**20), "label": f"{r['device']} · {_label(r)}",
@@ -73,8 +77,11 @@ def _summary_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
                "test": r["test"], "threads": int(r["threads"]), "reps": int(r["reps"])}
         for col, _title, unit, scale in CHARTS:
             mean, sd = _num(r[f"{col}_mean"], scale), _num(r[f"{col}_std"], scale)
-            row[f"{col.replace('_bytes', '').replace('_j_per_tok', ' J/tok')} ({unit})"] = (
-                "-" if mean is None else f"{svg.fmt(mean)} ± {svg.fmt(sd)}" if sd is not None else svg.fmt(mean))
+            key = f"{col.replace('_bytes', '').replace('_j_per_tok', ' J/tok')} ({unit})"
+            row[key] = ("-" if mean is None else f"{svg.fmt(mean)} ± {svg.fmt(sd)}" if sd is not None
+                        else svg.fmt(mean))
+            if r.get(f"{col}_below_resolution") is True:  # raw value kept, after the bound
+                row[key] = f"< {svg.fmt(_num(r[f'{col}_bound_mean'], scale))} (below resolution; raw {row[key]})"
         row["flags"] = ",".join(flags)
         rows.append(row)
     return rows
@@ -111,6 +118,13 @@ def render_report(store: Any, run_id: str) -> str:
         warn.append("This run holds labelled-synthetic figures (seeded test data), not measurements.")
     if not df.empty and df["power_modelled"].fillna(False).astype(bool).any():
         warn.append("Some energy figures are modelled (no power sensor on that device), not measured.")
+    below = [p for p in ("prefill", "decode") if f"{p}_j_per_tok_below_resolution" in summary
+             and (summary[f"{p}_j_per_tok_below_resolution"] == True).any()]  # noqa: E712 - None-aware
+    if below:
+        warn.append(f"{' and '.join(below).capitalize()} energy per token is below resolution in some jobs: the "
+                    "net energy (after subtracting idle power) is within the noise of the idle baseline, so it is "
+                    "shown as '< bound' (2 sd of the idle readings over the phase plus half the sensor step, per "
+                    "token) with the raw value beside it.")
     if not df.empty and df["charging"].fillna(False).astype(bool).any():
         warn.append("Some repetitions ran while charging: phone energy figures are unreliable there.")
     if not df.empty and df["throttled"].fillna(False).astype(bool).any():
@@ -130,6 +144,6 @@ def render_report(store: Any, run_id: str) -> str:
     if run.sweep_yaml:
         body += ["<h2>Sweep</h2>", f"<pre>{escape(run.sweep_yaml)}</pre>"]
     body.append(f"<p class='meta'>farm {__version__} · report made {datetime.now():%Y-%m-%d %H:%M:%S} · every "
-                "repetition: <code>farm results RUN --format parquet -o FILE</code></p>")
+                "repetition: <code>farm results RUN --raw --format parquet -o FILE</code></p>")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>farm run {escape(run.id)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")

@@ -18,7 +18,16 @@ from tests.support import need, throwaway_database
 # One FARM_HOME for the whole session: engine builds and zoo models are cached across tests,
 # and nothing touches the user's real store or caches.
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="farm-test-home-"))
-os.environ.setdefault("FARM_HOME", str(_SESSION_HOME))
+if "FARM_HOME" not in os.environ:
+    os.environ["FARM_HOME"] = str(_SESSION_HOME)
+    # llama-bench takes ~3.5 min to build: the session home shares the user's llama.cpp build cache
+    # (a link, so the builds themselves still go through FARM_HOME's cache path).
+    import platformdirs
+
+    _shared = Path(platformdirs.user_cache_dir("farm")) / "llamacpp"
+    _shared.mkdir(parents=True, exist_ok=True)
+    (_SESSION_HOME / "cache").mkdir(parents=True, exist_ok=True)
+    (_SESSION_HOME / "cache" / "llamacpp").symlink_to(_shared, target_is_directory=True)
 os.environ.pop("FARM_DB_URL", None)
 os.environ.pop("FARM_DEVICES", None)
 

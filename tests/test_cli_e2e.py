@@ -37,6 +37,8 @@ def test_smoke_sweep_on_the_embedded_default(tmp_path: Path) -> None:
     assert farm("results", run_id, "--db", db, "--format", "parquet", "-o", str(parquet)).returncode == 0
     import pandas as pd
 
+    assert len(pd.read_parquet(parquet)) == 4  # one row per job, as csv and json
+    assert farm("results", run_id, "--db", db, "--format", "parquet", "--raw", "-o", str(parquet)).returncode == 0
     assert len(pd.read_parquet(parquet)) == 12
     runs = farm("runs", "--db", db).stdout
     assert run_id in runs and "smoke" in runs

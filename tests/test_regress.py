@@ -124,6 +124,10 @@ def test_regress_flags_the_slow_head_and_passes_the_unchanged_one(engine_repo, t
     slow = _farm("regress", *common, "--base", shas["A"], "--head", shas["B"], "--json", "slow.json", cwd=tmp_path)
     report = json.loads((tmp_path / "slow.json").read_text())
     assert report["interleave"] == "step" and "energy/token not judged" in slow.stdout
+    # the shown base and head and the change are one statistic, and the comment says which
+    assert "base, head and change: base: A's 20%-trimmed geometric mean" in slow.stdout
+    shown = [r for r in report["results"] if r.get("base")]
+    assert shown and all(r["head"] == pytest.approx(r["base"] * r["ratio"]) for r in shown)
     dec = next(r for r in report["results"] if r["metric"] == "decode_tps")
     assert dec["verdict"] != "improvement", slow.stdout
     assert report["head"]["commit"] == shas["B"] and report["base"]["commit"] == shas["A"]
@@ -139,6 +143,7 @@ def test_regress_flags_the_slow_head_and_passes_the_unchanged_one(engine_repo, t
     assert cmp.returncode == 0, cmp.stderr
     assert _farm("compare", f"{runs[0]}:C", runs[-1], "--db", db, cwd=tmp_path).returncode == 2
     assert "unpaired" in cmp.stdout and "| decode t/s (t/s) |" in cmp.stdout
+    assert "base, head: median of each run's repetitions; change: ratio of the medians" in cmp.stdout
 
     # Decode speed is judged by two measures of one family (whole-decode t/s and the p10 of per-step times);
     # the verdict may come from either, whichever resolves the change on this host.

@@ -50,7 +50,8 @@ def test_report_lists_failed_jobs_and_unknown_runs_fail_cleanly(seeded_sqlite: S
 
 def test_results_parquet_for_notebooks(seeded_sqlite: Seeded, tmp_path: Path) -> None:  # noqa: F811
     path = tmp_path / "run.parquet"
-    proc = farm("results", seeded_sqlite.run_ids[0], "--db", seeded_sqlite.url, "--format", "parquet", "-o", str(path))
+    proc = farm("results", seeded_sqlite.run_ids[0], "--db", seeded_sqlite.url, "--format", "parquet", "--raw",
+                "-o", str(path))  # every repetition; without --raw one row per job, as csv and json
     assert proc.returncode == 0, proc.stderr
     df = pd.read_parquet(path)
     assert len(df) == 60 * 5 and {"decode_tps", "prefill_j_per_tok", "engine_commit", "rep"} <= set(df.columns)

@@ -75,6 +75,20 @@ def test_verdict_rules() -> None:
     assert stats.verdict(c, True, threshold=0.10, mde_value=None).label == "within noise"
     null = stats.paired(*_pairs(np.random.default_rng(6), 10, 0.0, 0.02))
     assert stats.verdict(null, True, threshold=0.0, mde_value=None, alpha=1e-6).label == "no change"
+    # the same null result from a test that could not have seen a 3% change is not evidence of none
+    v = stats.verdict(null, True, threshold=0.03, mde_value=0.06)
+    assert v.label == "inconclusive" and "MDE 6.0%" in v.reason
+    assert stats.verdict(null, True, threshold=0.03, mde_value=math.inf).label == "inconclusive"
+    assert stats.verdict(null, True, threshold=0.03, mde_value=0.02).label == "no change"
+
+
+def test_unpaired_mde_and_the_shown_values_match_the_change() -> None:
+    # 3 against 3 repetitions: Mann-Whitney's smallest p is 2/20 = 0.1, so no change of any size is callable
+    assert stats.min_p_unpaired(3, 3) == pytest.approx(0.1)
+    assert stats.mde_unpaired([1.0, 1.1, 0.9], [15.0, 16.0, 14.0]) == math.inf
+    assert math.isfinite(stats.mde_unpaired(np.linspace(1, 1.1, 8), np.linspace(1, 1.1, 8)))
+    c = stats.paired(*_pairs(np.random.default_rng(9), 10, -0.05, 0.02))
+    assert c.head == pytest.approx(c.base * c.ratio) and "geometric mean" in c.statistic
 
 
 def test_a_metric_and_its_reciprocal_get_the_same_verdict() -> None:
@@ -137,9 +151,10 @@ def test_holm_keeps_family_wise_error_and_treats_ttft_with_prefill() -> None:
     by = {r.metric.column: r for r in compare_paired(pd.DataFrame(rows), threshold=0.03, alpha=0.05).results}
     raw = by["prefill_tps"].comparison
     assert raw is not None and raw.p_value < 0.05 and raw.change > 0.03  # alone, it would be called
-    assert by["prefill_tps"].p_adjusted > 0.05 and by["prefill_tps"].verdict.label == "no change"
+    # not called, and not "no change" either: a +4% estimate with an MDE of ~5% is no evidence of none
+    assert by["prefill_tps"].p_adjusted > 0.05 and by["prefill_tps"].verdict.label == "inconclusive"
     # TTFT is the same measurement: one family, so the same factor, not a fourth chance
-    assert by["ttft_s"].verdict.label == "no change"
+    assert by["ttft_s"].verdict.label == "inconclusive"
     assert by["decode_tps"].verdict.label == "regression" and by["decode_tps"].p_adjusted < 0.01
     # Identical peak memory in every pair cannot raise an alarm: it does not count as a family.
     constant = pd.DataFrame(rows).assign(peak_rss_bytes=2**27)

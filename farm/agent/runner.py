@@ -38,6 +38,7 @@ def _attach_energy(reps: list[Repetition], report: Any) -> None:
                 continue
             setattr(r, f"{phase}_energy_j", p.net_energy_j)
             setattr(r, f"{phase}_j_per_tok", p.j_per_token)
+            setattr(r, f"{phase}_j_per_tok_bound", p.j_per_token_bound)
             setattr(r, f"{phase}_avg_w", p.avg_w)
 
 

@@ -85,6 +85,14 @@ def _modelled(rows: pd.DataFrame) -> bool:
     return "power_modelled" in rows and bool(rows["power_modelled"].fillna(False).astype(bool).any())
 
 
+def _below_resolution(rows: pd.DataFrame, metric: Metric) -> bool:
+    """Whether a side's energy per token is within the idle baseline's noise (median |value| ≤ median bound)."""
+    bound = f"{metric.column}_bound"
+    if not metric.energy or bound not in rows or rows[bound].isna().all():
+        return False
+    return bool(rows[metric.column].abs().median() <= rows[bound].median())
+
+
 def paired_frames(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per (cell, pair, rep) with columns a and b: the A and B values that ran side by side."""
     sub = _usable(df)[[*CELL, "pair", "rep", "variant", metric]].dropna(subset=[metric])
@@ -176,6 +184,11 @@ def compare_paired(df: pd.DataFrame, *, threshold: float, alpha: float,
                     report.results.append(MetricResult(cell, metric, None,
                                                        note="fewer than 2 complete A/B pairs with values > 0"))
                 continue
+            blind = [v for v in ("A", "B") if _below_resolution(measured[measured["variant"] == v], metric)]
+            if blind:
+                report.results.append(MetricResult(cell, metric, None, note=f"below resolution on "
+                                                                            f"{' and '.join(blind)}: not compared"))
+                continue
             c = stats.paired(rows["a"].to_numpy(), rows["b"].to_numpy())
             if metric.energy and _modelled(measured):
                 # A modelled power figure (no sensor: P from CPU load) shows how load moves, it is not a
@@ -211,9 +224,16 @@ def compare_unpaired(a: pd.DataFrame, b: pd.DataFrame, *, threshold: float, alph
             vb = b.loc[sel_b, metric.column].dropna().to_numpy(dtype=float)
             if len(va) < 2 or len(vb) < 2:
                 continue
-            result = MetricResult(cell, metric, stats.unpaired(va, vb))
+            blind = [side for side, df, sel in (("A", a, sel_a), ("B", b, sel_b)) if _below_resolution(df[sel], metric)]
+            if blind or min(va.min(), vb.min()) <= 0:
+                # A ratio of energies inside the idle noise (or ≤ 0 after idle subtraction) means nothing.
+                report.results.append(MetricResult(cell, metric, None, note="below resolution on "
+                                                   + (" and ".join(blind) or "a side") + ": not compared"))
+                continue
+            mde_val = stats.mde_unpaired(va, vb, alpha)
+            result = MetricResult(cell, metric, stats.unpaired(va, vb), mde_val, "this run")
             report.results.append(result)
-            judged.append((result, None))
+            judged.append((result, mde_val))
         _judge(judged, threshold=threshold, alpha=alpha)
     return report
 
@@ -232,7 +252,7 @@ def noise_table(report: Report) -> list[dict[str, Any]]:
 
 
 _ICON = {"regression": "❌ regression", "improvement": "✅ improvement", "within noise": "〰 within noise",
-         "no change": "· no change"}
+         "no change": "· no change", "inconclusive": "? inconclusive"}
 
 
 def _fmt(v: float | None, m: Metric) -> str:
@@ -244,12 +264,21 @@ def _fmt(v: float | None, m: Metric) -> str:
 
 def pct(x: float) -> str:
     """A relative size for humans: beyond ±100% the digits mean nothing more than "huge"."""
+    if not math.isfinite(x):
+        return "∞"
     return ">100%" if x > 1 else f"{x:.1%}"
 
 
 def markdown(report: Report, title: str, header_lines: list[str]) -> str:
     """The CI comment: a headline, context lines, and one table row per cell × metric."""
-    lines = [f"### {title}", "", *header_lines, "",
+    statistics = sorted({r.comparison.statistic for r in report.results if r.comparison and r.comparison.statistic})
+    inconclusive = [r for r in report.results if r.verdict and r.verdict.label == "inconclusive"]
+    notes = [f"base, head and change: {s}" for s in statistics]
+    if inconclusive:  # say in words what the "?" rows mean: no evidence either way, not evidence of none
+        worst = max(r.mde if r.mde is not None else math.inf for r in inconclusive)
+        notes.append(f"? inconclusive ({len(inconclusive)} row(s)): not significant, but the test could not have "
+                     f"seen a change below its MDE (up to {pct(worst)}); more repetitions resolve smaller changes")
+    lines = [f"### {title}", "", *header_lines, *notes, "",
              "| device | cell | metric | base | head | change | 95% CI | p (Holm) | MDE | verdict |",
              "|---|---|---|---:|---:|---:|---|---:|---:|---|"]
     for r in report.results:
@@ -261,8 +290,8 @@ def markdown(report: Report, title: str, header_lines: list[str]) -> str:
             continue
         mde = "-" if r.mde is None else pct(r.mde) + (f" ({r.mde_source})" if r.mde_source else "")
         lines.append(
-            f"| {r.cell['device']} | {cell} | {r.metric.label} ({r.metric.unit}) | {_fmt(c.median_a, r.metric)} | "
-            f"{_fmt(c.median_b, r.metric)} | {c.change:+.1%} | [{c.ci_low - 1:+.1%}, {c.ci_high - 1:+.1%}] | "
+            f"| {r.cell['device']} | {cell} | {r.metric.label} ({r.metric.unit}) | {_fmt(c.base, r.metric)} | "
+            f"{_fmt(c.head, r.metric)} | {c.change:+.1%} | [{c.ci_low - 1:+.1%}, {c.ci_high - 1:+.1%}] | "
             f"{c.p_value if r.p_adjusted is None else r.p_adjusted:.2g} | {mde} | "
             f"{_ICON[r.verdict.label] if r.verdict else '· not judged: ' + r.note} |")
     return "\n".join(lines) + "\n"

@@ -51,6 +51,11 @@ class Comparison:
     p_value: float
     method: str
     noise_sd: float | None = None  # sd of one pair log ratio as the trimmed test sees it (paired only)
+    # The values a table shows for A and B, from the same statistic as `ratio` (head = base × ratio
+    # exactly), and the words that say which statistic that is.
+    base: float | None = None
+    head: float | None = None
+    statistic: str = ""
 
     @property
     def change(self) -> float:
@@ -64,6 +69,10 @@ def _clean(x: Any) -> np.ndarray:
     a = np.asarray(x, dtype=float)
     return a[np.isfinite(a)]
 
+
+PAIRED_STATISTIC = ("base: A's 20%-trimmed geometric mean; change: 20%-trimmed geometric mean of the pair "
+                    "ratios B/A; head = base × (1 + change)")
+UNPAIRED_STATISTIC = "base, head: median of each run's repetitions; change: ratio of the medians"
 
 TRIM = 0.2  # fraction trimmed from each end of the pair log ratios
 TRIM_EFFICIENCY = 0.94  # variance efficiency of the 20% trimmed mean against the mean, for normal data
@@ -117,8 +126,12 @@ def paired(a: Any, b: Any, seed: int = 0) -> Comparison:
             k = int((nonzero > 0).sum())
             p = 1.0 if est == 0 or not len(nonzero) else float(sps.binomtest(k, len(nonzero)).pvalue)
             method = "sign test (paired log ratios; trimmed spread is 0)"
+    # The level of A on the scale the ratio lives on (the same 20%-trimmed mean of logs), and head as
+    # base × ratio: shown values whose quotient is the shown change, whatever the spread of A and B.
+    base = math.exp(trimmed(np.log(a_arr))[0])
     return Comparison(n, n, float(np.median(a_arr)), float(np.median(b_arr)), math.exp(est), math.exp(lo),
-                      math.exp(hi), p, method, noise_sd=noise)
+                      math.exp(hi), p, method, noise_sd=noise, base=base, head=base * math.exp(est),
+                      statistic=PAIRED_STATISTIC)
 
 
 def unpaired(a: Any, b: Any, seed: int = 0) -> Comparison:
@@ -140,7 +153,8 @@ def unpaired(a: Any, b: Any, seed: int = 0) -> Comparison:
         lo, hi = np.nanquantile(ratios, [(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2])
         p = float(sps.mannwhitneyu(a_arr, b_arr, alternative="two-sided").pvalue)
     return Comparison(len(a_arr), len(b_arr), ma, mb, mb / ma, float(lo), float(hi), p,
-                      "mann-whitney U (unpaired), ratio of medians, bootstrap CI")
+                      "mann-whitney U (unpaired), ratio of medians, bootstrap CI", base=ma, head=mb,
+                      statistic=UNPAIRED_STATISTIC)
 
 
 def mde(noise_sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -157,9 +171,36 @@ def mde(noise_sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> flo
     return math.expm1(t * noise_sd / math.sqrt(n * TRIM_EFFICIENCY))
 
 
+MW_EFFICIENCY = 3 / math.pi  # asymptotic relative efficiency of Mann-Whitney against the t-test (normal data)
+
+
+def min_p_unpaired(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p Mann–Whitney can give n_a against n_b values (complete separation)."""
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
+def mde_unpaired(a: Any, b: Any, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest relative change the unpaired test resolves at `alpha` with `power`; inf when it cannot at all.
+
+    With 3 repetitions a side Mann–Whitney's smallest possible p is 2/C(6,3) = 0.1: no effect of any size
+    reaches p < 0.05, so the MDE is infinite and a non-significant result says nothing. Otherwise the
+    two-sample t formula on log values, (t_{1-α/2} + t_power) · s · √(1/n_a + 1/n_b), widened by the
+    test's efficiency (3/π) against the t-test.
+    """
+    la, lb = np.log(_clean(a)), np.log(_clean(b))
+    la, lb = la[np.isfinite(la)], lb[np.isfinite(lb)]
+    n_a, n_b = len(la), len(lb)
+    if n_a < 2 or n_b < 2 or min_p_unpaired(n_a, n_b) >= alpha:
+        return math.inf
+    df = n_a + n_b - 2
+    s = math.sqrt(((n_a - 1) * np.var(la, ddof=1) + (n_b - 1) * np.var(lb, ddof=1)) / df)
+    t = sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)
+    return math.expm1(t * s * math.sqrt(1 / n_a + 1 / n_b) / math.sqrt(MW_EFFICIENCY))
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """What a comparison means for CI: regression | improvement | within noise | no change."""
+    """What a comparison means for CI: regression | improvement | within noise | no change | inconclusive."""
 
     label: str
     worse: bool
@@ -172,6 +213,11 @@ def verdict(c: Comparison, higher_is_better: bool, *, threshold: float, mde_valu
     """Call a change only when it is significant, its CI excludes no-change, and it clears threshold and MDE.
 
     `p_value`: the p to judge by when it was adjusted for multiple testing (default: the comparison's).
+
+    A result that is not significant is "no change" only when the test could have seen a change of the
+    threshold's size (MDE ≤ threshold) and the estimate is below it; otherwise it is "inconclusive" with the
+    MDE in its reason: a test without power must not read as evidence of no change. `mde_value=None` means
+    the caller has no power estimate (the old rule: not significant is "no change").
     """
     p = c.p_value if p_value is None else p_value
     bar = max(threshold, mde_value if mde_value is not None and math.isfinite(mde_value) else 0.0)
@@ -181,8 +227,14 @@ def verdict(c: Comparison, higher_is_better: bool, *, threshold: float, mde_valu
     size = abs(math.log(c.ratio)) if c.ratio > 0 else math.inf
     ci_excludes_one = c.ci_high < 1 or c.ci_low > 1
     if p >= alpha or not ci_excludes_one:
-        return Verdict("no change", worse, bar, f"p={p:.3g}, CI includes 1" if not ci_excludes_one
-                       else f"p={p:.3g} ≥ {alpha}")
+        why = f"p={p:.3g}, CI includes 1" if not ci_excludes_one else f"p={p:.3g} ≥ {alpha}"
+        if mde_value is not None and not math.isfinite(mde_value):
+            return Verdict("inconclusive", worse, math.inf,
+                           f"{why}; this test cannot reach p < {alpha} at n={c.n_a}/{c.n_b} (MDE ∞)")
+        if mde_value is not None and (mde_value > threshold or size >= math.log1p(bar)):
+            return Verdict("inconclusive", worse, bar, f"{why}; MDE {mde_value:.1%}: a change below it cannot "
+                                                       "be seen")
+        return Verdict("no change", worse, bar, why)
     if size < math.log1p(bar):
         what = "MDE" if mde_value is not None and bar == mde_value and mde_value > threshold else "threshold"
         return Verdict("within noise", worse, bar, f"|{c.change:+.1%}| < {what} {bar:.1%}")

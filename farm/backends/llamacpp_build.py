@@ -3,7 +3,8 @@
 Owns the llama-bench binaries farm runs. Two sources:
 
 - the llama.cpp copy vendored in the ``llama-cpp-python`` sdist (``pip download``; no git clone, pinned
-  by the sdist version), cached under ``user_cache_dir("farm")/llamacpp/<version>/<isa>/``;
+  by the sdist version), cached under ``farm.paths.cache_dir("llamacpp")/<version>/<isa>/`` (so under
+  ``$FARM_HOME/cache`` when FARM_HOME is set, as every other cache);
 - a source tree (a ``git archive`` of an engine commit made by ``farm.engine_builds``), cached under
   ``.../llamacpp/tree/<key>/`` with key = sha256(commit or tree digest, isa, extra flags).
 
@@ -26,9 +27,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
 from farm.errors import ConfigError, InfraError
+from farm.paths import cache_dir
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 TARGET = "llama-bench"
@@ -60,7 +60,7 @@ class LlamaBenchBuild:
 
 
 def cache_root() -> Path:
-    return Path(platformdirs.user_cache_dir("farm")) / "llamacpp"
+    return cache_dir("llamacpp")
 
 
 def default_isa() -> str:
@@ -223,4 +223,7 @@ def llama_bench_path(isa: str = "avx2", version: str = LLAMA_CPP_PYTHON_VERSION)
 
 
 if __name__ == "__main__":
-    print(from_sdist(sys.argv[1] if len(sys.argv) > 1 else None).path)
+    if sys.argv[1:2] == ["--where"]:  # where the builds are cached, without building anything
+        print(cache_root())
+    else:
+        print(from_sdist(sys.argv[1] if len(sys.argv) > 1 else None).path)

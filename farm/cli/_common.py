@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -16,7 +17,9 @@ from rich.text import Text
 # markup=False: device names, device-reported models, model names, errors are untrusted text; a device
 # calling itself `i3[/bold]` is printed as such (table cells included). farm's own styling goes
 # through `styled`, which escapes what it interpolates.
-console = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 180)
+# A COLUMNS set by the user (or a test) is honoured in both cases.
+console = Console(highlight=False, markup=False,
+                  width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 180)
 
 
 def plain_console(**kwargs: Any) -> Console:
@@ -73,29 +76,93 @@ def open_store(db_url: str | None):  # -> farm.store.Store
     return store
 
 
-def results_table(df: pd.DataFrame, title: str = "") -> Table:
-    """The llama-bench-like table of a run: one line per job, mean ± sd over repetitions."""
+# (header, short header, key in the summary or None) of the results table, in order; see results_table.
+_IDENTITY = ["device", "backend", "model", "quant", "test", "threads", "rep"]
+_DROP_ORDER = ["TTFT ms", "peak MiB", "prefill mJ/tok", "prefill t/s"]  # first to go when even short cells overflow
+_SHORT = {"prefill t/s": "pp t/s", "decode t/s": "tg t/s", "peak MiB": "MiB",
+          "prefill mJ/tok": "pp mJ/t", "decode mJ/tok": "tg mJ/t"}
+
+
+def _table_width(columns: dict[str, list[str]]) -> int:
+    """What rich needs for these columns, unwrapped: cells + one space of padding each side + borders."""
+    return sum(max([len(h), *map(len, cells)]) + 3 for h, cells in columns.items()) + 1
+
+
+def results_table(df: pd.DataFrame, title: str = "", raw: bool = False, width: int | None = None) -> Table:
+    """The llama-bench-like table of a run: one line per job (per repetition with `raw`), mean ± sd.
+
+    It fits `width` (default: the console's) the way llama-bench's markdown does: columns whose value is
+    the same on every line move into the title, then headers shorten, then "± sd" goes, then the least
+    needed columns go; a caption says what was left out and where to find it."""
     from farm.analysis.summary import fmt_energy, fmt_pm, summarize
 
-    summary = summarize(df)
-    table = Table(title=title or None, show_lines=False)
-    for col, justify in [("device", "left"), ("backend", "left"), ("model", "left"), ("quant", "left"),
-                         ("test", "left"), ("t", "right"), ("prefill t/s", "right"), ("decode t/s", "right"),
-                         ("TTFT ms", "right"), ("peak MiB", "right"), ("prefill mJ/tok", "right"),
-                         ("decode mJ/tok", "right"), ("reps", "right"), ("flags", "left")]:
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    width = width or console.width
+    summary = summarize(df, raw=raw)
+    cols: dict[str, list[str]] = {}
+    plain: dict[str, list[str]] = {}  # the same cells without "± sd"
     for _, r in summary.iterrows():
         flags = [name for name, col in (("throttled", "throttled"), ("charging", "charging"),
                                         ("modelled-power", "power_modelled")) if r.get(col) is True]
         rss = r.get("peak_rss_bytes_mean")
-        table.add_row(
-            r["device"], r["backend"], r["model"], r["quant"], r["test"], str(r["threads"]),
-            fmt_pm(r["prefill_tps_mean"], r["prefill_tps_std"]), fmt_pm(r["decode_tps_mean"], r["decode_tps_std"]),
-            fmt_pm(_ms(r["ttft_s_mean"]), _ms(r["ttft_s_std"]), 1),
-            "-" if pd.isna(rss) else f"{rss / 2**20:.0f}",
-            fmt_energy(r["prefill_j_per_tok_mean"], r["prefill_j_per_tok_std"]),
-            fmt_energy(r["decode_j_per_tok_mean"], r["decode_j_per_tok_std"]),
-            str(r["reps"]), ",".join(flags))
+        ident = {("t" if k == "threads" else k): str(r[k]) for k in _IDENTITY if k in r}
+        cells = {
+            **ident,
+            "prefill t/s": (r["prefill_tps_mean"], r["prefill_tps_std"], 2),
+            "decode t/s": (r["decode_tps_mean"], r["decode_tps_std"], 2),
+            "TTFT ms": (_ms(r["ttft_s_mean"]), _ms(r["ttft_s_std"]), 1),
+            "peak MiB": "-" if pd.isna(rss) else f"{rss / 2**20:.0f}",
+            "prefill mJ/tok": ("energy", "prefill"), "decode mJ/tok": ("energy", "decode"),
+            **({} if raw else {"reps": str(r["reps"])}), "flags": ",".join(flags)}
+        for name, v in cells.items():
+            if isinstance(v, tuple) and v[0] == "energy":
+                m, sd, b = (r[f"{v[1]}_j_per_tok_mean"], r[f"{v[1]}_j_per_tok_std"], r[f"{v[1]}_j_per_tok_bound_mean"])
+                full, short = fmt_energy(m, sd, b), fmt_energy(m, None, b)
+            elif isinstance(v, tuple):
+                full, short = fmt_pm(v[0], v[1], v[2]), fmt_pm(v[0], None, v[2])
+            else:
+                full = short = v
+            cols.setdefault(name, []).append(full)
+            plain.setdefault(name, []).append(short)
+    below = any(c.startswith("<") for name in ("prefill mJ/tok", "decode mJ/tok") for c in cols.get(name, []))
+    notes: list[str] = []
+    moved: list[str] = []
+    if not any(cols.get("flags", [])):
+        cols.pop("flags", None)
+    if _table_width(cols) > width and len(summary) > 0:
+        for key in ("device", "backend", "quant", "t", "test", "model", "reps", "flags"):
+            values = set(cols.get(key, []))
+            if len(values) == 1 and key in cols:
+                moved.append(f"{'t' if key == 't' else ''}{values.pop()}" + (" reps" if key == "reps" else ""))
+                del cols[key]
+    headers = {h: h for h in cols}
+    if _table_width(cols) > width:
+        headers = {h: _SHORT.get(h, h) for h in cols}
+        cols = {headers[h]: v for h, v in cols.items()}
+        plain = {headers.get(h, _SHORT.get(h, h)): v for h, v in plain.items()}
+    if _table_width(cols) > width:
+        cols = {h: plain[h] for h in cols}
+        notes.append("± sd left out for width")
+    dropped = []
+    for name in _DROP_ORDER:
+        h = _SHORT.get(name, name) if name not in cols else name
+        if _table_width(cols) <= width:
+            break
+        if h in cols:
+            del cols[h]
+            dropped.append(h)
+    if dropped:
+        notes.append(f"left out for width: {', '.join(dropped)}")
+    if notes:
+        notes.append("all columns: farm results RUN --format csv")
+    if below:
+        notes.insert(0, "<x: below resolution (net energy within the idle baseline's noise); raw value in csv/json")
+    head = " · ".join([title, " ".join(moved)] if moved and title else [title or " ".join(moved)])
+    table = Table(title=head or None, show_lines=False, caption="; ".join(notes) or None)
+    for h in cols:
+        numeric = h not in (*_IDENTITY, "flags")  # "t" (threads) is a number too
+        table.add_column(h, justify="right" if numeric else "left", no_wrap=True)
+    for i in range(len(summary)):
+        table.add_row(*(cols[h][i] for h in cols))
     return table
 
 

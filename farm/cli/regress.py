@@ -169,9 +169,15 @@ def compare_cmd(run_a: str, run_b: str, threshold: float, alpha: float, json_pat
     if not report.results:
         raise ConfigError(f"runs {ra.id} and {rb.id} share no cell (device, backend, model, quant, test, threads)")
     title = f"farm compare: `{run_a}` ({ra.name}) → `{run_b}` ({rb.name})"
-    md = compare.markdown(report, title, [f"threshold {threshold:.0%} · α {alpha} · runs at different times: "
-                                          "unpaired, so drift between them is not cancelled"])
-    _emit(md, regress.report_json(report, run_a=ra.id, run_b=rb.id), json_path)
+    header = [f"threshold {threshold:.0%} · α {alpha} · runs at different times: "
+              "unpaired, so drift between them is not cancelled"]
+    if (ra.id, run_a.partition(":")[2]) == (rb.id, run_b.partition(":")[2]):
+        warning = (f"⚠ run {ra.id} is compared with itself: every ratio is 1 by construction and says nothing "
+                   "about noise (`farm noise` measures A/A noise)")
+        err.print(warning)
+        header.append(warning)
+    md = compare.markdown(report, title, header)
+    _emit(md, regress.report_json(report, run_a=ra.id, run_b=rb.id, warnings=header[1:]), json_path)
 
 
 commands = [regress_cmd, noise_cmd, compare_cmd]

@@ -85,24 +85,27 @@ def status_cmd(run_id: str, db_url: str | None, follow: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file (required for parquet).")
-@click.option("--raw", is_flag=True, help="Every repetition instead of the per-job summary (csv/json).")
+@click.option("--raw", is_flag=True, help="Every repetition instead of one row per job (every format).")
 def results_cmd(run_id: str, db_url: str | None, fmt: str, output: str | None, raw: bool) -> None:
-    """Results of a run: a table, or every repetition as csv/json/parquet for notebooks."""
+    """Results of a run: a table, or csv/json/parquet for notebooks.
+
+    Every format has one row per job (mean and sd over its repetitions) unless --raw, which gives one row
+    per repetition with every stored column. Energy per token comes with its resolution bound and a
+    below-resolution flag; the raw value is always kept."""
+    from farm.analysis.summary import summarize, with_resolution
+
     if output:
         check_output_path(output)
     store = open_store(db_url)
     run = store.get_run(run_id)
     df = store.results_frame(run.id)
     if fmt == "table":
-        console.print(results_table(df, title=f"{run.name} · run {run.id} · {run.status}"))
+        console.print(results_table(df, title=f"{run.name} · run {run.id} · {run.status}", raw=raw))
         failed = failures_table(store, run.id)
         if failed is not None:
             console.print(failed)
         return
-    if not raw and fmt != "parquet":
-        from farm.analysis.summary import summarize
-
-        df = summarize(df)
+    df = with_resolution(df) if raw else summarize(df)
     if fmt == "parquet":
         if not output:
             raise ConfigError("--format parquet needs -o FILE")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -21,21 +22,35 @@ def _load(sweep_path: str, devices_path: str | None):  # -> (Sweep, Inventory)
     return load_sweep(sweep_path), load_inventory(devices_path)
 
 
+def _calibrated(plan, store) -> str:  # type: ignore[no-untyped-def]
+    """Calibrate the plan's estimates from the store's timings of the same devices; say how, in words."""
+    from farm.plan import calibrate
+
+    factors = calibrate(plan, store.job_timings({j.device for j in plan.jobs}))
+    if not factors:
+        return "roofline only: no stored jobs of these devices to calibrate from"
+    return "calibrated from stored runs: " + ", ".join(f"{k} ×{f:.2g} ({n} jobs)" for k, (f, n) in factors.items())
+
+
 @click.command("plan")
 @click.argument("sweep_path", metavar="SWEEP", type=click.Path(dir_okay=False))
 @devices_option
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
-def plan_cmd(sweep_path: str, devices_path: str | None, as_json: bool) -> None:
-    """Show the jobs a sweep expands to, the cells dropped and why, and the estimated wall time."""
+def plan_cmd(sweep_path: str, devices_path: str | None, db_url: str | None, as_json: bool) -> None:
+    """Show the jobs a sweep expands to, the cells dropped and why, and the estimated wall time
+    (calibrated by how long jobs of the same devices took in the store's earlier runs)."""
     from farm.plan import describe, make_plan
 
     plan = make_plan(*_load(sweep_path, devices_path))
+    how = _calibrated(plan, open_store(db_url))
     if as_json:
         click.echo(json.dumps({"jobs": [j.model_dump(mode="json") for j in plan.jobs],
                                "dropped": [{"cell": d.cell, "reason": d.reason} for d in plan.dropped],
-                               "est_s": plan.est_s}, indent=1))
+                               "est_s": plan.est_s, "est_factor": plan.est_factor, "estimate": how}, indent=1))
     else:
         click.echo(describe(plan))
+        click.echo(f"estimate {how}")
 
 
 EXIT_CODES_HELP = ("Exit codes: 0 every job done; 1 a job failed (the benchmark: engine exit, bad output); "
@@ -70,17 +85,18 @@ def submit_cmd(ctx: click.Context, sweep_path: str, db_url: str | None, devices_
     if not plan.jobs:
         reasons = "; ".join(sorted({d.reason for d in plan.dropped})) or "no cell matched the include rules"
         raise ConfigError(f"{sweep_path}: the sweep plans no job ({reasons})")
+    how = _calibrated(plan, store)
     store.create_run(sweep.name, plan.jobs, run_id=run_id, sweep_yaml=Path(sweep_path).read_text(),
                      sweep_digest=sweep.digest(), executor=executor_name, priority=sweep.priority,
                      meta={"dropped": [{"cell": d.cell, "reason": d.reason} for d in plan.dropped],
-                           "est_s": plan.est_s, "devices_path": devices_path},
+                           "est_s": plan.est_s, "est_factor": plan.est_factor, "devices_path": devices_path},
                      holder=in_process_name() if executor_cls.blocking else None)
     for name in sorted({j.device for j in plan.jobs}):
         entry = next(d for d in inventory.devices if d.name == name)
         store.upsert_device(name, entry.profile, entry.transport.kind)
     console.print(styled("run [bold]{run}[/]: {rest}", run=run_id, rest=(
         f"{len(plan.jobs)} jobs on {len({j.device for j in plan.jobs})} device(s), {len(plan.dropped)} dropped, "
-        f"estimated {plan.est_s:.0f} s")))
+        f"estimated {plan.est_s:.0f} s ({how})")))
     wait = executor_cls.blocking if wait is None else wait
     if not executor_cls.blocking and not wait:
         run_jobs(store, inventory, run_id, executor_name, plan.jobs, wait=False)
@@ -88,7 +104,7 @@ def submit_cmd(ctx: click.Context, sweep_path: str, db_url: str | None, devices_
         return
     outcome = _with_progress(plan.jobs, lambda progress: run_jobs(
         store, inventory, run_id, executor_name, plan.jobs, progress=progress, watch=_watch))
-    ctx.exit(_report(store, sweep.name, outcome))
+    ctx.exit(_report(store, sweep.name, outcome, db_url))
 
 
 @click.command("resume", epilog=EXIT_CODES_HELP)
@@ -107,7 +123,7 @@ def resume_cmd(ctx: click.Context, run_id: str, db_url: str | None, devices_path
     console.print(f"run {run.id}: resuming {len(left)} job(s)", markup=False)
     outcome = _with_progress(left, lambda progress: resume(store, run.id, devices_path, progress=progress,
                                                             watch=_watch))
-    ctx.exit(_report(store, run.name, outcome))
+    ctx.exit(_report(store, run.name, outcome, db_url))
 
 
 def _watch(store, run_id: str) -> None:  # type: ignore[no-untyped-def]
@@ -116,7 +132,7 @@ def _watch(store, run_id: str) -> None:  # type: ignore[no-untyped-def]
     watch(store, run_id)
 
 
-def _report(store, name: str, outcome) -> int:  # type: ignore[no-untyped-def]
+def _report(store, name: str, outcome, db_url: str | None = None) -> int:  # type: ignore[no-untyped-def]
     """Print what the run produced and how it ended; returns the exit code."""
     run_id = outcome.run_id
     df = store.results_frame(run_id) if outcome.status != "interrupted" or outcome.exit_code != 3 else None
@@ -130,7 +146,18 @@ def _report(store, name: str, outcome) -> int:  # type: ignore[no-untyped-def]
         click.echo(f"error: {outcome.error}", err=True)
     if outcome.status == "interrupted" and outcome.exit_code == 130:
         click.echo(f"continue it with: farm resume {run_id}", err=True)
+    elif outcome.status in ("done", "failed"):
+        print_next_steps(run_id, db_url)
     return outcome.exit_code
+
+
+def print_next_steps(run_id: str, db_url: str | None = None) -> None:
+    """What a user can do with a finished run (the commands work as printed, --db included when given)."""
+    db = f" --db {shlex.quote(db_url)}" if db_url else ""
+    console.print("next: results as csv/json/parquet (--format), an HTML report, every run in the browser:")
+    for cmd in (f"farm results {run_id}{db}", f"farm report {run_id}{db} --html report-{run_id}.html",
+                f"farm dashboard{db}"):
+        console.print(f"  {cmd}", markup=False, soft_wrap=True)  # never broken: copied and pasted as one line
 
 
 def _with_progress(jobs, run):  # type: ignore[no-untyped-def]

@@ -48,7 +48,7 @@ from farm.lab.virtual import (
     port_free,
     wait_port,
 )
-from farm.power.trace import TOTAL_RAILS, pick_rail
+from farm.power.trace import total_rails
 
 FIRST_PORT = 55551
 # Boards (and ssh hosts) in the order `boards=N` takes them; phones likewise by `phone_profiles`.
@@ -274,11 +274,14 @@ class Lab:
             feed.android = self._gauge(name, base, profile)
         for _bus, hw, rails in sandbox.ina3221_monitors(base):
             mw = {label: mv * ma / 1000 for label, mv, ma in rails}
-            total = pick_rail(list(mw), TOTAL_RAILS)
-            if total and mw[total] > 0:  # the monitor with the board-input rail carries the board's power
-                feed.idle_w = mw[total] / 1000
-                # the real directory, not the /sys/class/hwmon link (it resolves only inside the board)
-                feed.ina3221 = Ina3221(hwmon=_rel(hw), rails={label: (mw[label] / mw[total], mv)
+            opts = profile.power.options
+            total = total_rails(list(mw), opts.get("rail"), opts.get("rails"))
+            total_mw = sum(mw[r] for r in total) if total else 0.0
+            if total_mw > 0:  # the monitor with the board's total (one input rail, or AGX Orin's summed rails)
+                feed.idle_w = total_mw / 1000
+                # Rails as shares of the total, so the rails the sampler sums give back the model's power;
+                # the real directory, not the /sys/class/hwmon link (it resolves only inside the board).
+                feed.ina3221 = Ina3221(hwmon=_rel(hw), rails={label: (mw[label] / total_mw, mv)
                                                               for label, mv, _ in rails})
                 break
         if profile.power.source == "rapl":  # an x86 host: package energy counters the model integrates

@@ -4,6 +4,24 @@ Units: time ns on the device's CLOCK_MONOTONIC, power W, energy J. Energy of a w
 trapezoid integral over the samples inside it plus the two edge values interpolated linearly from
 the neighbouring samples, so a window need not start or end on a sample. Net energy subtracts the
 idle baseline (idle W × duration); J/token divides the net energy by the tokens of that phase.
+
+Resolution. A phase that draws little more than idle power (a short prefill on a 40 W board, a decode on
+a slow fuel gauge) has a net energy inside the noise of the idle baseline: its sign and size then say
+nothing. Under "the phase drew idle power", net = T · (mean P in the phase − mean idle P), and
+
+    bound = T · (2 · σ_idle · √(1/n_idle + 1/n_phase) + step / 2)
+
+- σ_idle: sd of the idle samples; n_idle, n_phase: independent readings in the idle window and the phase
+  (samples of a sensor that refreshes slower than it is read count once per refresh). The first term is
+  the two-sided ~95% band (2 sd) of a difference of two means of independent readings.
+- step: the sensor's resolution in W, read off the data as the smallest non-zero difference between
+  readings, and never finer than the 6 significant digits a trace is stored with (``encode_trace``):
+  a trace that shows one value throughout (a saturated CPU model, a gauge that did not refresh) then
+  still has a bound, and its net energy of exactly 0 ± rounding reads as below resolution. A steady draw
+  closer than half a step to the idle draw reads the same value, and averaging does not remove that
+  error (it is the same on every sample), so half a step is added, not averaged.
+
+A phase with |net| ≤ bound is *below resolution*: shown as "< bound/token", its raw value kept.
 """
 
 from __future__ import annotations
@@ -17,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from farm.power.trace import Trace
 
+STORED_PRECISION = 1e-5  # a trace keeps 6 significant digits: readings closer than this (relative) are one value
 MIN_PERIODS = 2.0  # a window shorter than this many sample periods gets a warning with its figure
 
 
@@ -44,6 +63,9 @@ class PhaseEnergy(BaseModel):
     net_energy_j: float | None  # energy_j − idle_w × duration_s
     j_per_token: float | None  # net_energy_j ÷ tokens
     warnings: list[str] = Field(default_factory=list)
+    resolution_j: float | None = None  # |net| at or below this is within the idle baseline's noise
+    j_per_token_bound: float | None = None  # resolution_j ÷ tokens
+    below_resolution: bool | None = None  # |net_energy_j| ≤ resolution_j
 
 
 class PowerReport(BaseModel):
@@ -61,6 +83,36 @@ class PowerReport(BaseModel):
     phases: list[PhaseEnergy] = Field(default_factory=list)
     trace_zlib_b64: str = ""
     details: dict = Field(default_factory=dict)  # source specifics: files, rails, update rate, ...
+
+
+@dataclass(frozen=True)
+class IdleNoise:
+    """What the idle baseline says about the resolution of net energy (see the module docstring)."""
+
+    sd_w: float  # sd of the idle readings
+    n_eff: int  # independent idle readings (one per sensor refresh)
+    step_w: float  # the sensor's resolution: smallest non-zero difference between readings
+    update_hz: float  # how often the sensor's value changes (caps the independent readings of a phase)
+
+    def bound_j(self, duration_s: float, n_samples: int) -> float:
+        n_phase = max(1, min(n_samples, int(duration_s * self.update_hz) if self.update_hz > 0 else n_samples))
+        noise = 2.0 * self.sd_w * float(np.sqrt(1.0 / max(self.n_eff, 1) + 1.0 / n_phase))
+        return duration_s * (noise + self.step_w / 2.0)
+
+
+def idle_noise(idle: Trace, run: Trace | None = None) -> IdleNoise | None:
+    """The idle baseline's noise, with the sensor step read off the idle and the run readings together."""
+    w = idle.w[idle.valid]
+    if len(w) < 2:
+        return None
+    runs = 1 + int(np.count_nonzero(np.diff(w) != 0))  # readings that are new values, not repeats
+    both = np.concatenate([w, run.w[run.valid]]) if run is not None and len(run) else w
+    gaps = np.diff(np.unique(both))
+    gaps = gaps[gaps > 1e-12]
+    whole = run if run is not None and len(run) > 1 else idle
+    stored = STORED_PRECISION * float(np.abs(both).max())  # what "%.6g" in encode_trace can tell apart
+    return IdleNoise(sd_w=float(np.std(w, ddof=1)), n_eff=min(len(w), runs),
+                     step_w=max(float(gaps.min()) if len(gaps) else 0.0, stored), update_hz=whole.update_hz())
 
 
 @dataclass
@@ -100,7 +152,7 @@ def integrate(trace: Trace, start_ns: int, end_ns: int) -> Window:
     return Window(energy, energy / duration, n_in, warnings)
 
 
-def phase_energy(trace: Trace, phase: Phase, idle_w: float | None) -> PhaseEnergy:
+def phase_energy(trace: Trace, phase: Phase, idle_w: float | None, noise: IdleNoise | None = None) -> PhaseEnergy:
     win = integrate(trace, phase.start_ns, phase.end_ns)
     duration = (phase.end_ns - phase.start_ns) / 1e9
     warnings = list(win.warnings)
@@ -110,15 +162,23 @@ def phase_energy(trace: Trace, phase: Phase, idle_w: float | None) -> PhaseEnerg
             warnings.append("no idle baseline: net energy and J/token left empty")
         else:
             net = win.energy_j - idle_w * duration
-    per_token = None
+    per_token = bound = per_token_bound = below = None
     if net is not None:
+        if noise is not None:
+            bound = noise.bound_j(duration, max(win.n_samples, 1))
+            below = abs(net) <= bound
         if phase.tokens > 0:
             per_token = net / phase.tokens
+            per_token_bound = None if bound is None else bound / phase.tokens
         else:
             warnings.append("phase has no tokens: J/token left empty")
+    if below:
+        warnings.append(f"net energy {net:.3g} J is within the idle baseline's noise (±{bound:.3g} J): "
+                        "below resolution")
     return PhaseEnergy(name=phase.name, rep=phase.rep, start_ns=phase.start_ns, end_ns=phase.end_ns,
                        tokens=phase.tokens, duration_s=duration, n_samples=win.n_samples, avg_w=win.avg_w,
-                       energy_j=win.energy_j, net_energy_j=net, j_per_token=per_token, warnings=warnings)
+                       energy_j=win.energy_j, net_energy_j=net, j_per_token=per_token, warnings=warnings,
+                       resolution_j=bound, j_per_token_bound=per_token_bound, below_resolution=below)
 
 
 def encode_trace(trace: Trace) -> str:

@@ -1,9 +1,10 @@
 """Jetson INA3221 power monitors through hwmon: ``in<N>_input`` (mV) × ``curr<N>_input`` (mA).
 
-Rails are found by their ``in<N>_label`` (VDD_IN, VDD_CPU_GPU_CV, VDD_SOC on Orin; POM_5V_IN on a
-JetPack 4 Nano; VIN_SYS_5V0 on AGX Orin), never by channel number, since boards wire them
-differently. All labelled rails are sampled; the board-input rail (option ``rail``, else the first
-of VDD_IN / POM_5V_IN / VIN_SYS_5V0 / VIN present) is the device's power; the others go to details.
+Rails are found by their ``in<N>_label`` (VDD_IN, VDD_CPU_GPU_CV, VDD_SOC on Orin Nano; POM_5V_IN on a
+JetPack 4 Nano; VDD_GPU_SOC, VDD_CPU_CV, VIN_SYS_5V0 on AGX Orin), never by channel number, since boards
+wire them differently. All labelled rails are sampled; the device's power is the board-input rail
+(option ``rail``, else VDD_IN / POM_5V_IN / VIN) or the sum of rails of a module without one (option
+``rails``, else AGX Orin's three, see ``farm.power.trace.SUMMED_RAILS``); every rail goes to details.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from farm.errors import ConfigError, InfraError
 from farm.power.base import DeviceSource
-from farm.power.trace import TOTAL_RAILS, SamplerOutput, Trace, pick_rail, to_float
+from farm.power.trace import SamplerOutput, Trace, to_float, total_rails
 
 # the same monitors appear under both; rails are deduplicated by label
 HWMON_GLOBS = ["/sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*", "/sys/class/hwmon/hwmon*"]
@@ -64,12 +65,12 @@ class JetsonIna3221(DeviceSource):
                   'done; done; true')
         self.rails = rails_from_listing(self.transport.shell(script, timeout=15).stdout)
         self.names = sorted(self.rails)
-        self.total = pick_rail(self.names, TOTAL_RAILS, self.options.get("rail"))
+        self.total = total_rails(self.names, self.options.get("rail"), self.options.get("rails"))
         if self.total is None:
             raise InfraError(f"no INA3221 board-input rail under {pattern} (rails found: "
-                             f"{', '.join(self.names) or 'none'}; set power option 'rail')")
+                             f"{', '.join(self.names) or 'none'}; set power option 'rail' or 'rails')")
         self.unit = "mV,mA"
-        self.details.update(rail=self.total, rails=self.names)
+        self.details.update(rail="+".join(self.total), rails=self.names)
 
     def plan(self) -> tuple[str, list[str], float]:
         return "f", [p for name in self.names for p in self.rails[name]], self.rate_target
@@ -78,8 +79,8 @@ class JetsonIna3221(DeviceSource):
         t, w = rail_watts(out, len(self.names))
         if not len(t):
             return Trace.empty()
-        col = self.names.index(self.total)
+        cols = [self.names.index(r) for r in self.total]
         self.details["rail_mean_w"] = {n: round(float(np.nanmean(w[:, k])), 4) for k, n in enumerate(self.names)
                                        if np.isfinite(w[:, k]).any()}
-        total = w[:, col]
+        total = w[:, cols].sum(axis=1)  # NaN if any summed rail was unreadable: that sample is invalid
         return Trace(t, np.nan_to_num(total), np.isfinite(total))

@@ -12,7 +12,7 @@ import time
 from farm.devices import DeviceProfile
 from farm.errors import InfraError
 from farm.power.base import PowerSource
-from farm.power.energy import Phase, PowerReport, encode_trace, phase_energy
+from farm.power.energy import Phase, PowerReport, encode_trace, idle_noise, phase_energy
 from farm.power.trace import Trace
 from farm.transports.base import Transport
 
@@ -23,6 +23,7 @@ class PowerSession:
     def __init__(self, source: PowerSource) -> None:
         self.source = source
         self.idle_w: float | None = None
+        self.idle_trace: Trace | None = None
         self.trace: Trace | None = None
         self._prepared = False
         self._running = False
@@ -40,6 +41,7 @@ class PowerSession:
         self.source.start()
         time.sleep(seconds)
         idle = self.source.stop()
+        self.idle_trace = idle
         self.idle_w = idle.mean_w()
         if self.idle_w is None and len(idle):
             self._warnings.append("idle baseline has no valid sample (charger online?)")
@@ -78,11 +80,14 @@ class PowerSession:
         if len(trace) > 10 and 0 < update < 0.5 * trace.rate_hz():
             warnings.append(f"sensor value changes at {update:.1f} Hz while read at {trace.rate_hz():.1f} Hz: "
                             "effective resolution is the sensor's refresh")
-        results = [phase_energy(trace, p, self.idle_w) for p in phases]
+        noise = idle_noise(self.idle_trace, trace) if self.idle_trace is not None else None
+        results = [phase_energy(trace, p, self.idle_w, noise) for p in phases]
         flagged = sum(1 for r in results if r.warnings)
         if flagged:
             warnings.append(f"{flagged} of {len(results)} phases carry warnings")
         details = {**src.details, "n_samples": len(trace), "update_hz": round(update, 3)}
+        if noise is not None:
+            details["idle_noise"] = {"sd_w": noise.sd_w, "n_eff": noise.n_eff, "step_w": noise.step_w}
         return PowerReport(source=src.name, modelled=src.modelled, unit=src.unit, sign=src.sign,
                            rate_hz_target=src.rate_target, rate_hz_achieved=round(src.rate_achieved, 3),
                            idle_w=self.idle_w, charging=src.charging, warnings=warnings, phases=results,

@@ -14,7 +14,7 @@ import shlex
 
 from farm.errors import InfraError
 from farm.power.base import CommandSource
-from farm.power.trace import TOTAL_RAILS, pick_rail
+from farm.power.trace import total_rails
 
 _RAIL = re.compile(r"(?<!\S)([A-Z][A-Z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?=\s|$)")
 _TEMP = re.compile(r"(?<!\S)(\w+)@(-?\d+(?:\.\d+)?)C(?=\s|$)")
@@ -52,13 +52,13 @@ class Tegrastats(CommandSource):
         if not rails:
             raise InfraError(f"{tool} prints no power rails on this board (old L4T format: {first[:60]}...); "
                              "use the jetson_ina3221 source")
-        self.total = pick_rail(sorted(rails), TOTAL_RAILS, self.options.get("rail"))
+        self.total = total_rails(sorted(rails), self.options.get("rail"), self.options.get("rails"))
         if self.total is None:
             raise InfraError(f"tegrastats shows no board-input rail (rails: {', '.join(sorted(rails))}); "
-                             "set power option 'rail'")
+                             "set power option 'rail' or 'rails'")
         self.unit = "mW"
         self.temps: dict[str, list[float]] = {}
-        self.details.update(rail=self.total, rails=sorted(rails))
+        self.details.update(rail="+".join(self.total), rails=sorted(rails))
 
     def parse_group(self, lines: list[str]) -> float | None:
         line = " ".join(lines)
@@ -66,5 +66,7 @@ class Tegrastats(CommandSource):
             seen = self.temps.setdefault(sensor, [c, c, c])
             seen[1], seen[2] = max(seen[1], c), c
         self.details["temps_c_first_max_last"] = self.temps
-        rail = parse_rails(line).get(self.total)
-        return rail[0] / 1000.0 if rail else None
+        rails = parse_rails(line)
+        if not all(r in rails for r in self.total):
+            return None
+        return sum(rails[r][0] for r in self.total) / 1000.0

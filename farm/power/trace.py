@@ -161,13 +161,26 @@ def voltage_unit(values: np.ndarray) -> str:
 SCALE = {"uA": 1e-6, "mA": 1e-3, "A": 1.0, "uV": 1e-6, "mV": 1e-3, "V": 1.0}
 
 
-def pick_rail(names: list[str], preferred: list[str], explicit: str | None = None) -> str | None:
-    """The total-input rail among `names`: the explicit option, else the first preferred one present."""
-    if explicit:
-        return explicit if explicit in names else None
-    return next((p for p in preferred if p in names), None)
+# Board-input rails, most common first: Orin Nano/NX and Xavier NX on JetPack 5/6 (VDD_IN), Nano on
+# JetPack 4 (POM_5V_IN), a generic input (VIN).
+TOTAL_RAILS = ["VDD_IN", "POM_5V_IN", "VIN"]
+# Modules with no board-input rail, whose power is the sum of rails. Jetson AGX Orin: its first INA3221
+# (1-0040) measures VDD_GPU_SOC, VDD_CPU_CV and VIN_SYS_5V0 (the module's 5 V system input, everything
+# else on the module); VIN_SYS_5V0 alone is one rail, not the total (Jetson Linux Developer Guide,
+# "Jetson AGX Orin series" power monitoring; jetson-stats issue #344: its "ALL" was VIN_SYS_5V0 alone).
+# The second monitor's VDDQ_VDD2_1V8AO (DRAM) stays in the details, not in the sum: the sources above
+# define the module's power by the first monitor's three rails.
+SUMMED_RAILS = [["VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0"]]
 
 
-# Board-input rails, most common first: Orin/Xavier JetPack 5/6 (VDD_IN), Nano JetPack 4 (POM_5V_IN),
-# AGX Orin's second monitor (VIN_SYS_5V0).
-TOTAL_RAILS = ["VDD_IN", "POM_5V_IN", "VIN_SYS_5V0", "VIN"]
+def total_rails(names: list[str], rail: str | None = None, rails: list[str] | None = None) -> list[str] | None:
+    """The rails whose sum is the device's power: the profile's `rails` (all must exist) or `rail`, else
+    the first board-input rail present, else the first complete SUMMED_RAILS group; None if none fits."""
+    if rails:
+        return list(rails) if all(r in names for r in rails) else None
+    if rail:
+        return [rail] if rail in names else None
+    single = next((p for p in TOTAL_RAILS if p in names), None)
+    if single:
+        return [single]
+    return next((list(group) for group in SUMMED_RAILS if all(r in names for r in group)), None)

@@ -471,6 +471,7 @@ class Store:
             "exit_status": r.exit_status, "error_class": result.error_class,
             "prefill_energy_j": r.prefill_energy_j, "decode_energy_j": r.decode_energy_j,
             "prefill_j_per_tok": r.prefill_j_per_tok, "decode_j_per_tok": r.decode_j_per_tok,
+            "prefill_j_per_tok_bound": r.prefill_j_per_tok_bound, "decode_j_per_tok_bound": r.decode_j_per_tok_bound,
             "prefill_avg_w": r.prefill_avg_w, "decode_avg_w": r.decode_avg_w,
             "power_modelled": result.power.get("modelled"), "throttled": result.thermal.get("throttled"),
             "charging": result.power.get("charging"), "engine_commit": commit,
@@ -492,6 +493,22 @@ class Store:
             q = q.where(ResultRow.run_id == run_id)
         with self.engine.connect() as conn:  # in plan order, so tables read like the sweep
             return pd.read_sql(q.order_by(ResultRow.run_id, JobRow.idx, ResultRow.rep), conn)
+
+    def job_timings(self, devices: Iterable[str], limit: int = 200) -> list[tuple[str, str, str, float, float]]:
+        """(run, device, backend, estimate, seconds) of the newest done jobs on `devices`, newest first, the
+        estimate as the planner made it before calibration (a run keeps its factors in meta "est_factor")."""
+        q = (select(JobRow.run_id, JobRow.device, JobRow.backend, JobRow.est_s, JobRow.started_at,
+                    JobRow.finished_at, Run.meta)
+             .join(Run, Run.id == JobRow.run_id)
+             .where(JobRow.status == "done", JobRow.device.in_(list(devices)), JobRow.started_at.is_not(None),
+                    JobRow.finished_at.is_not(None), JobRow.est_s > 0)
+             .order_by(JobRow.finished_at.desc()).limit(limit))
+        with self.session() as s:
+            out = []
+            for run_id, device, backend, est, t0, t1, meta in s.execute(q):
+                factor = float(((meta or {}).get("est_factor") or {}).get(f"{device}/{backend}", 1.0))
+                out.append((run_id, device, backend, est / factor, (t1 - t0).total_seconds()))
+            return out
 
     # Devices ---------------------------------------------------------------------------------
 

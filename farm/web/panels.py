@@ -37,7 +37,8 @@ def render(q: Query, rows: Sequence[dict[str, Any]], markers: Sequence[dict[str,
     rows = clean(rows)
     if q.chart == "bars":
         groups, table = _pivot(rows, "label", "device", PRIMARY[q.name])
-        return svg.bar_chart(groups, table, q.unit)
+        bounds = _pivot(rows, "label", "device", "decode_mj_bound")[1] if q.name == "energy" else None
+        return svg.bar_chart(groups, table, q.unit, bounds=bounds)
     if q.chart == "phases":
         parts = []  # small multiples: one chart per device keeps labels short and scales comparable
         for device in dict.fromkeys(r["device"] for r in rows):

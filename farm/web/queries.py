@@ -73,6 +73,9 @@ QUERIES: list[Query] = [
     Query("energy", "Energy per token (mJ)", _cells(
         f"1000 * {mean('prefill_j_per_tok')} AS prefill_mj_per_tok, 1000 * {mean('decode_j_per_tok')} "
         f"AS decode_mj_per_tok, {mean('decode_avg_w')} AS decode_avg_w, "
+        # resolution of the means above: |value| ≤ bound is within the idle baseline's noise (farm.power.energy)
+        f"1000 * {mean('prefill_j_per_tok_bound')} AS prefill_mj_bound, "
+        f"1000 * {mean('decode_j_per_tok_bound')} AS decode_mj_bound, "
         "1.0 * SUM(n_modelled) / SUM(n_rows) AS modelled_share"), "bars", "mJ/tok"),
     Query("memory", "Peak memory (MiB)", _cells(
         f"{mean('peak_rss_bytes')} / 1048576.0 AS peak_rss_mib"), "bars", "MiB"),

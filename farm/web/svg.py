@@ -74,8 +74,11 @@ def _empty(width: int, message: str = "no data for these filters") -> str:
 
 
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], unit: str = "",
-              width: int = 760) -> str:
-    """Horizontal grouped bars: one block per group label, one bar per series (e.g. device)."""
+              width: int = 760, bounds: dict[str, Sequence[float | None]] | None = None) -> str:
+    """Horizontal grouped bars: one block per group label, one bar per series (e.g. device).
+
+    `bounds` (same shape as `series`): a value whose magnitude is within its bound is below resolution
+    (energy per token inside the idle baseline's noise): its bar is grey and labelled "< bound"."""
     values = [v for vs in series.values() for v in vs if v is not None]
     if not groups or not values:
         return _empty(width)
@@ -104,7 +107,16 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], 
                    f'text-anchor="end">{escape(_clip(g))}<title>{escape(g)}</title></text>')
         for si, (name, vs) in enumerate(series.items()):
             v = vs[gi]
-            if v is not None:
+            b = (bounds or {}).get(name, [None] * len(groups))[gi]
+            if v is not None and b is not None and abs(float(v)) <= float(b):
+                # below resolution: a grey bar of the bound, its text saying so, the raw value in the tooltip
+                x0, x1 = sorted((px(0.0), px(float(b))))
+                out.append(f'<rect class="pt below" x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 0.5):.1f}" '
+                           f'height="{bar_h - 1}" fill="#d0d0d0"><title>{escape(name)} · {escape(g)}: below '
+                           f'resolution, &lt; {fmt(b)} {unit} (raw {fmt(v)})</title></rect>'
+                           f'<text x="{x1 + 4:.1f}" y="{y + bar_h - 2}" {FONT} fill="#555">&lt; {fmt(b)} below '
+                           f'resolution</text>')
+            elif v is not None:
                 x0, x1 = sorted((px(0.0), px(float(v))))
                 out.append(f'<rect class="pt" x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 0.5):.1f}" '
                            f'height="{bar_h - 1}" '
@@ -121,6 +133,22 @@ def _time(v: Any) -> float:
     return datetime.fromisoformat(str(v).replace("Z", "+00:00")).timestamp()
 
 
+# Steps a time axis may tick at (seconds), and the label format each calls for.
+_TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
+               172800, 604800, 1209600, 2592000]
+
+
+def time_ticks(t0: float, t1: float, n: int = 6) -> tuple[list[float], str]:
+    """Round instants (epoch s) inside [t0, t1], about `n` of them, and the strftime format their step
+    needs: seconds for a run of a few minutes, minutes within a day, dates beyond. Every label differs."""
+    span = max(t1 - t0, 1.0)
+    step = next((s for s in _TIME_STEPS if span / s <= n), _TIME_STEPS[-1])
+    first = math.ceil(t0 / step) * step
+    ticks = [first + i * step for i in range(int((t1 - first) / step) + 1)]
+    fmt_ = "%H:%M:%S" if step < 60 else "%H:%M" if step < 86400 else "%Y-%m-%d"
+    return ticks, fmt_
+
+
 def line_chart(series: dict[str, Sequence[tuple[Any, float | None, str]]], markers: Sequence[tuple[Any, str]] = (),
                unit: str = "", width: int = 760, height: int = 300) -> str:
     """Time series (x = timestamp, y, point label), with vertical markers (timestamp, text)."""
@@ -132,7 +160,7 @@ def line_chart(series: dict[str, Sequence[tuple[Any, float | None, str]]], marke
     x1 = x1 if x1 > x0 else x0 + 3600
     ticks = nice_ticks(0, max(p[1] for p in pts) * 1.05)
     hi = ticks[-1] or 1.0
-    left, right, top, bottom = 52, 12, 14, 34
+    left, right, top, bottom = 52, 12, 14, 40
     legend, h = _legend([_clip(n, 60) for n in series], left, height + 2, width)
     pw, ph = width - left - right, height - top - bottom
 
@@ -147,10 +175,19 @@ def line_chart(series: dict[str, Sequence[tuple[Any, float | None, str]]], marke
     for t in ticks:
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#e4e4e4"/>'
                    f'<text x="{left - 4}" y="{py(t) + 4:.1f}" {FONT} text-anchor="end">{fmt(t)}</text>')
-    for i in range(5):
-        t = x0 + (x1 - x0) * i / 4
-        label = datetime.fromtimestamp(t).strftime("%m-%d %H:%M")
-        out.append(f'<text x="{px(t):.1f}" y="{top + ph + 14}" {FONT} text-anchor="middle">{label}</text>')
+    ticks_t, tfmt = time_ticks(x0, x1)
+    last_day = None
+    for t in ticks_t:
+        when = datetime.fromtimestamp(t)
+        x = px(t)
+        anchor = "start" if x < left + 30 else "end" if x > width - right - 30 else "middle"
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top + ph}" y2="{top + ph + 4}" stroke="#999"/>'
+                   f'<text class="tick" x="{x:.1f}" y="{top + ph + 14}" {FONT} text-anchor="{anchor}">'
+                   f'{when.strftime(tfmt)}</text>')
+        if "%d" not in tfmt and when.date() != last_day:  # the date under the first tick of each day
+            out.append(f'<text x="{x:.1f}" y="{top + ph + 26}" {FONT} fill="#666" text-anchor="{anchor}">'
+                       f'{when:%Y-%m-%d}</text>')
+            last_day = when.date()
     for t, text in markers:
         x = px(_time(t))
         out.append(f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" stroke="#d62728" '
@@ -205,17 +242,60 @@ def scatter(points: Sequence[dict[str, Any]], x_label: str, y_label: str, r_labe
                f'(outlined: Pareto-optimal; area ∝ {escape(r_label)})</text>'
                f'<text x="12" y="{top + ph / 2}" {FONT} transform="rotate(-90 12 {top + ph / 2})" '
                f'text-anchor="middle">{escape(y_label)}</text>')
+    marks = []  # (x, y, r) of every point, for placing the labels
     for i in sorted(range(len(points)), key=lambda i: -points[i]["r"]):  # small points drawn on top
         p = points[i]
         x, y = left + pw * p["x"] / xh, top + ph * (1 - (p["y"] - yl) / (yh - yl))
         r = 3 + 11 * math.sqrt(p["r"] / rmax)
+        marks.append((i, x, y, r))
         edge = ' stroke="#111" stroke-width="2"' if i in front else ""
         out.append(f'<circle class="pt{" front" if edge else ""}" cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" '
                    f'fill="{color(groups.index(p["group"]))}" fill-opacity="0.7"{edge}><title>{escape(p["label"])}: '
                    f'{fmt(p["x"])} {escape(x_label)}, {fmt(p["y"])} {escape(y_label)}, {fmt(p["r"])} '
                    f'{escape(r_label)}{" · Pareto-optimal" if edge else ""}</title></circle>')
+    names = short_labels([p["label"] for p in points], [p["group"] for p in points])
+    placed, hidden = _place_labels(marks, names, front, (left, top, width - right, top + ph))
+    out.extend(placed)
+    if hidden:
+        out.append(f'<text x="{width - right}" y="{top - 4}" {FONT} fill="#777" text-anchor="end">{hidden} label(s) '
+                   "hidden where points crowd: hover a point</text>")
     out.append("</svg>")
     return "".join(out)
+
+
+def short_labels(labels: Sequence[str], groups: Sequence[str]) -> list[str]:
+    """Point labels without what the chart already says: the group (the colour's legend) and the words
+    every label shares (a sweep's one test shape or thread count)."""
+    words = [[w for w in lab.replace(g, " ").split() if w not in ("·", "-")] for lab, g in zip(labels, groups,
+                                                                                              strict=True)]
+    common = set.intersection(*(set(w) for w in words)) if len(words) > 1 else set()
+    return [" ".join(w for w in ws if w not in common) or lab for ws, lab in zip(words, labels, strict=True)]
+
+
+def _place_labels(marks: Sequence[tuple[int, float, float, float]], names: Sequence[str], front: set[int],
+                  box: tuple[float, float, float, float]) -> tuple[list[str], int]:
+    """Text next to each point where it overlaps no other label and stays in the plot (right, left, above,
+    below) and covers no point; Pareto-optimal points choose first. Returns the SVG texts and how many found no room."""
+    # the points themselves are taken too: a label over another point hides it
+    taken: list[tuple[float, float, float, float]] = [(x - r, y - r, x + r, y + r) for _, x, y, r in marks]
+    out, hidden = [], 0
+    order = sorted(marks, key=lambda m: (m[0] not in front, m[1]))
+    for i, x, y, r in order:
+        w, h = 6.0 * len(names[i]), 11.0
+        for ax, ay, anchor in ((x + r + 3, y + 4, "start"), (x - r - 3, y + 4, "end"),
+                               (x, y - r - 4, "middle"), (x, y + r + 12, "middle")):
+            x0 = ax if anchor == "start" else ax - w if anchor == "end" else ax - w / 2
+            rect = (x0, ay - h + 2, x0 + w, ay + 2)
+            inside = rect[0] >= box[0] and rect[2] <= box[2] and rect[1] >= box[1] - 12 and rect[3] <= box[3]
+            if inside and not any(rect[0] < t[2] and t[0] < rect[2] and rect[1] < t[3] and t[1] < rect[3]
+                                  for t in taken):
+                taken.append(rect)
+                out.append(f'<text class="pt-label" x="{ax:.1f}" y="{ay:.1f}" {FONT} fill="#333" '
+                           f'text-anchor="{anchor}">{escape(names[i])}</text>')
+                break
+        else:
+            hidden += 1
+    return out, hidden
 
 
 def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, limit: int = 500) -> str:

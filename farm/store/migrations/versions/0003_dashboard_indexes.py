@@ -45,7 +45,7 @@ def _bucket(dialect: str) -> str:
     return "substr(created_at, 1, 10) || ' 00:00:00.000000'"
 
 
-def _upsert(dialect: str, source: str, sign: int) -> str:
+def _upsert(dialect: str, source: str, sign: int, metrics: list[str] = METRICS) -> str:
     """Add (sign=1) or subtract (sign=-1) the aggregate of `source` rows into the rollup."""
     s = "" if sign > 0 else "-"
     cols = [*KEYS, *COUNTS, "first_at", "last_at"]
@@ -53,7 +53,7 @@ def _upsert(dialect: str, source: str, sign: int) -> str:
              f"COALESCE(engine_commit, '{NO_COMMIT}')"]
     exprs += [f"{s}SUM({e})" for e in COUNTS.values()]
     exprs += ["MIN(created_at)", "MAX(created_at)"]
-    for m in METRICS:
+    for m in metrics:
         cols += [f"s_{m}", f"n_{m}"]
         exprs += [f"{s}COALESCE(SUM(CASE WHEN exit_status = 0 THEN {m} END), 0)",
                   f"{s}COUNT(CASE WHEN exit_status = 0 THEN {m} END)"]
@@ -77,10 +77,17 @@ def _prune(source: str, dialect: str) -> str:
 
 
 def upgrade() -> None:
+    create_rollup(METRICS)
+
+
+def create_rollup(metrics: list[str]) -> None:
+    """The rollup table over `metrics`, backfilled, and the triggers that keep it exact (a later revision
+    that adds a metric drops it and calls this again with the longer list)."""
     dialect = op.get_bind().dialect.name
+    source_cols = [*SOURCE_COLS[:SOURCE_COLS.index(METRICS[0])], *metrics]
     ts = "TIMESTAMP WITH TIME ZONE" if dialect == "postgresql" else "DATETIME"
     num = "DOUBLE PRECISION" if dialect == "postgresql" else "FLOAT"
-    metric_cols = ",\n".join(f"s_{m} {num} NOT NULL DEFAULT 0, n_{m} BIGINT NOT NULL DEFAULT 0" for m in METRICS)
+    metric_cols = ",\n".join(f"s_{m} {num} NOT NULL DEFAULT 0, n_{m} BIGINT NOT NULL DEFAULT 0" for m in metrics)
     count_cols = ",\n".join(f"{c} BIGINT NOT NULL DEFAULT 0" for c in COUNTS)
     # Postgres: byte-order ("C") text keys make the panels' GROUP BY/ORDER BY sorts several times
     # cheaper than locale collation; fillfactor leaves room for HOT updates, since every ingest batch
@@ -95,15 +102,15 @@ def upgrade() -> None:
         PRIMARY KEY ({', '.join(KEYS)})){storage}""")
     # No other index: panels bound the time range on `bucket`, the primary key's first column, and
     # nothing is added on results, where each index costs every ingested row and no panel reads it.
-    op.execute(_upsert(dialect, "results", 1))  # backfill rows stored before this revision
+    op.execute(_upsert(dialect, "results", 1, metrics))  # backfill rows stored before this revision
     if dialect == "postgresql":
         op.execute(f"""CREATE FUNCTION farm_rollup_apply() RETURNS trigger LANGUAGE plpgsql AS $fn$
         BEGIN
           IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            {_upsert(dialect, "old_rows", -1)};
+            {_upsert(dialect, "old_rows", -1, metrics)};
           END IF;
           IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            {_upsert(dialect, "new_rows", 1)};
+            {_upsert(dialect, "new_rows", 1, metrics)};
           END IF;
           IF TG_OP IN ('UPDATE', 'DELETE') THEN
             {_prune("old_rows", dialect)};
@@ -120,8 +127,8 @@ def upgrade() -> None:
     for event, parts in (("INSERT", [("NEW", 1)]), ("UPDATE", [("OLD", -1), ("NEW", 1)]), ("DELETE", [("OLD", -1)])):
         body = []
         for ref, sign in parts:
-            row = "(SELECT " + ", ".join(f"{ref}.{c} AS {c}" for c in SOURCE_COLS) + ")"
-            body.append(_upsert(dialect, row, sign) + ";")
+            row = "(SELECT " + ", ".join(f"{ref}.{c} AS {c}" for c in source_cols) + ")"
+            body.append(_upsert(dialect, row, sign, metrics) + ";")
         if event != "INSERT":
             body.append(_prune("", dialect) + ";")
         op.execute(f"CREATE TRIGGER results_rollup_{event.lower()[:3]} AFTER {event} ON results FOR EACH ROW "
@@ -129,6 +136,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    drop_rollup()
+
+
+def drop_rollup() -> None:
     dialect = op.get_bind().dialect.name
     for name in ("ins", "upd", "del"):
         op.execute(f"DROP TRIGGER IF EXISTS results_rollup_{name}" + (" ON results" if dialect == "postgresql" else ""))
