@@ -14,7 +14,7 @@ import posixpath
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from farm.errors import ConfigError
 from farm.paths import REPO_ROOT, cache_dir
@@ -50,9 +50,26 @@ class ThermalConfig(_Strict):
 
 class CpuConfig(_Strict):
     count: int = Field(gt=0)
-    big: str | None = None  # hex affinity masks
+    big: str | None = None  # hex affinity masks (documentation; the `cpus` axis resolves from max_khz)
     mid: str | None = None
     little: str | None = None
+    # cpufreq cpuinfo_max_freq of each core, cpu0 first (kHz): the cluster topology the `cpus` axis
+    # (all/big/little/prime) resolves from; None: one core type
+    max_khz: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_per_core(self) -> CpuConfig:
+        if self.max_khz is not None and len(self.max_khz) != self.count:
+            raise ValueError(f"max_khz lists {len(self.max_khz)} cores, count is {self.count}")
+        return self
+
+
+class PowerModes(_Strict):
+    """What the `power_mode` axis may set on this kind of device (before a job; restored after it)."""
+
+    nvpmodel: dict[int, str] = Field(default_factory=dict)  # Jetson: mode id -> name (/etc/nvpmodel.conf)
+    jetson_clocks: bool = False  # Jetson: `jetson_clocks` pins clocks at their maximum (`+clocks`)
+    cpufreq: bool = False  # scaling_governor / scaling_{min,max}_freq writable (root; a `rooted` tag on phones)
 
 
 class DeviceProfile(_Strict):
@@ -71,6 +88,7 @@ class DeviceProfile(_Strict):
     mem_bw_gbs: float = Field(default=10.0, gt=0, description="sustained memory bandwidth (for estimates)")
     power: PowerConfig = Field(default_factory=PowerConfig)
     thermal: ThermalConfig = Field(default_factory=ThermalConfig)
+    power_modes: PowerModes = Field(default_factory=PowerModes)
     setup: list[str] = Field(default_factory=list)
     teardown: list[str] = Field(default_factory=list)
     source: str = ""  # where the figures come from

@@ -20,7 +20,8 @@ from farm.zoo.arch import QUANTS
 
 SPEC_VERSION = 1
 ARCH_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "head_dim")
-CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads", "depth")
+CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads", "depth", "cpus",
+             "power_mode")
 
 
 class _Strict(BaseModel):
@@ -77,9 +78,14 @@ class Sweep(_Strict):
     devices: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     prompt_tokens: list[int] = Field(min_length=1)
     gen_tokens: list[int] = Field(min_length=1)
-    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1,
+                               description="engine threads; unset with `cpus` given: the chosen cores' count")
     depth: list[int] = Field(default_factory=lambda: [0], min_length=1,
                              description="tokens already in the KV cache before the timed phases (llama-bench -d)")
+    cpus: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
+                            description="cores that run the engine: all, big, little, prime, 0xMASK or a cpu list")
+    power_mode: list[str] = Field(default_factory=lambda: ["default"], min_length=1,
+                                  description="default, nvpmodel:ID[+clocks], governor:NAME or freq:KHZ")
     repetitions: int = Field(default=5, ge=1, le=1000)
     warmup: int = Field(default=1, ge=0, le=100)
     cooldown_s: float = Field(default=0.0, ge=0)
@@ -112,6 +118,20 @@ class Sweep(_Strict):
         if any(x < 0 for x in v):
             raise ValueError("token counts must be ≥ 0")
         return v
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: list[str]) -> list[str]:
+        from farm.affinity import check_selector
+
+        return [check_selector(str(x)) for x in v]
+
+    @field_validator("power_mode")
+    @classmethod
+    def _power_mode(cls, v: list[str]) -> list[str]:
+        from farm.agent.power_mode import parse
+
+        return [parse(str(x)).label for x in v]
 
     @field_validator("threads")
     @classmethod

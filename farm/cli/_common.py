@@ -37,8 +37,12 @@ def results_table(df: pd.DataFrame, title: str = "") -> Table:
 
     summary = summarize(df)
     table = Table(title=title or None, show_lines=False)
+    # the cores and the power mode: columns only when some job ran off the defaults
+    pinned = bool(summary["cpu_mask"].notna().any()) if len(summary) else False
+    moded = bool((summary["power_mode"] != "default").any()) if len(summary) else False
+    axes = [("cpus", "left")] * pinned + [("mode", "left")] * moded
     for col, justify in [("device", "left"), ("backend", "left"), ("model", "left"), ("quant", "left"),
-                         ("test", "left"), ("t", "right"), ("prefill t/s", "right"), ("decode t/s", "right"),
+                         ("test", "left"), ("t", "right"), *axes, ("prefill t/s", "right"), ("decode t/s", "right"),
                          ("TTFT ms", "right"), ("peak MiB", "right"), ("prefill mJ/tok", "right"),
                          ("decode mJ/tok", "right"), ("reps", "right"), ("flags", "left")]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -48,6 +52,7 @@ def results_table(df: pd.DataFrame, title: str = "") -> Table:
         rss = r.get("peak_rss_bytes_mean")
         table.add_row(
             r["device"], r["backend"], r["model"], r["quant"], r["test"], str(r["threads"]),
+            *([f"{r['cpus']} {r['cpu_mask']}"] if pinned else []), *([str(r["power_mode"])] if moded else []),
             fmt_pm(r["prefill_tps_mean"], r["prefill_tps_std"]), fmt_pm(r["decode_tps_mean"], r["decode_tps_std"]),
             fmt_pm(_ms(r["ttft_s_mean"]), _ms(r["ttft_s_std"]), 1),
             "-" if pd.isna(rss) else f"{rss / 2**20:.0f}",
