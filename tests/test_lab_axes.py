@@ -102,13 +102,16 @@ quants: [q4_0]
 devices: [board1]
 prompt_tokens: [16]
 gen_tokens: [16]
-cpus: [little, "0-7"]
+cpus: [little, "0-7", all]
 power_mode: ["governor:performance", "nvpmodel:9"]
+exclude: [{power_mode: "governor:performance", cpus: all}]
 """)
     plan = farm(tmp_path, axes_lab, "plan", str(sweep))
     assert plan.returncode == 0, plan.stderr
     assert "lab-jetson-orin-nano has no little cores (one core type)" in plan.stdout, plan.stdout
     assert "cpu2 is outside the 2 cores" in plan.stdout
+    assert "cpus=all power_mode=nvpmodel:9: lab-jetson-orin-nano has no nvpmodel mode '9'" in plan.stdout
+    assert "cpus=all power_mode=governor:performance: excluded by a rule" in plan.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(sweep.read_text().replace('"nvpmodel:9"', '"turbo"'))
     res = farm(tmp_path, axes_lab, "plan", str(bad))
