@@ -165,7 +165,7 @@ def _measure(job: Job, device: DeviceEntry, profile: DeviceProfile, transport: T
         from farm.agent import thermal as th
 
         end_state = th.read_state(transport, profile, workdir=workdir)
-        throttled, reason = th.throttled(start_state, end_state, profile)
+        throttled, reason = th.throttled(start_state, end_state, profile, mode_caps=bool(mode_state))
         thermal = {"start": _as_dict(start_state), "end": _as_dict(end_state), "throttled": throttled,
                    "throttle_reason": reason}
     teardown_errors = []  # the measurement is already good: a failed teardown is noted, not fatal
