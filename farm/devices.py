@@ -70,6 +70,7 @@ class PowerModes(_Strict):
     nvpmodel: dict[int, str] = Field(default_factory=dict)  # Jetson: mode id -> name (/etc/nvpmodel.conf)
     jetson_clocks: bool = False  # Jetson: `jetson_clocks` pins clocks at their maximum (`+clocks`)
     cpufreq: bool = False  # scaling_governor / scaling_{min,max}_freq writable (root; a `rooted` tag on phones)
+    sudo: bool = False  # the device's user sets them through `sudo -n` (a board's farm user with NOPASSWD rights)
 
 
 class DeviceProfile(_Strict):
@@ -163,10 +164,12 @@ def host_profile() -> DeviceProfile:
     power = PowerConfig(source="rapl", options={"domains": [str(rapl)]}) if rapl.exists() else PowerConfig(
         source="cpu_model")
     cores = os.cpu_count() or 1
+    khz = [Path(f"/sys/devices/system/cpu/cpu{i}/cpufreq/cpuinfo_max_freq") for i in range(cores)]
+    max_khz = [int(p.read_text()) for p in khz] if all(p.is_file() for p in khz) else None
     return DeviceProfile(
         name="host-auto", description=f"this host ({machine}, {cores} cores)", kind="host",
         abi=machine, engine_target="host",
-        ram_gib=mem / GIB, usable_ram_fraction=0.8, cpus=CpuConfig(count=cores),
+        ram_gib=mem / GIB, usable_ram_fraction=0.8, cpus=CpuConfig(count=cores, max_khz=max_khz),
         workdir=str(cache_dir("device")),
         est_gflops=15.0 * cores, mem_bw_gbs=10.0, power=power,
         thermal=ThermalConfig(zones=zones, start_temp_c=80.0),

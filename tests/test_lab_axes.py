@@ -13,6 +13,7 @@ Tiny model, one repetition: the axes are judged here, not the figures.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -149,8 +150,9 @@ def test_power_mode_set_for_the_job_stored_and_restored(axes_lab, tmp_path: Path
     assert res.returncode == 0, res.stdout + res.stderr
     stored = rows(tmp_path, "select power_mode from results")
     assert stored == [("nvpmodel:3+clocks",)]
-    spec = rows(tmp_path, "select provenance from jobs")
-    assert '"nvpmodel_name": "7W"' in spec[0][0] and '"jetson_clocks": true' in spec[0][0], spec
+    mode = json.loads(rows(tmp_path, "select provenance from jobs")[0][0])["power_mode"]
+    assert mode["read_back"] == {"nvpmodel": 3, "nvpmodel_name": "7W", "jetson_clocks": True}
+    assert mode["previous"]["nvpmodel"] == 0
     assert nv_state(lab) == before  # restored after the job
     assert not lab.sandbox_file("board1", "/var/tmp/farm/run/power_mode.restore").exists()
 
@@ -181,3 +183,31 @@ def test_power_mode_restored_after_a_killed_submit(axes_lab, tmp_path: Path) -> 
     assert res.returncode == 0, res.stdout + res.stderr
     assert nv_state(lab) == before
     assert not lab.sandbox_file("board1", "/var/tmp/farm/run/power_mode.restore").exists()
+
+
+def test_governor_on_the_board_restored_and_dropped_on_a_phone_without_root(axes_lab, tmp_path: Path) -> None:
+    lab = axes_lab
+    governor = lab.sandbox_file("board1", "/sys/devices/system/cpu/cpu1/cpufreq/scaling_governor")
+    assert governor.read_text().strip() == "schedutil"
+    sweep = tmp_path / "gov.yaml"
+    sweep.write_text("""version: 1
+name: gov
+models: [farm-tiny]
+quants: [q4_0]
+devices: [board1, phone1]
+prompt_tokens: [16]
+gen_tokens: [16]
+power_mode: ["governor:performance"]
+repetitions: 1
+warmup: 0
+thermal_gate: false  # the power mode is judged here; the gate with the shipped defaults: test_lab_profiles
+""")
+    res = farm(tmp_path, lab, "submit", str(sweep))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert rows(tmp_path, "select device, power_mode from results") == [("board1", "governor:performance")]
+    mode = json.loads(rows(tmp_path, "select provenance from jobs")[0][0])["power_mode"]
+    assert {s["governor"] for s in mode["read_back"]["cpufreq"].values()} == {"performance"}  # read back
+    assert {s["governor"] for s in mode["previous"]["cpufreq"].values()} == {"schedutil"}
+    assert governor.read_text().strip() == "schedutil"  # restored
+    plan = farm(tmp_path, lab, "plan", str(sweep))
+    assert "lab-pixel-8 cannot set cpufreq governor (needs root" in plan.stdout, plan.stdout

@@ -101,16 +101,21 @@ def restore_file(workdir: str) -> str:
     return posixpath.join(run_dir(workdir), "power_mode.restore")
 
 
-def _sh(transport: Transport, script: str, what: str) -> str:
-    out = transport.shell(script, timeout=60)
+def _root(profile: DeviceProfile | None, script: str) -> str:
+    """`script` as the device's user runs what needs root: through ``sudo -n`` when the profile says so."""
+    return f"sudo -n sh -c {shlex.quote(script)}" if profile is not None and profile.power_modes.sudo else script
+
+
+def _sh(transport: Transport, script: str, what: str, profile: DeviceProfile | None = None) -> str:
+    out = transport.shell(_root(profile, script), timeout=60)
     if out.exit_code != 0:
         raise JobError(f"power mode: {what} exited {out.exit_code}: {(out.stderr or out.stdout).strip()[:200]}")
     return out.stdout
 
 
-def read_nvpmodel(transport: Transport) -> tuple[str, int]:
+def read_nvpmodel(transport: Transport, profile: DeviceProfile | None = None) -> tuple[str, int]:
     """(name, id) from ``nvpmodel -q``: ``NV Power Mode: 15W`` then ``0`` (warnings may come first)."""
-    text = _sh(transport, "nvpmodel -q", "nvpmodel -q")
+    text = _sh(transport, "nvpmodel -q", "nvpmodel -q", profile)
     name = _NV_NAME.search(text)
     ids = [line.strip() for line in text[name.end():].splitlines() if line.strip().isdigit()] if name else []
     if not name or not ids:
@@ -118,9 +123,9 @@ def read_nvpmodel(transport: Transport) -> tuple[str, int]:
     return name.group(1), int(ids[0])
 
 
-def read_clocks(transport: Transport) -> bool:
+def read_clocks(transport: Transport, profile: DeviceProfile | None = None) -> bool:
     """Are the CPU clocks pinned (``jetson_clocks --show``: every cpu's MinFreq equals its MaxFreq)?"""
-    text = _sh(transport, "jetson_clocks --show", "jetson_clocks --show")
+    text = _sh(transport, "jetson_clocks --show", "jetson_clocks --show", profile)
     cpus = _SHOW_CPU.findall(text)
     if not cpus:
         raise JobError(f"power mode: no cpu lines in `jetson_clocks --show`: {text.strip()[:200]!r}")
@@ -158,13 +163,13 @@ def apply(transport: Transport, profile: DeviceProfile, workdir: str, mode: Mode
     """Set `mode`, after recording what it changes; returns what was read back (stored with the result)."""
     if mode.kind == DEFAULT:
         return {}
-    previous: dict[str, Any] = {"mode": mode.label}
+    previous: dict[str, Any] = {"mode": mode.label, "sudo": profile.power_modes.sudo}
     store_path = posixpath.join(posixpath.dirname(restore_file(workdir)), "jetson_clocks.store")
     if mode.kind == "nvpmodel":
-        name, nv_id = read_nvpmodel(transport)
+        name, nv_id = read_nvpmodel(transport, profile)
         previous["nvpmodel"] = nv_id
         if mode.clocks:
-            _sh(transport, f"jetson_clocks --store {shlex.quote(store_path)}", "jetson_clocks --store")
+            _sh(transport, f"jetson_clocks --store {shlex.quote(store_path)}", "jetson_clocks --store", profile)
             previous["clocks_store"] = store_path
     else:
         previous["cpufreq"] = read_cpufreq(transport)
@@ -173,15 +178,15 @@ def apply(transport: Transport, profile: DeviceProfile, workdir: str, mode: Mode
         "writing the restore file")
     if mode.kind == "nvpmodel":
         want = _nv_id(profile, mode.value)
-        _sh(transport, f"nvpmodel -m {int(want or 0)}", f"nvpmodel -m {want}")
+        _sh(transport, f"nvpmodel -m {int(want or 0)}", f"nvpmodel -m {want}", profile)
         if mode.clocks:
-            _sh(transport, "jetson_clocks", "jetson_clocks")
-        name, nv_id = read_nvpmodel(transport)
+            _sh(transport, "jetson_clocks", "jetson_clocks", profile)
+        name, nv_id = read_nvpmodel(transport, profile)
         back: dict[str, Any] = {"nvpmodel": nv_id, "nvpmodel_name": name}
         if nv_id != want:
             raise JobError(f"power mode: nvpmodel -m {want} left mode {nv_id} ({name})")
         if mode.clocks:
-            back["jetson_clocks"] = read_clocks(transport)
+            back["jetson_clocks"] = read_clocks(transport, profile)
             if not back["jetson_clocks"]:
                 raise JobError("power mode: jetson_clocks ran but the CPU clocks are not pinned")
         return {"read_back": back, "previous": previous}
@@ -191,7 +196,7 @@ def apply(transport: Transport, profile: DeviceProfile, workdir: str, mode: Mode
     else:
         script = _write_cpufreq({d: {"governor": s["governor"], "min": mode.value, "max": mode.value}
                                  for d, s in dirs.items()})
-    transport.shell(script, timeout=60)  # a refused write shows in the read-back below
+    transport.shell(_root(profile, script), timeout=60)  # a refused write shows in the read-back below
     now = read_cpufreq(transport)
     wrong = [d for d, s in now.items() if (s["governor"] != mode.value if mode.kind == "governor"
                                           else (s["min"], s["max"]) != (mode.value, mode.value))]
@@ -221,6 +226,8 @@ def restore(transport: Transport, workdir: str) -> dict[str, Any] | None:
     if previous.get("cpufreq"):
         parts.append(_write_cpufreq(previous["cpufreq"]))
     script = " && ".join(f"{{ {p}; }}" for p in parts) or "true"
+    if previous.get("sudo"):  # as it was set: the restore file says how
+        script = f"sudo -n sh -c {shlex.quote(script)}"
     done = transport.shell(script, timeout=60)
     if done.exit_code != 0:
         raise InfraError(f"could not restore the power mode from {restore_file(workdir)}: "

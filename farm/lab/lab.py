@@ -111,6 +111,8 @@ def lab_profile(base: DeviceProfile, cpus: int) -> DeviceProfile:
     how = "aarch64 via qemu" if base.engine_target == "aarch64-linux-static" else "native"
     data["description"] = f"virtual {base.name} (farm lab, {cpus} host cores, {how}): {base.description}"
     data["cpus"] = lab_cpus(base, cpus)
+    # the stand-ins and the sandbox's cpufreq files are the test user's: no root needed (nor any sudo rights)
+    data["power_modes"]["sudo"] = False
     slow = 5.0 if base.engine_target == "aarch64-linux-static" and platform.machine() != "aarch64" else 1.0
     data["est_gflops"] = round(8.0 * cpus / slow, 1)
     data["thermal"]["cpufreq"] = [f"/sys/devices/system/cpu/cpu{i}/cpufreq/scaling_cur_freq" for i in range(cpus)]
