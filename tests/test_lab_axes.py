@@ -90,6 +90,9 @@ thermal_gate: false  # the axes are judged here; the gate with the shipped defau
         assert e_pre is not None and e_dec is not None  # energy still per phase
     assert {(r[0], r[1], r[3]) for r in got} == {(d, c, n) for d in ("phone1", "phone2") for c in masks
                                                  for n in (0, 512)}
+    for (prov,) in rows(tmp_path, "select provenance from jobs"):
+        seen = json.loads(prov)["affinity"]
+        assert seen["uniform"] and seen["threads_seen"] >= 1 and seen["cpus_allowed"] == seen["asked"], seen
     table = farm(tmp_path, lab, "results", run_id_of(res.stdout))
     assert "big 0x2" in table.stdout and "little 0x1" in table.stdout and "@d512" in table.stdout, table.stdout
 
@@ -166,7 +169,7 @@ def test_power_mode_restored_after_a_killed_submit(axes_lab, tmp_path: Path) -> 
     lab = axes_lab
     before = nv_state(lab)
     sweep = tmp_path / "killed.yaml"
-    sweep.write_text(POWER.format(name="killed", model="farm-mini", reps=20))  # long enough to be caught mid-job
+    sweep.write_text(POWER.format(name="killed", model="farm-mini", reps=6))  # long enough to be caught mid-job
     proc = subprocess.Popen([*FARM, "submit", str(sweep)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path, env=env(tmp_path, lab))
     engine_pid = lab.sandbox_file("board1", "/var/tmp/farm/run/engine.pid")
