@@ -188,7 +188,8 @@ def test_power_mode_restored_after_a_killed_submit(axes_lab, tmp_path: Path) -> 
     assert not lab.sandbox_file("board1", "/var/tmp/farm/run/power_mode.restore").exists()
 
 
-def test_governor_on_the_board_restored_and_dropped_on_a_phone_without_root(axes_lab, tmp_path: Path) -> None:
+def test_governor_and_pinned_freq_on_the_board_restored_and_dropped_on_a_phone_without_root(
+        axes_lab, tmp_path: Path) -> None:
     lab = axes_lab
     governor = lab.sandbox_file("board1", "/sys/devices/system/cpu/cpu1/cpufreq/scaling_governor")
     assert governor.read_text().strip() == "schedutil"
@@ -200,17 +201,24 @@ quants: [q4_0]
 devices: [board1, phone1]
 prompt_tokens: [16]
 gen_tokens: [16]
-power_mode: ["governor:performance"]
+power_mode: ["governor:performance", "freq:1200000"]
 repetitions: 1
 warmup: 0
 thermal_gate: false  # the power mode is judged here; the gate with the shipped defaults: test_lab_profiles
 """)
     res = farm(tmp_path, lab, "submit", str(sweep))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert rows(tmp_path, "select device, power_mode from results") == [("board1", "governor:performance")]
-    mode = json.loads(rows(tmp_path, "select provenance from jobs")[0][0])["power_mode"]
-    assert {s["governor"] for s in mode["read_back"]["cpufreq"].values()} == {"performance"}  # read back
-    assert {s["governor"] for s in mode["previous"]["cpufreq"].values()} == {"schedutil"}
+    assert sorted(rows(tmp_path, "select device, power_mode from results")) == [
+        ("board1", "freq:1200000"), ("board1", "governor:performance")]
+    modes = {m["mode"]: m for (p,) in rows(tmp_path, "select provenance from jobs")
+             if (m := json.loads(p).get("power_mode"))}
+    gov, freq = modes["governor:performance"], modes["freq:1200000"]
+    assert {s["governor"] for s in gov["read_back"]["cpufreq"].values()} == {"performance"}  # read back
+    assert {s["governor"] for s in gov["previous"]["cpufreq"].values()} == {"schedutil"}
+    assert {(s["min"], s["max"]) for s in freq["read_back"]["cpufreq"].values()} == {("1200000", "1200000")}
     assert governor.read_text().strip() == "schedutil"  # restored
+    cpu1 = governor.parent
+    assert ((cpu1 / "scaling_min_freq").read_text().strip(), (cpu1 / "scaling_max_freq").read_text().strip()) == (
+        "729600", (cpu1 / "cpuinfo_max_freq").read_text().strip())
     plan = farm(tmp_path, lab, "plan", str(sweep))
     assert "lab-pixel-8 cannot set cpufreq governor (needs root" in plan.stdout, plan.stdout
