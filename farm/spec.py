@@ -119,6 +119,14 @@ class Sweep(_Strict):
             raise ValueError("token counts must be ≥ 0")
         return v
 
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _cpus_are_text(cls, v: Any) -> Any:
+        # YAML reads 0x30 as the number 48 and 4 as a number: a mask or list must be quoted to mean what it says
+        if isinstance(v, list) and any(isinstance(x, int) for x in v):
+            raise ValueError('quote masks and cpu lists ("0x30", "4-7", "4"): YAML reads 0x30 as the number 48')
+        return v
+
     @field_validator("cpus")
     @classmethod
     def _cpus(cls, v: list[str]) -> list[str]:

@@ -178,7 +178,8 @@ def apply(transport: Transport, profile: DeviceProfile, workdir: str, mode: Mode
         "writing the restore file")
     if mode.kind == "nvpmodel":
         want = _nv_id(profile, mode.value)
-        _sh(transport, f"nvpmodel -m {int(want or 0)}", f"nvpmodel -m {want}", profile)
+        # stdin closed: a mode that needs a reboot asks on stdin; unanswered, it is not applied (read back below)
+        _sh(transport, f"nvpmodel -m {int(want or 0)} </dev/null", f"nvpmodel -m {want}", profile)
         if mode.clocks:
             _sh(transport, "jetson_clocks", "jetson_clocks", profile)
         name, nv_id = read_nvpmodel(transport, profile)
@@ -220,7 +221,7 @@ def restore(transport: Transport, workdir: str) -> dict[str, Any] | None:
         return None
     parts = []
     if "nvpmodel" in previous:
-        parts.append(f"nvpmodel -m {int(previous['nvpmodel'])}")
+        parts.append(f"nvpmodel -m {int(previous['nvpmodel'])} </dev/null")
     if previous.get("clocks_store"):
         parts.append(f"jetson_clocks --restore {shlex.quote(previous['clocks_store'])}")
     if previous.get("cpufreq"):
