@@ -15,6 +15,12 @@ boards through their INA3221 hwmon files and ``tegrastats``/``vcgencmd`` stand-i
 x86 host (a "board" reached over ssh, running the host engine natively) through RAPL ``energy_uj``
 counters. ``power=False`` leaves the sandbox's static idle values.
 
+Cores: a virtual device has this host's cores (``taskset`` runs on this host's kernel, so any mask the
+lab profile yields is valid here) with its base profile's cluster topology mapped onto them
+(:func:`lab_cpus`: cpu0 the slowest cluster's speed, the last core the fastest's), written to its sandbox
+sysfs as cpufreq ``cpuinfo_max_freq`` per cpu; so ``cpus: [big, little]`` resolve on the virtual phones.
+Jetsons get ``nvpmodel``/``jetson_clocks`` stand-ins keeping their state in the sandbox.
+
 ``Lab.every_profile(root)`` (``farm lab up --all-profiles``) starts one device per shipped profile.
 Every thermal zone rests steady below its profile's cool-down threshold, so the gate passes at the
 shipped poll and window, as on a device at rest.

@@ -9,8 +9,9 @@ A sandbox is ``<lab>/<device>/``::
       sys/bus/          -> /sys/bus               (boards: i2c/drivers/ina3221{,x}/...)
       sys/cpu/          -> /sys/devices/system/cpu (cpuN/cpufreq/*, online)
       sys/firmware/     -> /sys/firmware          (boards: devicetree/base/model, serial-number)
-      bin/              -> /usr/local/bin         (getprop, dumpsys; tegrastats/vcgencmd stand-ins)
-    etc/                props, keys, sshd_config (not visible on the device)
+      bin/              -> /usr/local/bin         (getprop, dumpsys; tegrastats/vcgencmd, nvpmodel/jetson_clocks
+                                                   stand-ins)
+    etc/                props, keys, sshd_config, nvpmodel.status (the stand-in's mode; not bound on the device)
     log/
 
 Every device file a profile names (thermal zones, cpufreq, the power source's files) is created
