@@ -14,7 +14,7 @@ import posixpath
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from farm.errors import ConfigError
 from farm.paths import REPO_ROOT, cache_dir
@@ -51,9 +51,27 @@ class ThermalConfig(_Strict):
 
 class CpuConfig(_Strict):
     count: int = Field(gt=0)
-    big: str | None = None  # hex affinity masks
+    big: str | None = None  # hex affinity masks (documentation; the `cpus` axis resolves from max_khz)
     mid: str | None = None
     little: str | None = None
+    # cpufreq cpuinfo_max_freq of each core, cpu0 first (kHz): the cluster topology the `cpus` axis
+    # (all/big/little/prime) resolves from; None: one core type
+    max_khz: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_per_core(self) -> CpuConfig:
+        if self.max_khz is not None and len(self.max_khz) != self.count:
+            raise ValueError(f"max_khz lists {len(self.max_khz)} cores, count is {self.count}")
+        return self
+
+
+class PowerModes(_Strict):
+    """What the `power_mode` axis may set on this kind of device (before a job; restored after it)."""
+
+    nvpmodel: dict[int, str] = Field(default_factory=dict)  # Jetson: mode id -> name (/etc/nvpmodel.conf)
+    jetson_clocks: bool = False  # Jetson: `jetson_clocks` pins clocks at their maximum (`+clocks`)
+    cpufreq: bool = False  # scaling_governor / scaling_{min,max}_freq writable (root; a `rooted` tag on phones)
+    sudo: bool = False  # the device's user sets them through `sudo -n` (a board's farm user with NOPASSWD rights)
 
 
 class DeviceProfile(_Strict):
@@ -72,6 +90,7 @@ class DeviceProfile(_Strict):
     mem_bw_gbs: float = Field(default=10.0, gt=0, description="sustained memory bandwidth (for estimates)")
     power: PowerConfig = Field(default_factory=PowerConfig)
     thermal: ThermalConfig = Field(default_factory=ThermalConfig)
+    power_modes: PowerModes = Field(default_factory=PowerModes)
     setup: list[str] = Field(default_factory=list)
     teardown: list[str] = Field(default_factory=list)
     source: str = ""  # where the figures come from
@@ -161,10 +180,12 @@ def host_profile() -> DeviceProfile:
     power = PowerConfig(source="rapl", options={"domains": [str(rapl)]}) if rapl.exists() else PowerConfig(
         source="cpu_model")
     cores = os.cpu_count() or 1
+    khz = [Path(f"/sys/devices/system/cpu/cpu{i}/cpufreq/cpuinfo_max_freq") for i in range(cores)]
+    max_khz = [int(p.read_text()) for p in khz] if all(p.is_file() for p in khz) else None
     return DeviceProfile(
         name="host-auto", description=f"this host ({machine}, {cores} cores)", kind="host",
         abi=machine, engine_target="host",
-        ram_gib=mem / GIB, usable_ram_fraction=0.8, cpus=CpuConfig(count=cores),
+        ram_gib=mem / GIB, usable_ram_fraction=0.8, cpus=CpuConfig(count=cores, max_khz=max_khz),
         workdir=str(cache_dir("device")),
         est_gflops=15.0 * cores, mem_bw_gbs=10.0, power=power,
         thermal=ThermalConfig(zones=zones, start_temp_c=80.0),

@@ -57,6 +57,9 @@ class Job(BaseModel):
     repetitions: int
     n_depth: int = 0  # tokens already in the KV cache before the timed phases (llama-bench -d)
     warmup: int
+    cpus: str = "all"  # the `cpus` selector (all, big, little, prime, a mask or cpu list)
+    cpu_list: str | None = None  # the cores it resolved to on this device's profile (None: not pinned)
+    power_mode: str = "default"  # farm.agent.power_mode label
     kv_type: str = "f16"
     cooldown_s: float = 0.0
     power: bool = True

@@ -1,7 +1,10 @@
 """From a sweep to an ordered list of jobs: expand, filter, fit, order, estimate.
 
-- expand: models (and architecture variants) × quants × backends × devices × pp × tg × threads × depth;
+- expand: models (and architecture variants) × quants × backends × devices × pp × tg × threads × depth
+  × cpus × power_mode (threads unset with `cpus` given: the chosen cores' count);
 - filter: ``include`` rules (keep a cell if it matches any) then ``exclude`` rules;
+- resolve: `cpus` to the device's cores (its profile's topology) and `power_mode` to what the device can
+  set; a cell that names no cores or a mode the device cannot set is dropped with the reason;
 - fit: drop cells whose weights + KV cache (depth + pp + tg) + scratch exceed the device's usable RAM,
   listing the reason (a plan never hides a dropped cell);
 - order: per device, group by model file so each file is pushed once, lighter cells first
@@ -15,6 +18,10 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from farm.affinity import resolve as resolve_cpus
+from farm.agent.power_mode import DEFAULT as DEFAULT_MODE
+from farm.agent.power_mode import cannot as cannot_set
+from farm.agent.power_mode import parse as parse_mode
 from farm.devices import DeviceEntry, DeviceProfile, Inventory, load_profile, select_devices
 from farm.errors import ConfigError
 from farm.jobs import Job, ModelRef, job_id_for
@@ -146,18 +153,29 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
     models = _models(sweep)
     jobs: list[Job] = []
     dropped: list[Dropped] = []
-    for dev, model, backend, quant, pp, tg, threads, depth in itertools.product(
-            devices, models, sweep.backends, sweep.quants, sweep.prompt_tokens, sweep.gen_tokens, sweep.threads,
-            sweep.depth):
+    pin = "cpus" in sweep.model_fields_set  # cpus given: the engine is pinned (even to all) and checked
+    threads_axis: list[int | None] = list(sweep.threads) if "threads" in sweep.model_fields_set or not pin else [None]
+    for dev, model, backend, quant, pp, tg, threads_or_none, depth, cpus, power_mode in itertools.product(
+            devices, models, sweep.backends, sweep.quants, sweep.prompt_tokens, sweep.gen_tokens, threads_axis,
+            sweep.depth, sweep.cpus, sweep.power_mode):
         profile = profiles[dev.profile]
         quant = model.file_quant or quant
+        cores, no_cores = None, None
+        try:
+            cores = resolve_cpus(profile, cpus)
+        except ValueError as exc:
+            no_cores = str(exc)
+        threads = threads_or_none or (len(cores.cores) if cores else 1)
         cell = {"model": model.ref.label, "quant": quant, "backend": backend.name, "device": dev.name,
                 "profile": dev.profile, "tags": dev.tags, "prompt_tokens": pp, "gen_tokens": tg, "threads": threads,
-                "depth": depth}
-        # depth 0 is every cell's default: left out of what is shown and hashed, so ids and plans stay as before
-        public = {k: v for k, v in cell.items() if k not in ("profile", "tags") and (k != "depth" or depth)}
+                "depth": depth, "cpus": cpus, "power_mode": power_mode}
+        # depth 0, all cpus unpinned and the default power mode are every cell's defaults: left out of what is
+        # shown and hashed, so ids and plans stay as before
+        defaults = {"depth": 0, "cpus": None if pin else "all", "power_mode": DEFAULT_MODE}
+        public = {k: v for k, v in cell.items() if k not in ("profile", "tags") and defaults.get(k, ...) != v}
         if model.file_quant and any(j.device == dev.name and j.model == model.ref and j.backend == backend.name
-                                    and (j.n_prompt, j.n_gen, j.threads, j.n_depth) == (pp, tg, threads, depth)
+                                    and (j.n_prompt, j.n_gen, j.threads, j.n_depth, j.cpus, j.power_mode)
+                                    == (pp, tg, threads, depth, cpus, power_mode)
                                     for j in jobs):
             continue  # a file has one quant: the quants axis does not multiply it
         if pp == 0 and tg == 0:
@@ -169,6 +187,13 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
             continue
         if dev.name in unavailable:
             dropped.append(Dropped(public, f"device quarantined: {unavailable[dev.name]}"))
+            continue
+        if no_cores:
+            dropped.append(Dropped(public, no_cores))
+            continue
+        no_mode = cannot_set(profile, dev.tags, parse_mode(power_mode))
+        if no_mode:
+            dropped.append(Dropped(public, no_mode))
             continue
         no_depth = depth and _no_depth(backend.name)
         if no_depth:
@@ -187,7 +212,9 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
         jobs.append(Job(
             job_id=job_id_for(run_id, key), run_id=run_id, index=0, device=dev.name, profile=dev.profile,
             backend=backend.name, backend_options=backend.options, model=model.ref, quant=quant, n_prompt=pp,
-            n_gen=tg, n_depth=depth, threads=threads, repetitions=sweep.repetitions, warmup=sweep.warmup,
+            n_gen=tg, n_depth=depth, threads=threads, cpus=cpus,
+            cpu_list=cores.cpulist if pin and cores else None, power_mode=power_mode,
+            repetitions=sweep.repetitions, warmup=sweep.warmup,
             kv_type=sweep.kv_type, cooldown_s=sweep.cooldown_s, power=sweep.power, thermal_gate=sweep.thermal_gate,
             idle_s=sweep.idle_s,
             timeout_s=sweep.timeouts.job_s, thermal_wait_s=sweep.timeouts.thermal_wait_s, priority=sweep.priority,
@@ -242,13 +269,19 @@ def order_jobs(jobs: list[Job]) -> list[Job]:
     return [j.model_copy(update={"index": i}) for i, j in enumerate(ordered)]
 
 
+def _axes(j: Job) -> str:
+    """cpus and power mode of a job, when they are not the defaults (plans without them read as before)."""
+    out = f"cpus={j.cpus}[{j.cpu_list}] " if j.cpu_list is not None else ""
+    return out + (f"mode={j.power_mode} " if j.power_mode != DEFAULT_MODE else "")
+
+
 def describe(plan: Plan) -> str:
     """A stable text rendering of a plan (golden files compare it)."""
     lines = [f"sweep {plan.sweep.name}: {len(plan.jobs)} jobs, {len(plan.dropped)} dropped, "
              f"estimated {plan.est_s:.0f} s"]
     for j in plan.jobs:
         lines.append(f"  {j.index:4d} {j.device:<16} {j.backend:<10} {j.model.label:<28} {j.quant:<5} "
-                     f"{j.test:<14} t={j.threads:<3} reps={j.repetitions} mem={j.mem_bytes / 2**20:.0f}MiB "
+                     f"{j.test:<14} t={j.threads:<3} {_axes(j)}reps={j.repetitions} mem={j.mem_bytes / 2**20:.0f}MiB "
                      f"est={j.est_s:.1f}s")
     for d in plan.dropped:
         cell = " ".join(f"{k}={v}" for k, v in d.cell.items())

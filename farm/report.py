@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from farm import __version__
-from farm.analysis.summary import summarize
+from farm.analysis.summary import axes_label, summarize
 from farm.web import svg
 
 CSS = """
@@ -38,7 +38,7 @@ CHARTS = [  # (metric column of the summary, title, unit, scale)
 
 
 def _label(r: Any) -> str:
-    return f"{r['model']} {r['quant']} {r['test']} t{r['threads']}"
+    return f"{r['model']} {r['quant']} {r['test']} t{r['threads']}{axes_label(r)}"
 
 
 def _num(v: Any, scale: float = 1.0) -> float | None:

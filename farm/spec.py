@@ -21,7 +21,8 @@ from farm.zoo.arch import QUANTS
 SPEC_VERSION = 1
 ARCH_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "head_dim")
 MAX_TOKENS = 1 << 20  # the engines take C ints; no SLM context is longer
-CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads", "depth")
+CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads", "depth", "cpus",
+             "power_mode")
 
 
 class _Strict(BaseModel):
@@ -80,10 +81,16 @@ class Sweep(_Strict):
     devices: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     prompt_tokens: list[Annotated[int, Field(le=MAX_TOKENS)]] = Field(min_length=1)
     gen_tokens: list[Annotated[int, Field(le=MAX_TOKENS)]] = Field(min_length=1)
-    threads: list[Annotated[int, Field(le=1024)]] = Field(default_factory=lambda: [1], min_length=1)
+    threads: list[Annotated[int, Field(le=1024)]] = Field(
+        default_factory=lambda: [1], min_length=1,
+        description="engine threads; unset with `cpus` given: the chosen cores' count")
     depth: list[Annotated[int, Field(ge=0, le=MAX_TOKENS)]] = Field(
         default_factory=lambda: [0], min_length=1,
         description="tokens already in the KV cache before the timed phases (llama-bench -d)")
+    cpus: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
+                            description="cores that run the engine: all, big, little, prime, 0xMASK or a cpu list")
+    power_mode: list[str] = Field(default_factory=lambda: ["default"], min_length=1,
+                                  description="default, nvpmodel:ID[+clocks], governor:NAME or freq:KHZ")
     repetitions: int = Field(default=5, ge=1, le=1000)
     warmup: int = Field(default=1, ge=0, le=100)
     cooldown_s: float = Field(default=0.0, ge=0)
@@ -121,6 +128,28 @@ class Sweep(_Strict):
         if any(x < 0 for x in v):
             raise ValueError("token counts must be ≥ 0")
         return v
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _cpus_are_text(cls, v: Any) -> Any:
+        # YAML reads 0x30 as the number 48 and 4 as a number: a mask or list must be quoted to mean what it says
+        if isinstance(v, list) and any(isinstance(x, int) for x in v):
+            raise ValueError('quote masks and cpu lists ("0x30", "4-7", "4"): YAML reads 0x30 as the number 48')
+        return v
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: list[str]) -> list[str]:
+        from farm.affinity import check_selector
+
+        return [check_selector(str(x)) for x in v]
+
+    @field_validator("power_mode")
+    @classmethod
+    def _power_mode(cls, v: list[str]) -> list[str]:
+        from farm.agent.power_mode import parse
+
+        return [parse(str(x)).label for x in v]
 
     @field_validator("threads")
     @classmethod
@@ -203,7 +232,8 @@ def _finish(data: Any, loc: Locator) -> Sweep:
 
 def _check_unique(sweep: Sweep, loc: Locator) -> None:
     """The same model, quant, backend, device or count twice would make the same cell twice."""
-    for field in ("models", "quants", "backends", "devices", "prompt_tokens", "gen_tokens", "threads", "depth"):
+    for field in ("models", "quants", "backends", "devices", "prompt_tokens", "gen_tokens", "threads", "depth",
+                  "cpus", "power_mode"):
         seen: list[Any] = []
         for i, item in enumerate(getattr(sweep, field)):
             key = item.model_dump(mode="json") if isinstance(item, BaseModel) else item

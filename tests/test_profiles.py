@@ -39,6 +39,28 @@ def test_profile_is_consistent(name):
 
 
 @pytest.mark.parametrize("name", PROFILES)
+def test_cluster_masks_agree_with_the_cores_speeds(name):
+    """The documented masks say what the `cpus` axis resolves from cpufreq max per core."""
+    from farm.affinity import resolve
+
+    p = load_profile(name)
+    if p.cpus.little:
+        assert resolve(p, "little").mask == int(p.cpus.little, 16)
+        assert resolve(p, "prime").mask == int(p.cpus.big, 16)
+        assert resolve(p, "big").mask == (1 << p.cpus.count) - 1 - int(p.cpus.little, 16)
+    else:
+        assert resolve(p, "big").mask == (1 << p.cpus.count) - 1
+        with pytest.raises(ValueError, match="no little cores"):
+            resolve(p, "little")
+
+
+def test_lab_phone_is_big_little_on_two_host_cores():
+    lab = lab_profile(load_profile("pixel-8"), 2)
+    assert lab.cpus.max_khz == [1704000, 2914000]  # cpu0 an A510, cpu1 the X3
+    assert lab.cpus.little == "0x1" and lab.cpus.big == "0x2"
+
+
+@pytest.mark.parametrize("name", PROFILES)
 @pytest.mark.parametrize("cpus", [1, 2, 8])
 def test_lab_profile_derives(name, cpus):
     lab = lab_profile(load_profile(name), cpus)

@@ -190,7 +190,7 @@ def test_paired_report_from_a_frame_and_its_markdown() -> None:
                          "peak_rss_bytes": 2**27, "decode_j_per_tok": None, "prefill_j_per_tok": None})
     df = pd.DataFrame(rows)
     rep = compare.compare_paired(df, threshold=0.03, alpha=0.05, noise={
-        ("pixel", "reference", "m", "q4_0", "pp8+tg8", 4, "decode_tps"): 0.05})
+        ("pixel", "reference", "m", "q4_0", "pp8+tg8", 4, "all", "default", "decode_tps"): 0.05})
     by = {r.metric.column: r for r in rep.results}
     assert by["decode_tps"].verdict.label == "regression" and by["decode_tps"].mde_source == "A/A"
     assert by["prefill_tps"].verdict.label == "no change" and by["peak_rss_bytes"].comparison.ratio == 1

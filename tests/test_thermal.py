@@ -88,6 +88,10 @@ def test_throttled(tmp_path: Path) -> None:
     assert hit and "capped at 1200000 kHz" in why and "83.0 °C" in why
     idle = ThermalState({}, {"c": 300000}, None, {"c": 2400000}, {"c": 2400000})
     assert throttled(idle, idle, profile)[0] is False  # low current frequency alone is idleness
+    pinned = ThermalState({}, {"c": 1200000}, None, {"c": 2400000}, {"c": 1200000})  # a power mode's cap
+    assert throttled(pinned, pinned, profile, mode_caps=True)[0] is False
+    lower = ThermalState({}, {"c": 900000}, None, {"c": 2400000}, {"c": 900000})
+    assert throttled(pinned, lower, profile, mode_caps=True)[0] is True  # the run lowered it further
 
 
 def shipped_with_zone(tmp_path: Path, name: str = "pixel-8"):

@@ -5,16 +5,21 @@ process-group id in a pidfile under ``<workdir>/run/``. The engine is started in
 own (``setsid``), so its pidfile names the whole group: the engine and anything it forked.
 :func:`stop_job` kills every group and process named there — on timeout, cancel, Ctrl-C, a lost
 lease — and :func:`prepare` does the same before each job, so what an earlier job (or a killed
-``farm submit``) left running never overlaps the next measurement.
+``farm submit``) left running never overlaps the next measurement. A power mode an earlier job set and
+could not put back (its agent was killed) is restored by :func:`prepare` too, from the restore file
+:mod:`farm.agent.power_mode` left in the run directory.
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import shlex
 
 from farm.errors import InfraError
 from farm.transports.base import Transport
+
+log = logging.getLogger("farm.agent")
 
 
 def run_dir(workdir: str) -> str:
@@ -49,5 +54,11 @@ def prepare(transport: Transport, workdir: str) -> int:
     out = transport.shell(f"mkdir {d} 2>/dev/null; [ -d {d} ] && {_kill_script(workdir)}", timeout=30)
     if out.exit_code != 0:
         raise InfraError(f"cannot prepare {run_dir(workdir)} on the device: {out.stderr.strip()[:200]}")
+    from farm.agent import power_mode
+
+    restored = power_mode.restore(transport, workdir)  # after the kill: nothing of that job runs any more
+    if restored is not None:
+        log.warning("restored the power mode a killed job left (%s) from %s", restored.get("mode"),
+                    power_mode.restore_file(workdir))
     text = out.stdout.strip().splitlines()
     return int(text[-1]) if text and text[-1].isdigit() else 0

@@ -118,12 +118,15 @@ def _window(history: list[tuple[float, float]], start: float) -> list[tuple[floa
     return history[first:]
 
 
-def throttled(start: ThermalState, end: ThermalState, profile: DeviceProfile) -> tuple[bool, str]:
+def throttled(start: ThermalState, end: ThermalState, profile: DeviceProfile, *,
+              mode_caps: bool = False) -> tuple[bool, str]:
     """Did the run throttle? `end` is read right after the run, while the device was still hot.
 
     Signs: a zone above throttle_temp_c; a CPU whose policy cap (scaling_max_freq, which thermal
     cooling devices lower) sits below the hardware max. The current frequency alone is not used: a
     governor drops it within milliseconds of the run ending, which would flag every run.
+    `mode_caps`: the job set a power mode (farm.agent.power_mode) before `start`; a cap it left that the run
+    did not lower further is the mode's, not throttling.
     """
     reasons: list[str] = []
     limit = profile.thermal.throttle_temp_c
@@ -134,5 +137,7 @@ def throttled(start: ThermalState, end: ThermalState, profile: DeviceProfile) ->
         cap = end.cap_khz.get(cpu)
         if cap is not None and cap < mx * CAP_MARGIN:
             was = start.cap_khz.get(cpu)
+            if mode_caps and was is not None and cap >= was:
+                continue
             reasons.append(f"{cpu} capped at {cap} kHz < max {mx} kHz" + (f" (was {was} kHz)" if was else ""))
     return bool(reasons), "; ".join(reasons)

@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 
 from farm.analysis import stats
+from farm.analysis.summary import axes_label, with_axes
 
-CELL = ["device", "backend", "model", "quant", "test", "threads"]
+CELL = ["device", "backend", "model", "quant", "test", "threads", "cpus", "power_mode"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Report:
 
 
 def _usable(df: pd.DataFrame) -> pd.DataFrame:
+    df = with_axes(df)
     return df[df["exit_status"].fillna(0) == 0] if "exit_status" in df else df
 
 
@@ -283,6 +285,7 @@ def markdown(report: Report, title: str, header_lines: list[str]) -> str:
              "|---|---|---|---:|---:|---:|---|---:|---:|---|"]
     for r in report.results:
         cell = f"{r.cell['backend']} {r.cell['model']} {r.cell['quant']} {r.cell['test']} t{r.cell['threads']}"
+        cell += axes_label(r.cell)
         c = r.comparison
         if c is None:
             dashes = " | ".join("-" * 6)

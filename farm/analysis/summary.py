@@ -7,9 +7,13 @@ tables then print "<bound" and exports keep the raw value next to the bound and 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
-KEYS = ["job_id", "device", "backend", "model", "quant", "test", "threads"]
+KEYS = ["job_id", "device", "backend", "model", "quant", "test", "threads", "cpus", "cpu_mask", "power_mode"]
+# the axes older rows (and frames built by hand) lack: their value when absent
+AXIS_DEFAULTS = {"cpus": "all", "cpu_mask": None, "power_mode": "default"}
 METRICS = {
     "prefill_tps": "prefill t/s",
     "decode_tps": "decode t/s",
@@ -31,6 +35,7 @@ def summarize(df: pd.DataFrame, raw: bool = False) -> pd.DataFrame:
     keys = [*KEYS, "rep"] if raw else KEYS
     if df.empty:
         return pd.DataFrame(columns=[*keys, "reps"])
+    df = with_axes(df)
     ok = df[df["exit_status"].fillna(0) == 0]
     grouped = ok.groupby(keys, sort=False, dropna=False)
     out = grouped.size().rename("reps").to_frame()
@@ -62,6 +67,19 @@ def below_resolution(value: pd.Series, bound: pd.Series) -> pd.Series:
     value, bound = pd.to_numeric(value, errors="coerce"), pd.to_numeric(bound, errors="coerce")  # None → NaN
     known = value.notna() & bound.notna()
     return (value.abs() <= bound).where(known, None).astype(object).where(known, None)
+
+
+def with_axes(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with the cpus / power_mode columns present (their defaults where a frame predates them)."""
+    missing = {k: v for k, v in AXIS_DEFAULTS.items() if k not in df.columns}
+    return df.assign(**missing) if missing else df
+
+
+def axes_label(r: Any) -> str:
+    """` cpus=big mode=nvpmodel:1` for a row (or cell dict) off the default cores and power mode; else ''."""
+    cpus, mode = r.get("cpus"), r.get("power_mode")
+    out = f" cpus={cpus}" if cpus not in (None, "all") and not pd.isna(cpus) else ""
+    return out + (f" mode={mode}" if mode not in (None, "default") and not pd.isna(mode) else "")
 
 
 def fmt_pm(mean: float | None, std: float | None, digits: int = 2) -> str:

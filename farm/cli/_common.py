@@ -98,6 +98,9 @@ def results_table(df: pd.DataFrame, title: str = "", raw: bool = False, width: i
 
     width = width or console.width
     summary = summarize(df, raw=raw)
+    # the cores and the power mode: columns only when some job ran off the defaults
+    pinned = bool(summary["cpu_mask"].notna().any()) if len(summary) else False
+    moded = bool((summary["power_mode"] != "default").any()) if len(summary) else False
     cols: dict[str, list[str]] = {}
     plain: dict[str, list[str]] = {}  # the same cells without "± sd"
     for _, r in summary.iterrows():
@@ -105,6 +108,10 @@ def results_table(df: pd.DataFrame, title: str = "", raw: bool = False, width: i
                                         ("modelled-power", "power_modelled")) if r.get(col) is True]
         rss = r.get("peak_rss_bytes_mean")
         ident = {("t" if k == "threads" else k): str(r[k]) for k in _IDENTITY if k in r}
+        if pinned:
+            ident["cpus"] = f"{r['cpus']} {r['cpu_mask']}"
+        if moded:
+            ident["mode"] = str(r["power_mode"])
         cells = {
             **ident,
             "prefill t/s": (r["prefill_tps_mean"], r["prefill_tps_std"], 2),
@@ -159,7 +166,7 @@ def results_table(df: pd.DataFrame, title: str = "", raw: bool = False, width: i
     head = " · ".join([title, " ".join(moved)] if moved and title else [title or " ".join(moved)])
     table = Table(title=head or None, show_lines=False, caption="; ".join(notes) or None)
     for h in cols:
-        numeric = h not in (*_IDENTITY, "flags")  # "t" (threads) is a number too
+        numeric = h not in (*_IDENTITY, "cpus", "mode", "flags")  # "t" (threads) is a number too
         table.add_column(h, justify="right" if numeric else "left", no_wrap=True)
     for i in range(len(summary)):
         table.add_row(*(cols[h][i] for h in cols))

@@ -17,6 +17,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from farm.analysis.summary import axes_label
 from farm.cli._common import db_option, devices_option, open_store
 from farm.errors import ConfigError
 from farm.regress.schedule import INTERLEAVED
@@ -131,7 +132,7 @@ def noise_cmd(engine: str | None, rev: str, sweep_path: str, engine_subdir: str 
              "| device | cell | metric | pairs | noise sd | MDE | A/A change | p |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for row in table:
-        cell = f"{row['backend']} {row['model']} {row['quant']} {row['test']} t{row['threads']}"
+        cell = f"{row['backend']} {row['model']} {row['quant']} {row['test']} t{row['threads']}{axes_label(row)}"
         lines.append(f"| {row['device']} | {cell} | {row['metric']} | {row['n_pairs']} | {row['noise_sd']:.2%} | "
                      f"{row['mde']:.1%} | {row['aa_change']:+.1%} | {row['aa_p']:.2g} |")
     _emit("\n".join(lines) + "\n", {"run_id": run_id, "noise": regress._jsonable(table)}, json_path)

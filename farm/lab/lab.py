@@ -15,6 +15,12 @@ boards through their INA3221 hwmon files and ``tegrastats``/``vcgencmd`` stand-i
 x86 host (a "board" reached over ssh, running the host engine natively) through RAPL ``energy_uj``
 counters. ``power=False`` leaves the sandbox's static idle values.
 
+Cores: a virtual device has this host's cores (``taskset`` runs on this host's kernel, so any mask the
+lab profile yields is valid here) with its base profile's cluster topology mapped onto them
+(:func:`lab_cpus`: cpu0 the slowest cluster's speed, the last core the fastest's), written to its sandbox
+sysfs as cpufreq ``cpuinfo_max_freq`` per cpu; so ``cpus: [big, little]`` resolve on the virtual phones.
+Jetsons get ``nvpmodel``/``jetson_clocks`` stand-ins keeping their state in the sandbox.
+
 ``Lab.every_profile(root)`` (``farm lab up --all-profiles``) starts one device per shipped profile.
 Every thermal zone rests steady below its profile's cool-down threshold, so the gate passes at the
 shipped poll and window, as on a device at rest.
@@ -89,15 +95,30 @@ def shipped_profiles() -> tuple[tuple[str, ...], tuple[str, ...]]:
             tuple(p.name for p in profiles if p.kind != "phone"))
 
 
+def lab_cpus(base: DeviceProfile, cpus: int) -> dict[str, Any]:
+    """The base's cluster topology on this host's `cpus` cores: host core i gets the speed of base core
+    round(i·(n-1)/(cpus-1)), so the first core is a little one and the last the fastest (2 host cores of a
+    Pixel 8: cpu0 little, cpu1 prime). `taskset` runs on this host's kernel, so every mask the lab profile
+    yields names online host cores; the lab's big/little are what this mapping says, not the silicon's."""
+    n = base.cpus.count
+    khz = base.cpus.max_khz or [2400000] * n
+    mine = [khz[round(i * (n - 1) / (cpus - 1))] if cpus > 1 else khz[-1] for i in range(cpus)]
+    lo, hi = min(mine), max(mine)
+    mask = (1 << cpus) - 1
+    little = sum(1 << i for i, k in enumerate(mine) if k == lo) if lo < hi else None
+    big = sum(1 << i for i, k in enumerate(mine) if k == hi) if lo < hi else mask
+    return {"count": cpus, "big": hex(big), "mid": None, "little": hex(little) if little else None, "max_khz": mine}
+
+
 def lab_profile(base: DeviceProfile, cpus: int) -> DeviceProfile:
     """`base` as it looks on this host: cores, masks, qemu speed and the cpufreq files that exist."""
     data = base.model_dump()
-    mask = (1 << cpus) - 1
     data["name"] = f"lab-{base.name}"
     how = "aarch64 via qemu" if base.engine_target == "aarch64-linux-static" else "native"
     data["description"] = f"virtual {base.name} (farm lab, {cpus} host cores, {how}): {base.description}"
-    data["cpus"] = {"count": cpus, "big": hex(1 << (cpus - 1)) if cpus > 1 and base.cpus.little else hex(mask),
-                    "mid": None, "little": hex(mask >> 1) if cpus > 1 and base.cpus.little else None}
+    data["cpus"] = lab_cpus(base, cpus)
+    # the stand-ins and the sandbox's cpufreq files are the test user's: no root needed (nor any sudo rights)
+    data["power_modes"]["sudo"] = False
     slow = 5.0 if base.engine_target == "aarch64-linux-static" and platform.machine() != "aarch64" else 1.0
     data["est_gflops"] = round(8.0 * cpus / slow, 1)
     data["thermal"]["cpufreq"] = [f"/sys/devices/system/cpu/cpu{i}/cpufreq/scaling_cur_freq" for i in range(cpus)]

@@ -9,8 +9,9 @@ A sandbox is ``<lab>/<device>/``::
       sys/bus/          -> /sys/bus               (boards: i2c/drivers/ina3221{,x}/...)
       sys/cpu/          -> /sys/devices/system/cpu (cpuN/cpufreq/*, online)
       sys/firmware/     -> /sys/firmware          (boards: devicetree/base/model, serial-number)
-      bin/              -> /usr/local/bin         (getprop, dumpsys; tegrastats/vcgencmd stand-ins)
-    etc/                props, keys, sshd_config (not visible on the device)
+      bin/              -> /usr/local/bin         (getprop, dumpsys; tegrastats/vcgencmd, nvpmodel/jetson_clocks
+                                                   stand-ins)
+    etc/                props, keys, sshd_config, nvpmodel.status (the stand-in's mode; not bound on the device)
     log/
 
 Every device file a profile names (thermal zones, cpufreq, the power source's files) is created
@@ -22,6 +23,7 @@ with a plausible idle value. Values change only when someone writes them: the po
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -44,6 +46,7 @@ INA_RAILS = {"jetson-orin-nano": {"1-0040": [("VDD_IN", 5072, 900), ("VDD_CPU_GP
              "jetson-agx-orin": {"1-0040": [("VDD_GPU_SOC", 5048, 760), ("VDD_CPU_CV", 5048, 160),
                                             ("VIN_SYS_5V0", 5056, 620)],
                                  "1-0041": [("NC", 0, 0), ("VDDQ_VDD2_1V8AO", 5040, 110), ("NC", 0, 0)]}}
+CPU_MIN_KHZ = 729600  # Orin's lowest CPU step (tegrastats at idle: CPU [0%@729,...]); any board's floor here
 DT_MODEL = {"jetson-orin-nano": "NVIDIA Jetson Orin Nano Developer Kit",
             "jetson-agx-orin": "NVIDIA Jetson AGX Orin Developer Kit",
             "raspberry-pi-5": "Raspberry Pi 5 Model B Rev 1.0"}
@@ -94,6 +97,49 @@ echo "  technology: $(rd $B/battery/technology Li-ion)"
 echo "  Charging state: 1"
 echo "  Charging policy: 1"
 echo "  Capacity level: 3"
+"""
+
+# nvpmodel stand-in: the board's mode table (its profile's power_modes.nvpmodel), the mode kept in the sandbox
+# (the real tool keeps /var/lib/nvpmodel/status); `-q` prints as JetPack 5/6 does: "NV Power Mode: NAME" then
+# the id. It changes the mode only: clocks stay (the lab's CPUs are the host's).
+NVPMODEL = """#!/bin/sh
+status=__STATUS__
+modes='__MODES__'
+cur=$(cat "$status")
+name_of() { printf '%s\n' "$modes" | while read -r i n; do [ "$i" = "$1" ] && echo "$n"; done; }
+case "$1" in
+  -q) echo "NV Power Mode: $(name_of "$cur")"; echo "$cur" ;;
+  -m) [ -n "$(name_of "$2")" ] || { echo "NVPM ERROR: Invalid power mode ID: $2" >&2; exit 1; }
+      echo "$2" > "$status" ;;
+  *) echo "usage: nvpmodel -q | -m ID" >&2; exit 1 ;;
+esac
+"""
+
+# jetson_clocks stand-in: pins every CPU's scaling_min_freq at its maximum (what the real script does to the CPUs);
+# --store/--restore keep and put back the cpufreq settings; --show prints the real "cpuN: Online=1 Governor=..."
+# lines.
+JETSON_CLOCKS = """#!/bin/sh
+C=/sys/devices/system/cpu
+case "$1" in
+  --show)
+    echo "SOC family:tegra234  Machine:__MACHINE__"
+    echo "Online CPUs: $(cat $C/online)"
+    for d in $C/cpu[0-9]*; do f=$d/cpufreq
+      echo "${d##*/}: Online=1 Governor=$(cat $f/scaling_governor) MinFreq=$(cat $f/scaling_min_freq)" \
+           "MaxFreq=$(cat $f/scaling_max_freq) CurrentFreq=$(cat $f/scaling_cur_freq) IdleStates: WFI=1 c7=1"
+    done ;;
+  --store)
+    : > "$2" || exit 1
+    for f in $C/cpu[0-9]*/cpufreq/scaling_min_freq $C/cpu[0-9]*/cpufreq/scaling_max_freq \
+             $C/cpu[0-9]*/cpufreq/scaling_governor; do echo "$f:$(cat $f)" >> "$2"; done ;;
+  --restore)
+    [ -f "$2" ] || { echo "Error: $2 file not found" >&2; exit 1; }
+    while IFS=: read -r f v; do echo "$v" > "$f"; done < "$2" ;;
+  "")
+    for f in $C/cpu[0-9]*/cpufreq; do cat $f/cpuinfo_max_freq > $f/scaling_max_freq
+      cat $f/cpuinfo_max_freq > $f/scaling_min_freq; done ;;
+  *) echo "Unknown option: $1" >&2; exit 1 ;;
+esac
 """
 
 UNAME = """#!/bin/sh
@@ -152,11 +198,17 @@ def _common(fs: Path, profile: DeviceProfile, base: str, cpus: int) -> None:
         _put(fs, zone.rsplit("/", 1)[0] + "/type", types[i] if i < len(types) else f"zone{i}")
     for f in ("online", "possible", "present"):
         _put(fs, f"/sys/devices/system/cpu/{f}", f"0-{cpus - 1}" if cpus > 1 else "0")
-    for i in range(cpus):
+    khz = profile.cpus.max_khz or [2400000] * cpus
+    for i in range(cpus):  # the lab profile's topology (farm.lab.lab.lab_cpus): big.LITTLE where the base has it
         d = f"/sys/devices/system/cpu/cpu{i}/cpufreq"
-        _put(fs, f"{d}/scaling_cur_freq", 1800000)
-        _put(fs, f"{d}/cpuinfo_max_freq", 2400000)
-        _put(fs, f"{d}/scaling_max_freq", 2400000)
+        top = khz[i] if i < len(khz) else khz[-1]
+        _put(fs, f"{d}/scaling_cur_freq", min(1800000, top))
+        _put(fs, f"{d}/cpuinfo_max_freq", top)
+        _put(fs, f"{d}/cpuinfo_min_freq", CPU_MIN_KHZ)
+        _put(fs, f"{d}/scaling_max_freq", top)
+        _put(fs, f"{d}/scaling_min_freq", CPU_MIN_KHZ)
+        _put(fs, f"{d}/scaling_governor", "schedutil")
+        _put(fs, f"{d}/scaling_available_governors", "conservative ondemand userspace powersave performance schedutil")
     for f in [*profile.thermal.cpufreq, *profile.thermal.cpufreq_max]:
         if not host_path(fs, f).exists():
             _put(fs, f, 1800000)
@@ -229,6 +281,16 @@ def build_board(root: Path, profile: DeviceProfile, base: str, serial: str, cpus
     if profile.abi == "aarch64":
         # The board's identity says arm64 as the real one does; everything else is the host's uname.
         _script(host_path(fs, "/usr/local/bin") / "uname", UNAME)
+    if profile.power_modes.nvpmodel:
+        status = root / "etc" / "nvpmodel.status"
+        status.write_text(f"{min(profile.power_modes.nvpmodel)}\n")  # boots in the lowest id (15W, MAXN)
+        status.chmod(0o666)  # the board's test user runs the stand-in
+        modes = "\n".join(f"{i} {n}" for i, n in sorted(profile.power_modes.nvpmodel.items()))
+        _script(host_path(fs, "/usr/local/bin") / "nvpmodel",
+                NVPMODEL.replace("__STATUS__", shlex.quote(str(status))).replace("__MODES__", modes))
+    if profile.power_modes.jetson_clocks:
+        _script(host_path(fs, "/usr/local/bin") / "jetson_clocks",
+                JETSON_CLOCKS.replace("__MACHINE__", DT_MODEL.get(base, profile.description)))
     host_path(fs, "/var/tmp/farm").mkdir(mode=0o1777)
     host_path(fs, "/var/tmp/farm").chmod(0o1777)
     return binds(fs, BOARD_MOUNTS)

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from farm.analysis import compare
+from farm.analysis.summary import AXIS_DEFAULTS
 from farm.store import Store
 
 
@@ -63,7 +64,8 @@ def load_noise(store: Store, devices: set[str], interleave: str = "process", lim
         for row in (run.meta or {}).get("noise", []):
             if row.get("device") not in devices:
                 continue
-            key = (*[row[k] for k in compare.CELL], row["metric"])
+            # rows saved before the cpus / power_mode axes lack them: theirs were the defaults
+            key = (*[row.get(k, AXIS_DEFAULTS.get(k)) for k in compare.CELL], row["metric"])
             if key not in found and row.get("noise_sd") is not None and math.isfinite(row["noise_sd"]):
                 found[key] = float(row["noise_sd"])
     return found

@@ -133,6 +133,9 @@ class ResultRow(Base):
     n_prompt: Mapped[int] = mapped_column(Integer)
     n_gen: Mapped[int] = mapped_column(Integer)
     n_depth: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # KV tokens before the timed phases
+    cpus: Mapped[str] = mapped_column(String(64), default="all", server_default="all")  # the cpus selector
+    cpu_mask: Mapped[str | None] = mapped_column(String(64))  # affinity read back from the engine's threads (hex)
+    power_mode: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     prefill_s: Mapped[float | None] = mapped_column(Float)
     decode_s: Mapped[float | None] = mapped_column(Float)
     prefill_tps: Mapped[float | None] = mapped_column(Float)
