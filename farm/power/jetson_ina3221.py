@@ -51,6 +51,7 @@ class JetsonIna3221(DeviceSource):
     class Options(DeviceSource.Options):
         hwmon_glob: str | list[str] = HWMON_GLOBS
         rail: str | None = None
+        rails: list[str] | None = None  # a module without a board-input rail: the sum of these
 
     name = "jetson_ina3221"
 

@@ -34,6 +34,7 @@ class Tegrastats(CommandSource):
     class Options(CommandSource.Options):
         command: str = "tegrastats"
         rail: str | None = None
+        rails: list[str] | None = None  # a module without a board-input rail: the sum of these
 
     name = "tegrastats"
     mode = "s"
