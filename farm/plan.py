@@ -15,10 +15,12 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from farm.backends import Backend, get_backend
 from farm.devices import DeviceEntry, DeviceProfile, Inventory, load_profile, select_devices
 from farm.jobs import Job, ModelRef, job_id_for
 from farm.spec import Sweep
 from farm.zoo.arch import BYTES_PER_WEIGHT, Architecture
+from farm.zoo.mix import base_type
 
 SCRATCH_BYTES = 64 * 1024 * 1024  # activations, logits and runtime, beyond weights and KV cache
 LOAD_S = 1.0  # per job: process start, mmap, staging check
@@ -51,7 +53,9 @@ class _Model:
     ref: ModelRef
     arch: Architecture | None
     file_bytes: int | None = None
-    file_quant: str | None = None
+    file_quant: str | None = None  # a file's own label (farm.zoo.mix): the quants axis does not apply to it
+    arch_name: str = "llama"
+    file_types: frozenset[str] | None = None  # ggml types of a file's tensors
 
 
 def _models(sweep: Sweep) -> list[_Model]:
@@ -61,16 +65,20 @@ def _models(sweep: Sweep) -> list[_Model]:
     for spec in sweep.models:
         if spec.file is not None:
             from farm.zoo.files import resolve_model
+            from farm.zoo.mix import read_gguf
 
             mf = resolve_model(f"file:{spec.file}", None, sha256=spec.sha256)
-            out.append(_Model(ModelRef(file=str(mf.path), sha256=mf.sha256), mf.architecture, mf.size, mf.quant))
+            info = read_gguf(mf.path)
+            out.append(_Model(ModelRef(file=str(mf.path), sha256=mf.sha256), mf.architecture, mf.size, info.label,
+                              info.arch, info.types))
             continue
         card = load_card(str(spec.card))
         keys = sorted(spec.vary)
         for values in itertools.product(*(spec.vary[k] for k in keys)):
             overrides = dict(zip(keys, values, strict=True))
             variant = card.with_overrides(**overrides) if overrides else card
-            out.append(_Model(ModelRef(card=card.name, overrides=overrides, seed=spec.seed), variant.architecture))
+            out.append(_Model(ModelRef(card=card.name, overrides=overrides, seed=spec.seed), variant.architecture,
+                              arch_name=variant.architecture.arch))
     return out
 
 
@@ -92,6 +100,19 @@ def _device_matches(selector: str, cell: dict[str, Any]) -> bool:
         kind == "tag" and value in cell["tags"])
 
 
+def cannot_run(model: _Model, backend: Backend, quant: str) -> str | None:
+    """Why `backend` cannot run `model` in `quant` (None: it can): the zoo cannot write the quant, or the
+    backend lacks the file's architecture or one of its tensor types."""
+    from farm.zoo.arch import QUANTS
+    from farm.zoo.mix import recipe_types
+
+    if model.file_types is None and quant not in QUANTS:
+        return (f"the zoo writes {', '.join(QUANTS)} (llama-quantize --pure recipe), not {quant}; "
+                f"measure a {quant} file with 'file:'")
+    types = model.file_types if model.file_types is not None else recipe_types(quant)
+    return backend.cannot_run(model.arch_name, types)
+
+
 def memory_needed(arch: Architecture | None, quant: str, n_ctx: int, kv_type: str, file_bytes: int | None) -> int:
     weights = file_bytes if file_bytes is not None else (arch.weight_bytes(quant) if arch else 0)
     kv = arch.kv_cache_bytes(n_ctx, kv_type) if arch else 0
@@ -106,7 +127,7 @@ def estimate_s(arch: Architecture | None, quant: str, profile: DeviceProfile, n_
     share = min(1.0, threads / profile.cpus.count)
     flops_per_tok = 2.0 * arch.n_params()
     prefill = n_prompt * flops_per_tok / (profile.est_gflops * 1e9 * share)
-    weight_bytes = file_bytes or arch.n_params() * BYTES_PER_WEIGHT.get(quant, 2.0)
+    weight_bytes = file_bytes or arch.n_params() * BYTES_PER_WEIGHT.get(base_type(quant), 2.0)
     decode = n_gen * weight_bytes / (profile.mem_bw_gbs * 1e9 * min(1.0, 0.5 + share / 2))
     return LOAD_S + (reps + warmup) * (prefill + decode)
 
@@ -121,24 +142,30 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
     devices: list[DeviceEntry] = select_devices(inventory, sweep.devices)
     profiles = {d.profile: load_profile(d.profile, inventory.profile_dirs) for d in devices}
     models = _models(sweep)
+    engines = [(b, get_backend(b.name, **b.options)) for b in sweep.backends]
+    # A file has one quant, its own: the quants axis does not multiply (or relabel) it.
+    cells = ((dev, model, be, quant, pp, tg, threads)
+             for dev, model, be in itertools.product(devices, models, engines)
+             for quant, pp, tg, threads in itertools.product(
+                 [model.file_quant] if model.file_quant else sweep.quants, sweep.prompt_tokens, sweep.gen_tokens,
+                 sweep.threads))
     jobs: list[Job] = []
     dropped: list[Dropped] = []
-    for dev, model, backend, quant, pp, tg, threads in itertools.product(
-            devices, models, sweep.backends, sweep.quants, sweep.prompt_tokens, sweep.gen_tokens, sweep.threads):
+    for dev, model, (backend, engine), quant, pp, tg, threads in cells:
         profile = profiles[dev.profile]
-        quant = model.file_quant or quant
         cell = {"model": model.ref.label, "quant": quant, "backend": backend.name, "device": dev.name,
                 "profile": dev.profile, "tags": dev.tags, "prompt_tokens": pp, "gen_tokens": tg, "threads": threads}
         public = {k: v for k, v in cell.items() if k not in ("profile", "tags")}
-        if model.file_quant and any(j.device == dev.name and j.model == model.ref and j.backend == backend.name
-                                    and (j.n_prompt, j.n_gen, j.threads) == (pp, tg, threads) for j in jobs):
-            continue  # a file has one quant: the quants axis does not multiply it
         if pp == 0 and tg == 0:
             continue
         if sweep.include and not any(_matches(r, cell) for r in sweep.include):
             continue
         if any(_matches(r, cell) for r in sweep.exclude):
             dropped.append(Dropped(public, "excluded by a rule"))
+            continue
+        why = cannot_run(model, engine, quant)
+        if why:
+            dropped.append(Dropped(public, why))
             continue
         if dev.name in unavailable:
             dropped.append(Dropped(public, f"device quarantined: {unavailable[dev.name]}"))

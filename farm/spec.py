@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from farm.errors import ConfigError
 from farm.yamlio import Locator, load_yaml, loads_yaml, validate
 from farm.zoo.arch import QUANTS
+from farm.zoo.mix import QUANT_LABELS, normalize
 
 SPEC_VERSION = 1
 ARCH_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "head_dim")
@@ -72,7 +73,8 @@ class Sweep(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     models: list[ModelSpec] = Field(min_length=1)
-    quants: list[Literal["f32", "f16", "q8_0", "q4_0"]] = Field(min_length=1)
+    quants: list[str] = Field(min_length=1, description="llama-quantize types, lower case: " + ", ".join(QUANT_LABELS)
+                              + " (q3_k/q4_k/q5_k mean _m, as in llama-quantize); a file: model keeps its own")
     backends: list[BackendSpec] = Field(default_factory=lambda: [BackendSpec(name="reference")], min_length=1)
     devices: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     prompt_tokens: list[int] = Field(min_length=1)
@@ -103,6 +105,15 @@ class Sweep(_Strict):
         if isinstance(v, list):
             return [{"name": b} if isinstance(b, str) else b for b in v]
         return v
+
+    @field_validator("quants")
+    @classmethod
+    def _known_quants(cls, v: list[str]) -> list[str]:
+        try:
+            out = [normalize(q) for q in v]
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return list(dict.fromkeys(out))
 
     @field_validator("prompt_tokens", "gen_tokens")
     @classmethod

@@ -35,6 +35,7 @@ KNOWN_KEYS = frozenset({
 })
 PROVENANCE_KEYS = ("build_commit", "build_number", "backends", "cpu_info", "gpu_info", "model_type", "n_batch",
                    "n_ubatch", "type_k", "type_v", "n_gpu_layers", "flash_attn", "use_mmap")
+LLAMA_CPP_PYTHON_VERSION_NOTE = "the build farm makes from llama-cpp-python's sdist"
 
 
 def test_name(n_prompt: int, n_gen: int, n_depth: int = 0) -> str:
@@ -174,6 +175,12 @@ class LlamaCppBackend(Backend):
         self.isa, self.version, self.flags = isa, version, list(flags or [])
         self.source_dir = Path(source_dir) if source_dir else None
         self.engine_commit, self.binary = engine_commit, binary
+
+    def cannot_run(self, arch: str, types: frozenset[str]) -> str | None:
+        from farm.zoo.mix import LLAMA_CPP_TYPES
+
+        bad = sorted(types - LLAMA_CPP_TYPES)
+        return f"llama.cpp ({LLAMA_CPP_PYTHON_VERSION_NOTE}) has no type {', '.join(bad)}" if bad else None
 
     def accepts(self, job: Job, profile: DeviceProfile) -> tuple[bool, str]:
         if job.kv_type not in ("f16", "f32"):

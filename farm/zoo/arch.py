@@ -10,12 +10,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Quant = Literal["f32", "f16", "q8_0", "q4_0"]
-QUANTS: tuple[str, ...] = ("f32", "f16", "q8_0", "q4_0")
+# The quants the zoo writes (llama-quantize --pure recipe: every matrix, the embedding included, in that
+# type; norms and biases f32). K-quant mixes need llama-quantize's k-quantizer, which gguf-py lacks.
+QUANTS: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
-# Bytes per weight of each GGML type: q8_0 = 32 int8 + f16 scale per block (34 B / 32),
-# q4_0 = 32 nibbles + f16 scale (18 B / 32).
-BYTES_PER_WEIGHT: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# Bytes per weight of each GGML type (block bytes / block elements, ggml-common.h): q8_0 = 32 int8 + f16
+# scale (34 B / 32), q4_0 = 32 nibbles + f16 scale (18 B / 32), q4_K = 144 B / 256, ...
+BYTES_PER_WEIGHT: dict[str, float] = {
+    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32,
+    "q5_1": 24 / 32, "q2_k": 84 / 256, "q3_k": 110 / 256, "q4_k": 144 / 256, "q5_k": 176 / 256, "q6_k": 210 / 256,
+}
 
 
 class Architecture(BaseModel):
@@ -67,8 +71,10 @@ class Architecture(BaseModel):
         return self.n_layers * per_layer + emb + out + self.d_model
 
     def weight_bytes(self, quant: str) -> int:
-        """Approximate file size: matrices in `quant`, norms and biases in f32."""
-        return int(self.n_params() * BYTES_PER_WEIGHT[quant])
+        """Approximate file size: matrices in `quant` (a mix counts as its base type), norms and biases in f32."""
+        from farm.zoo.mix import base_type
+
+        return int(self.n_params() * BYTES_PER_WEIGHT.get(base_type(quant), 2.0))
 
     def kv_cache_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         """KV cache for `n_ctx` tokens: 2 (K and V) x layers x kv heads x head_dim x bytes."""

@@ -28,13 +28,23 @@ _QTYPE = {
     "f16": GGMLQuantizationType.F16,
     "q8_0": GGMLQuantizationType.Q8_0,
     "q4_0": GGMLQuantizationType.Q4_0,
+    "bf16": GGMLQuantizationType.BF16,
+    "q4_1": GGMLQuantizationType.Q4_1,
+    "q5_0": GGMLQuantizationType.Q5_0,
+    "q5_1": GGMLQuantizationType.Q5_1,
 }
 _FILE_TYPE = {
     "f32": LlamaFileType.ALL_F32,
     "f16": LlamaFileType.MOSTLY_F16,
     "q8_0": LlamaFileType.MOSTLY_Q8_0,
     "q4_0": LlamaFileType.MOSTLY_Q4_0,
+    "bf16": LlamaFileType.MOSTLY_BF16,
+    "q4_1": LlamaFileType.MOSTLY_Q4_1,
+    "q5_0": LlamaFileType.MOSTLY_Q5_0,
+    "q5_1": LlamaFileType.MOSTLY_Q5_1,
 }
+RECIPE = "pure"  # llama-quantize --pure: every matrix in the one type (no q6_K output, no mixes)
+_BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24)}
 ALIGNMENT = 32
 BOS_ID, EOS_ID, UNK_ID = 1, 2, 0
 # Rows generated per chunk: bounds the f32 scratch of the 151936-row embedding to ~30 MB.
@@ -75,8 +85,8 @@ def _stored(kind: str, quant: str) -> str:
 
 def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
     n = int(np.prod(shape))
-    if qtype in ("q8_0", "q4_0"):
-        block, size = {"q8_0": (32, 34), "q4_0": (32, 18)}[qtype]
+    if qtype in _BLOCK:
+        block, size = _BLOCK[qtype]
         return n // block * size
     return n * (4 if qtype == "f32" else 2)
 
@@ -86,7 +96,7 @@ def _encode(x: np.ndarray, qtype: str) -> np.ndarray:
         return x.astype(np.float32)
     if qtype == "f16":
         return x.astype(np.float16)
-    return quants.quantize(x.astype(np.float32), _QTYPE[qtype])
+    return quants.quantize(x.astype(np.float32), _QTYPE[qtype]).view(np.uint8)  # bf16 comes as uint16
 
 
 def _generate(index: int, seed: int, shape: tuple[int, ...], kind: str, scale: float, qtype: str) -> np.ndarray:
@@ -150,7 +160,7 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
 
     for tname, shape, kind, _scale in plan:
         qt = _stored(kind, quant)
-        if qt in ("q8_0", "q4_0"):
+        if qt not in ("f32", "f16"):
             byte_shape = (shape[0], _nbytes(shape, qt) // shape[0])
             w.add_tensor_info(tname, byte_shape, np.dtype(np.uint8), _nbytes(shape, qt), raw_dtype=_QTYPE[qt])
         else:
@@ -170,11 +180,11 @@ def write_gguf(arch: Architecture, path: Path, quant: str, seed: int = 0, name: 
 
     Norm weights and biases are f32 (as llama.cpp stores them); every matrix, the token embedding
     included, is in `quant`. Raises ConfigError for an unknown quant or a row length that is not a
-    multiple of the 32-element block of q8_0/q4_0.
+    multiple of the 32-element block of the q types.
     """
     if quant not in QUANTS:
         raise ConfigError(f"unknown quant {quant!r}; choose one of {', '.join(QUANTS)}")
-    if quant in ("q8_0", "q4_0"):
+    if quant in _BLOCK:
         for width in {arch.d_model, arch.d_ff, arch.n_heads * arch.dim_head}:
             if width % 32:
                 raise ConfigError(f"{quant} needs row lengths divisible by 32, got {width}")

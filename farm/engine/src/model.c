@@ -18,7 +18,8 @@ static tensor_t get_tensor(const model_t *m, const char *name, int n_in, int n_o
         farm_fail("%s: missing tensor %s", g_path, name);
     }
     if (gt->type != GT_F32 && gt->type != GT_F16 && gt->type != GT_Q4_0 && gt->type != GT_Q8_0)
-        farm_fail("%s: tensor %s has unsupported type %u (supported: f32, f16, q8_0, q4_0)", g_path, name, gt->type);
+        farm_fail("%s: tensor %s has type %s (ggml type %u), which this engine does not run (supported: f32, f16, "
+                  "q8_0, q4_0)", g_path, name, gguf_type_name(gt->type), gt->type);
     if (gt->ne[0] != n_in || gt->ne[1] != n_out || gt->ne[2] != 1 || gt->ne[3] != 1)
         farm_fail("%s: tensor %s has shape [%lld, %lld], expected [%d, %d]", g_path, name, (long long)gt->ne[0],
                   (long long)gt->ne[1], n_in, n_out);
