@@ -1,4 +1,4 @@
-"""The bundled reference engine (``farm/engine``): portable C, GGUF, f32/f16/q8_0/q4_0.
+"""The bundled reference engine (``farm/engine``): portable C, GGUF, f32/f16, legacy quants and q4_K/q5_K/q6_K.
 
 Built on the agent host for the device's target (host, or aarch64-linux-static for phones and
 boards) and cached by source hash; the device receives the binary like any other artifact.
@@ -22,7 +22,7 @@ from farm.transports.base import CommandResult
 OOM_CODES = {137, -9}  # SIGKILL from the OOM killer (or a shell reporting 128+9)
 # What farm/engine loads (model.c): architectures and ggml tensor types.
 ARCHS = ("llama", "qwen2")
-TYPES: frozenset[str] = frozenset({"f32", "f16", "q8_0", "q4_0"})
+TYPES: frozenset[str] = frozenset({"f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})
 
 
 class ReferenceBackend(Backend):

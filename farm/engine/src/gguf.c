@@ -84,6 +84,12 @@ size_t gguf_row_bytes(uint32_t type, int64_t n) {
     case GT_F16: return (size_t)n * 2;
     case GT_Q4_0: return (size_t)n / 32 * 18;
     case GT_Q8_0: return (size_t)n / 32 * 34;
+    case GT_Q4_1: return (size_t)n / 32 * 20;
+    case GT_Q5_0: return (size_t)n / 32 * 22;
+    case GT_Q5_1: return (size_t)n / 32 * 24;
+    case GT_Q4_K: return (size_t)n / 256 * 144;
+    case GT_Q5_K: return (size_t)n / 256 * 176;
+    case GT_Q6_K: return (size_t)n / 256 * 210;
     default: return 0;
     }
 }

@@ -172,7 +172,8 @@ void dequant_row(int type, const void *src, float *dst, int n) {
             }
         }
         break;
-    default: farm_fail("dequant: unsupported type %d", type);
+    default:
+        if (!dequant_row_more(type, src, dst, n)) farm_fail("dequant: no kernel for type %s", gguf_type_name(type));
     }
 }
 
