@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm.errors import ConfigError
 from farm.yamlio import Locator, load_yaml, loads_yaml, validate
@@ -22,6 +22,16 @@ from farm.zoo.mix import QUANT_LABELS, normalize
 SPEC_VERSION = 1
 ARCH_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "head_dim")
 CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads")
+
+
+def _quant(value: str) -> str:
+    try:
+        return normalize(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+QuantLabel = Annotated[str, AfterValidator(_quant)]
 
 
 class _Strict(BaseModel):
@@ -73,8 +83,9 @@ class Sweep(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     models: list[ModelSpec] = Field(min_length=1)
-    quants: list[str] = Field(min_length=1, description="llama-quantize types, lower case: " + ", ".join(QUANT_LABELS)
-                              + " (q3_k/q4_k/q5_k mean _m, as in llama-quantize); a file: model keeps its own")
+    quants: list[QuantLabel] = Field(
+        min_length=1, description="llama-quantize types, lower case: " + ", ".join(QUANT_LABELS)
+        + " (q3_k/q4_k/q5_k mean _m, as in llama-quantize); a file: model keeps its own")
     backends: list[BackendSpec] = Field(default_factory=lambda: [BackendSpec(name="reference")], min_length=1)
     devices: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     prompt_tokens: list[int] = Field(min_length=1)
@@ -108,12 +119,8 @@ class Sweep(_Strict):
 
     @field_validator("quants")
     @classmethod
-    def _known_quants(cls, v: list[str]) -> list[str]:
-        try:
-            out = [normalize(q) for q in v]
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return list(dict.fromkeys(out))
+    def _once(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))  # q4_k and q4_k_m are one quant
 
     @field_validator("prompt_tokens", "gen_tokens")
     @classmethod

@@ -22,6 +22,19 @@ BYTES_PER_WEIGHT: dict[str, float] = {
 }
 
 
+class RopeScaling(BaseModel):
+    """Hugging Face rope_scaling of type llama3 (Llama 3.1/3.2): per-frequency divisors of RoPE's angles.
+    In GGUF it is the tensor rope_freqs.weight (convert_hf_to_gguf computes it; `rope_freq_factors`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rope_type: Literal["llama3"] = "llama3"
+    factor: float = Field(gt=0)
+    low_freq_factor: float = Field(gt=0)
+    high_freq_factor: float = Field(gt=0)
+    original_max_position_embeddings: int = Field(gt=0)
+
+
 class Architecture(BaseModel):
     """Shape of a llama-family decoder. Field names follow Hugging Face config.json where one exists."""
 
@@ -41,6 +54,7 @@ class Architecture(BaseModel):
     rms_eps: float = 1e-5
     tied_embeddings: bool = False
     qkv_bias: bool = False
+    rope_scaling: RopeScaling | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Architecture:
@@ -56,6 +70,30 @@ class Architecture(BaseModel):
     def dim_head(self) -> int:
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
 
+    def rope_freq_factors(self) -> list[float] | None:
+        """rope_freqs.weight as convert_hf_to_gguf writes it for llama3 rope scaling (None without scaling)."""
+        import math
+
+        rs = self.rope_scaling
+        if rs is None:
+            return None
+        dim = self.dim_head
+        low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+        high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+        out = []
+        for i in range(0, dim, 2):
+            freq = 1.0 / (self.rope_theta ** (i / dim))
+            wavelen = 2 * math.pi / freq
+            if wavelen < high_wavelen:
+                out.append(1.0)
+            elif wavelen > low_wavelen:
+                out.append(rs.factor)
+            else:
+                smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
+                    rs.high_freq_factor - rs.low_freq_factor)
+                out.append(1 / ((1 - smooth) / rs.factor + smooth))
+        return out
+
     def n_params(self) -> int:
         """Parameter count (embeddings included once when tied)."""
         hd = self.dim_head
@@ -68,7 +106,8 @@ class Architecture(BaseModel):
         per_layer = q + kv + o + bias + mlp + norms
         emb = self.vocab_size * self.d_model
         out = 0 if self.tied_embeddings else self.vocab_size * self.d_model
-        return self.n_layers * per_layer + emb + out + self.d_model
+        freqs = self.dim_head // 2 if self.rope_scaling else 0  # rope_freqs.weight
+        return self.n_layers * per_layer + emb + out + self.d_model + freqs
 
     def weight_bytes(self, quant: str) -> int:
         """Approximate file size: matrices in `quant` (a mix counts as its base type), norms and biases in f32."""

@@ -87,7 +87,7 @@ def writer_version() -> str:
 
 
 def cache_key(card: Card, quant: str, seed: int) -> str:
-    # The name is in the key because the writer stores it in general.name: same shape, other bytes.
+    # The name is in the key because the writer stores it in general.basename: same shape, other bytes.
     payload = {
         "architecture": card.architecture.model_dump(mode="json"),
         "name": card.name,

@@ -43,6 +43,7 @@ _FILE_TYPE = {
     "q5_0": LlamaFileType.MOSTLY_Q5_0,
     "q5_1": LlamaFileType.MOSTLY_Q5_1,
 }
+SYNTHETIC_NAME = "farm synthetic weights"
 RECIPE = "pure"  # llama-quantize --pure: every matrix in the one type (no q6_K output, no mixes)
 _BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24)}
 ALIGNMENT = 32
@@ -74,6 +75,8 @@ def _tensor_plan(arch: Architecture) -> list[tuple[str, tuple[int, int] | tuple[
         plan.append((b + "ffn_up.weight", (arch.d_ff, d), "matrix", 1.0 / np.sqrt(d)))
         plan.append((b + "ffn_down.weight", (d, arch.d_ff), "matrix", 1.0 / np.sqrt(arch.d_ff)))
     plan.append(("output_norm.weight", (d,), "norm", 0.0))
+    if arch.rope_scaling is not None:
+        plan.append(("rope_freqs.weight", (hd // 2,), "rope_freqs", 0.0))
     if not arch.tied_embeddings:
         plan.append(("output.weight", (arch.vocab_size, d), "matrix", 1.0 / np.sqrt(d)))
     return plan
@@ -102,6 +105,8 @@ def _encode(x: np.ndarray, qtype: str) -> np.ndarray:
 def _generate(index: int, seed: int, shape: tuple[int, ...], kind: str, scale: float, qtype: str) -> np.ndarray:
     """One tensor's stored bytes, deterministic in (seed, tensor index) whatever the chunking."""
     rng = np.random.default_rng([seed, index])
+    if kind == "rope_freqs":
+        raise AssertionError("rope_freqs is computed, not generated")
     if kind == "norm":
         return (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
     if kind == "bias":
@@ -131,7 +136,11 @@ def _tokens(vocab_size: int) -> Iterator[tuple[bytes, float, int]]:
 
 def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, plan: list) -> None:
     w = GGUFWriter(str(w_path), arch.arch)
-    w.add_name(name)
+    # llama.cpp keys tokenizer quirks on general.name (a name containing "phi-3" looks up Phi-3's special
+    # tokens, which this synthetic vocabulary lacks, and the load fails): the card's name goes in
+    # general.basename, general.name only says what the file is.
+    w.add_name(SYNTHETIC_NAME)
+    w.add_basename(name)
     w.add_file_type(int(_FILE_TYPE[quant]))
     w.add_custom_alignment(ALIGNMENT)
     w.add_quantization_version(2)
@@ -171,7 +180,10 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for index, (_tname, shape, kind, scale) in enumerate(plan):
-        w.write_tensor_data(_generate(index, seed, shape, kind, scale, _stored(kind, quant)))
+        if kind == "rope_freqs":
+            w.write_tensor_data(np.asarray(arch.rope_freq_factors(), dtype=np.float32))
+        else:
+            w.write_tensor_data(_generate(index, seed, shape, kind, scale, _stored(kind, quant)))
     w.close()
 
 

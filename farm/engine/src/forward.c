@@ -357,7 +357,8 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
     for (int t = 0; t < n_tok; t++) { /* theta_i = pos * base^(-2i/hd), computed directly (no running product) */
         float *cs = c->rope_cs + (size_t)t * hd;
         for (int i = 0; i < hd / 2; i++) {
-            const double th = (double)(pos0 + t) * pow((double)m->rope_theta, -2.0 * i / hd);
+            double th = (double)(pos0 + t) * pow((double)m->rope_theta, -2.0 * i / hd);
+            if (m->rope_freqs) th /= m->rope_freqs[i]; /* llama3 rope scaling (llama.cpp: freq_factors) */
             cs[i] = (float)cos(th);
             cs[hd / 2 + i] = (float)sin(th);
         }

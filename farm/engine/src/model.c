@@ -88,6 +88,7 @@ void model_load(model_t *m, const char *path) {
     m->output = get_tensor(m, "output.weight", d, m->n_vocab, 1);
     m->tied = m->output.data == NULL;
     if (m->tied) m->output = m->tok_embd;
+    m->rope_freqs = get_vec(m, "rope_freqs.weight", m->head_dim / 2, 1).data;
     m->layers = calloc((size_t)m->n_layers, sizeof *m->layers);
     char name[96];
 #define T(field, nm, nin, nout) \

@@ -30,6 +30,7 @@ typedef struct {
     int tied, qkv_bias, main_type;
     int64_t n_params;
     tensor_t tok_embd, out_norm, output;
+    const float *rope_freqs; /* llama3 rope scaling: angle i is divided by rope_freqs[i] (NULL: none) */
     layer_t *layers;
 } model_t;
 
