@@ -3,12 +3,20 @@
 - `farm submit` runs the Q4_1 file on the local device with the reference engine and stores it as q4_1.
 - Correctness (slow: needs llama.cpp's library, built by farm like llama-bench): the model is re-encoded in
   each type (the pure types by farm.zoo.convert, the K-quant mixes by llama.cpp's own llama-quantize from the
-  f32 file); for each, farm's logits over 128 positions are no farther from the f32 reference than
-  llama.cpp's are (rms; 5% slack for float summation order, which differs between any two kernels), and
-  their top-1 tokens agree with llama.cpp's at >= 95% of positions; greedy 32 tokens are identical on f32
-  and f16. The f32 reference is llama.cpp on the f32 file. SmolLM2's d_model 576 is not a multiple of 256, so
-  in its K-quant files only ffn_down (rows of 1536) is k-quantized; llama-quantize falls back to q5_0 / q5_1
-  / q8_0 elsewhere, and the test checks those kernels too.
+  f32 file). The f32 reference is llama.cpp on the f32 file. SmolLM2's d_model 576 is not a multiple of 256,
+  so in its K-quant files only ffn_down (rows of 1536) is k-quantized; llama-quantize falls back to q5_0 /
+  q5_1 / q8_0 elsewhere, and the test checks those kernels too.
+
+Tolerances, derived from the model itself. With quantized weights every matmul input is rounded to 8 bits;
+two correct builds whose float sums differ only in order (farm's AVX2 and scalar builds, measured here on
+q8_0: rms 0.23, max 1.26, top-1 95.3% over 128 positions) flip some of those roundings, and 30 layers
+amplify the flips to logit differences as large as the quantization error itself (llama.cpp q8_0 vs f32:
+rms 0.22). So:
+- rms distance to f32: farm's within 15% of llama.cpp's (the distance moved by 13% between two equally
+  correct farm builds that differ only in the last ulp of the activation scale, 1/d vs 127/amax);
+- top-1 agreement with llama.cpp >= 95% at positions where llama.cpp's top-2 margin exceeds 0.5 (2.5x the
+  rms spread between two correct builds); the overall agreement is printed;
+- f32 / f16: greedy 32 tokens identical (no activation rounding: the builds agree to 0.05).
 """
 
 from __future__ import annotations
@@ -149,11 +157,14 @@ def test_logits_as_close_to_f32_as_llama_cpp_and_same_top1(quant, files, engine,
     theirs = llama(llama_logits, files[quant], tokens)
     assert ours.shape == theirs.shape == (N_POS, reference.shape[1])
     d_ours, d_theirs = rms(ours, reference), rms(theirs, reference)
-    agree = float(np.mean(ours.argmax(1) == theirs.argmax(1)))
+    same = ours.argmax(1) == theirs.argmax(1)
+    top2 = np.sort(theirs, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.5
     print(f"{quant}: rms to f32 farm {d_ours:.4f} llama.cpp {d_theirs:.4f}; farm-llama.cpp rms "
-          f"{rms(ours, theirs):.4f} max {np.abs(ours - theirs).max():.3f}; top-1 agreement {agree:.3f}")
-    assert d_ours <= 1.05 * d_theirs + 1e-3, (d_ours, d_theirs)
-    assert agree >= 0.95
+          f"{rms(ours, theirs):.4f} max {np.abs(ours - theirs).max():.3f}; top-1 agreement {same.mean():.3f} "
+          f"(clear positions {same[clear].mean():.3f} of {clear.sum()})")
+    assert d_ours <= 1.15 * d_theirs + 1e-3, (d_ours, d_theirs)
+    assert clear.sum() >= 100 and same[clear].mean() >= 0.95
 
 
 @pytest.mark.slow
@@ -164,3 +175,42 @@ def test_greedy_32_tokens_identical(quant, files, engine, llama_logits, tokens) 
         ours = [*ours, int(run_logits(engine, files[quant], ours, "-t", "2").argmax())]
         theirs = [*theirs, int(llama(llama_logits, files[quant], theirs, "last")[-1].argmax())]
     assert ours == theirs
+
+
+@pytest.mark.slow
+def test_neon_under_qemu_matches_avx2_within_two_builds_spread(files, engine, tokens) -> None:
+    """The aarch64 NEON build (static, under qemu-aarch64-static) against the AVX2 build on real q4_0 and
+    q4_1 weights. Tolerance: the spread between two correct builds on this model, measured in the test as
+    farm's AVX2 vs its scalar build (same source, other float order); NEON may differ by at most 1.5x that
+    rms (both differ from the scalar order, so their mutual distance can exceed either one's)."""
+    import shutil
+
+    from farm.engine.build import build
+
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if qemu is None and not IN_CI:
+        pytest.skip("qemu-aarch64-static is not installed")
+    arm = build(target="aarch64-linux-static").path
+    scalar = build(flags=["-DFARM_SCALAR"]).path
+    for quant in ("q4_0", "q4_1"):
+        x = run_logits(engine, files[quant], tokens[:64], "--all")
+        n = run_logits([str(qemu), str(arm)], files[quant], tokens[:64], "--all")
+        s = run_logits(scalar, files[quant], tokens[:64], "--all")
+        spread, d = rms(x, s), rms(n, x)
+        print(f"{quant}: NEON-AVX2 rms {d:.4f} max {np.abs(n - x).max():.3f}; AVX2-scalar rms {spread:.4f}")
+        assert d <= 1.5 * spread + 1e-3, (d, spread)
+        assert np.all(np.isfinite(n))
+
+
+@pytest.mark.slow
+def test_llama_cpp_loads_the_zoos_phi_3_file(llama_logits, tmp_path, monkeypatch) -> None:
+    """llama.cpp keyed Phi-3 tokenizer quirks on general.name ("phi-3-mini" -> looks up Phi-3's special
+    tokens, absent from the synthetic vocabulary): the zoo now writes the card name as general.basename."""
+    from farm.zoo.cache import ensure_model
+    from farm.zoo.cards import load_card
+
+    monkeypatch.setenv("FARM_HOME", str(tmp_path))
+    card = load_card("phi-3-mini").with_overrides(n_layers=1, d_model=256, n_heads=4, n_kv_heads=4, d_ff=512)
+    m = ensure_model(card, "q8_0")
+    out = llama(llama_logits, m.path, [1, 5, 9, 300])
+    assert out.shape == (4, 32064) and np.all(np.isfinite(out))

@@ -17,7 +17,11 @@ void quantize_row_q8_1(const float *x, block_q8_1 *y, int n) {
     for (int b = 0; b < n / QK; b++, x += QK) {
         float amax = 0.0f;
         for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+#if defined(FARM_AVX2) /* as llama.cpp's x86 quantize_row_q8_1; its ARM one takes 1 / d (quant.c, q8_0) */
+        const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+#else
         const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+#endif
         y[b].d = f32_to_fp16(d);
         int sum = 0;
         /* half to even, as ggml's AVX2 (_MM_ROUND_NEAREST) and NEON (vcvtnq) quantizers round */
