@@ -16,8 +16,9 @@ rms 0.22). So:
   correct farm builds that differ only in the last ulp of the activation scale, 1/d vs 127/amax), plus 0.02
   for f32 / f16, where llama.cpp's own f16 rounding of Q and of the softmax weights (its f16 KV matmuls)
   puts 0.003-0.009 rms between the engines;
-- top-1 agreement with llama.cpp >= 95% at positions where llama.cpp's top-2 margin exceeds 0.5 (2.5x the
-  rms spread between two correct builds); the overall agreement is printed;
+- top-1 agreement with llama.cpp >= 95% at the positions (at least half of them) where llama.cpp's top-2
+  margin exceeds 0.5 (2.5x the rms spread between two correct builds); the overall agreement is printed
+  (measured: 91-100%; where the margin is smaller the argmax is decided by summation order);
 - f32 / f16: greedy 32 tokens identical (no activation rounding: the builds agree to 0.05).
 """
 
@@ -166,7 +167,7 @@ def test_logits_as_close_to_f32_as_llama_cpp_and_same_top1(quant, files, engine,
           f"{rms(ours, theirs):.4f} max {np.abs(ours - theirs).max():.3f}; top-1 agreement {same.mean():.3f} "
           f"(clear positions {same[clear].mean():.3f} of {clear.sum()})")
     assert d_ours <= 1.15 * d_theirs + 0.02, (d_ours, d_theirs)
-    assert clear.sum() >= 100 and same[clear].mean() >= 0.95
+    assert clear.sum() >= N_POS // 2 and same[clear].mean() >= 0.95
 
 
 @pytest.mark.slow
