@@ -54,7 +54,8 @@ def write_mix(path: Path, types: dict[str, str], file_type: int, d: int = 256, f
         block, size = _BLOCK[t]
         data = rng.integers(0, 255, (rows, cols // block * size), dtype=np.uint8)
         w.add_tensor(name, data, raw_dtype=GGMLQuantizationType[t.upper()])
-    w.add_tensor("blk.0.attn_norm.weight", np.ones(d, dtype=np.float32))
+    for name in ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"):
+        w.add_tensor(name, np.ones(d, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -126,3 +127,13 @@ def test_k_quant_on_a_card_is_dropped_with_the_reason(tmp_path: Path) -> None:
     proc = farm("plan", str(sweep), home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "quant=q4_k_m" in proc.stdout and "the zoo writes" in proc.stdout  # q4_k is llama-quantize's Q4_K_M
+
+
+def test_engine_names_the_ggml_type_it_cannot_run(tmp_path: Path) -> None:
+    from farm.engine.build import build
+
+    iq = write_mix(tmp_path / "iq.gguf", {"default": "iq4_xs", "token_embd": "q8_0"}, LlamaFileType.MOSTLY_IQ4_XS)
+    res = subprocess.run([str(build().path), "logits", "-m", str(iq), "--tokens", "1,2"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2
+    assert "has type iq4_xs (ggml type 23), which this engine does not run" in res.stderr, res.stderr
