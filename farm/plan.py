@@ -22,11 +22,13 @@ from farm.affinity import resolve as resolve_cpus
 from farm.agent.power_mode import DEFAULT as DEFAULT_MODE
 from farm.agent.power_mode import cannot as cannot_set
 from farm.agent.power_mode import parse as parse_mode
+from farm.backends import BACKENDS, Backend
 from farm.devices import DeviceEntry, DeviceProfile, Inventory, load_profile, select_devices
 from farm.errors import ConfigError
 from farm.jobs import Job, ModelRef, job_id_for
 from farm.spec import Sweep
 from farm.zoo.arch import BYTES_PER_WEIGHT, Architecture
+from farm.zoo.mix import base_type
 
 SCRATCH_BYTES = 64 * 1024 * 1024  # activations, logits and runtime, beyond weights and KV cache
 LOAD_S = 1.0  # per job: process start, mmap, staging check
@@ -60,7 +62,9 @@ class _Model:
     ref: ModelRef
     arch: Architecture | None
     file_bytes: int | None = None
-    file_quant: str | None = None
+    file_quant: str | None = None  # a file's own label (farm.zoo.mix): the quants axis does not apply to it
+    arch_name: str = "llama"
+    file_types: frozenset[str] | None = None  # ggml types of a file's tensors
 
 
 def _models(sweep: Sweep) -> list[_Model]:
@@ -70,13 +74,16 @@ def _models(sweep: Sweep) -> list[_Model]:
     for i, spec in enumerate(sweep.models):
         if spec.file is not None:
             from farm.zoo.files import resolve_model
+            from farm.zoo.mix import read_gguf
 
             try:
                 mf = resolve_model(f"file:{spec.file}", None, sha256=spec.sha256)
+                info = read_gguf(mf.path)
             except ConfigError as exc:  # not a GGUF, sha256 mismatch: name the sweep's line
                 field = "sha256" if "sha256" in str(exc) and spec.sha256 else "file"
                 raise ConfigError(f"{sweep.where(['models', i, field])}: models[{i}].{field}: {exc}") from None
-            out.append(_Model(ModelRef(file=str(mf.path), sha256=mf.sha256), mf.architecture, mf.size, mf.quant))
+            out.append(_Model(ModelRef(file=str(mf.path), sha256=mf.sha256), mf.architecture, mf.size, info.label,
+                              info.arch, info.types))
             continue
         card = load_card(str(spec.card))
         keys = sorted(spec.vary)
@@ -86,7 +93,8 @@ def _models(sweep: Sweep) -> list[_Model]:
                 variant = card.with_overrides(**overrides) if overrides else card
             except ConfigError as exc:  # e.g. d_model not divisible by n_heads
                 raise ConfigError(f"{sweep.where(['models', i, 'vary'])}: models[{i}].vary: {exc}") from None
-            out.append(_Model(ModelRef(card=card.name, overrides=overrides, seed=spec.seed), variant.architecture))
+            out.append(_Model(ModelRef(card=card.name, overrides=overrides, seed=spec.seed), variant.architecture,
+                              arch_name=variant.architecture.arch))
     return out
 
 
@@ -110,9 +118,20 @@ def _device_matches(selector: str, cell: dict[str, Any]) -> bool:
 
 def _no_depth(backend: str) -> str | None:
     """Why `backend` cannot fill the KV cache before the timed phases (None when it can)."""
-    from farm.backends import BACKENDS
-
     return getattr(BACKENDS.get(backend), "has_depth", None)
+
+
+def cannot_run(model: _Model, backend: type[Backend], quant: str) -> str | None:
+    """Why `backend` cannot run `model` in `quant` (None: it can): the zoo cannot write the quant, or the
+    backend lacks the file's architecture or one of its tensor types."""
+    from farm.zoo.arch import QUANTS
+    from farm.zoo.mix import recipe_types
+
+    if model.file_types is None and quant not in QUANTS:
+        return (f"the zoo writes {', '.join(QUANTS)} (llama-quantize --pure recipe), not {quant}; "
+                f"measure a {quant} file with 'file:'")
+    types = model.file_types if model.file_types is not None else recipe_types(quant)
+    return backend.cannot_run(model.arch_name, types)
 
 
 def memory_needed(arch: Architecture | None, quant: str, n_ctx: int, kv_type: str, file_bytes: int | None) -> int:
@@ -130,7 +149,7 @@ def estimate_s(arch: Architecture | None, quant: str, profile: DeviceProfile, n_
     share = min(1.0, threads / profile.cpus.count)
     flops_per_tok = 2.0 * arch.n_params()
     prefill = (n_prompt + depth) * flops_per_tok / (profile.est_gflops * 1e9 * share)
-    weight_bytes = file_bytes or arch.n_params() * BYTES_PER_WEIGHT.get(quant, 2.0)
+    weight_bytes = file_bytes or arch.n_params() * BYTES_PER_WEIGHT.get(base_type(quant), 2.0)
     decode = n_gen * weight_bytes / (profile.mem_bw_gbs * 1e9 * min(1.0, 0.5 + share / 2))
     return LOAD_S + (reps + warmup) * (prefill + decode)
 
@@ -155,11 +174,16 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
     dropped: list[Dropped] = []
     pin = "cpus" in sweep.model_fields_set  # cpus given: the engine is pinned (even to all) and checked
     threads_axis: list[int | None] = list(sweep.threads) if "threads" in sweep.model_fields_set or not pin else [None]
-    for dev, model, backend, quant, pp, tg, threads_or_none, depth, cpus, power_mode in itertools.product(
-            devices, models, sweep.backends, sweep.quants, sweep.prompt_tokens, sweep.gen_tokens, threads_axis,
-            sweep.depth, sweep.cpus, sweep.power_mode):
+    # the classes: an engine's files are checked on the agent host that runs it, not where it is planned
+    engines = [(b, BACKENDS.get(b.name)) for b in sweep.backends]
+    # A file has one quant, its own: the quants axis does not multiply (or relabel) it.
+    cells = ((dev, model, be, quant, *rest)
+             for dev, model, be in itertools.product(devices, models, engines)
+             for quant, *rest in itertools.product(
+                 [model.file_quant] if model.file_quant else sweep.quants, sweep.prompt_tokens, sweep.gen_tokens,
+                 threads_axis, sweep.depth, sweep.cpus, sweep.power_mode))
+    for dev, model, (backend, engine), quant, pp, tg, threads_or_none, depth, cpus, power_mode in cells:
         profile = profiles[dev.profile]
-        quant = model.file_quant or quant
         cores, no_cores = None, None
         try:
             cores = resolve_cpus(profile, cpus)
@@ -173,17 +197,16 @@ def make_plan(sweep: Sweep, inventory: Inventory, run_id: str = "plan",
         # shown and hashed, so ids and plans stay as before
         defaults = {"depth": 0, "cpus": None if pin else "all", "power_mode": DEFAULT_MODE}
         public = {k: v for k, v in cell.items() if k not in ("profile", "tags") and defaults.get(k, ...) != v}
-        if model.file_quant and any(j.device == dev.name and j.model == model.ref and j.backend == backend.name
-                                    and (j.n_prompt, j.n_gen, j.threads, j.n_depth, j.cpus, j.power_mode)
-                                    == (pp, tg, threads, depth, cpus, power_mode)
-                                    for j in jobs):
-            continue  # a file has one quant: the quants axis does not multiply it
         if pp == 0 and tg == 0:
             continue
         if sweep.include and not any(_matches(r, cell) for r in sweep.include):
             continue
         if any(_matches(r, cell) for r in sweep.exclude):
             dropped.append(Dropped(public, "excluded by a rule"))
+            continue
+        why = cannot_run(model, engine, quant)
+        if why:
+            dropped.append(Dropped(public, why))
             continue
         if dev.name in unavailable:
             dropped.append(Dropped(public, f"device quarantined: {unavailable[dev.name]}"))

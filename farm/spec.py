@@ -12,17 +12,28 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from farm.errors import ConfigError
 from farm.yamlio import Locator, load_yaml, loads_yaml, validate
 from farm.zoo.arch import QUANTS
+from farm.zoo.mix import QUANT_LABELS, normalize
 
 SPEC_VERSION = 1
 ARCH_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "head_dim")
 MAX_TOKENS = 1 << 20  # the engines take C ints; no SLM context is longer
 CELL_KEYS = ("model", "quant", "backend", "device", "prompt_tokens", "gen_tokens", "threads", "depth", "cpus",
              "power_mode")
+
+
+def _quant(value: str) -> str:
+    try:
+        return normalize(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+QuantLabel = Annotated[str, AfterValidator(_quant)]
 
 
 class _Strict(BaseModel):
@@ -76,7 +87,9 @@ class Sweep(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     models: list[ModelSpec] = Field(min_length=1)
-    quants: list[Literal["f32", "f16", "q8_0", "q4_0"]] = Field(min_length=1)
+    quants: list[QuantLabel] = Field(
+        min_length=1, description="llama-quantize types, lower case: " + ", ".join(QUANT_LABELS)
+        + " (q3_k/q4_k/q5_k mean _m, as in llama-quantize); a file: model keeps its own")
     backends: list[BackendSpec] = Field(default_factory=lambda: [BackendSpec(name="reference")], min_length=1)
     devices: list[str] = Field(default_factory=lambda: ["local"], min_length=1)
     prompt_tokens: list[Annotated[int, Field(le=MAX_TOKENS)]] = Field(min_length=1)
@@ -121,6 +134,11 @@ class Sweep(_Strict):
         if isinstance(v, list):
             return [{"name": b} if isinstance(b, str) else b for b in v]
         return v
+
+    @field_validator("quants")
+    @classmethod
+    def _once(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))  # q4_k and q4_k_m are one quant
 
     @field_validator("prompt_tokens", "gen_tokens", "depth")
     @classmethod

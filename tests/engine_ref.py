@@ -87,11 +87,14 @@ def _rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return (x * scale * w).astype(np.float32)
 
 
-def _rope(x: np.ndarray, pos: np.ndarray, theta: float, neox: bool) -> np.ndarray:
-    """x: [n_tok, n_heads, hd]. llama (NORM) rotates pairs (2i, 2i+1); NEOX rotates (i, i + hd/2)."""
+def _rope(x: np.ndarray, pos: np.ndarray, theta: float, neox: bool, freqs: np.ndarray | None = None) -> np.ndarray:
+    """x: [n_tok, n_heads, hd]. llama (NORM) rotates pairs (2i, 2i+1); NEOX rotates (i, i + hd/2).
+    `freqs` (rope_freqs.weight, llama3 rope scaling) divides each angle, as llama.cpp's freq_factors do."""
     hd = x.shape[-1]
     half = hd // 2
     ang = pos[:, None].astype(np.float64) * theta ** (-2.0 * np.arange(half) / hd)
+    if freqs is not None:
+        ang = ang / freqs.astype(np.float64)
     cos = np.cos(ang).astype(np.float32)[:, None, :]
     sin = np.sin(ang).astype(np.float32)[:, None, :]
     out = x.copy()
@@ -122,8 +125,9 @@ def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f
         v = _matmul(h, m.mat(p + "attn_v.weight"), quantize_acts)
         if p + "attn_q.bias" in m.t:
             q, k, v = q + m.t[p + "attn_q.bias"], k + m.t[p + "attn_k.bias"], v + m.t[p + "attn_v.bias"]
-        q = _rope(q.reshape(n, nh, hd), pos, m.rope_theta, m.neox)
-        k = _rope(k.reshape(n, nkv, hd), pos, m.rope_theta, m.neox)
+        freqs = m.t.get("rope_freqs.weight")
+        q = _rope(q.reshape(n, nh, hd), pos, m.rope_theta, m.neox, freqs)
+        k = _rope(k.reshape(n, nkv, hd), pos, m.rope_theta, m.neox, freqs)
         v = v.reshape(n, nkv, hd)
         if kv_f16:
             k = k.astype(np.float16).astype(np.float32)

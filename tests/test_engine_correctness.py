@@ -148,3 +148,20 @@ def test_head_dim_not_d_model_over_heads(engine, tmp_path) -> None:
         p = write_gguf(a, tmp_path / f"hd-{quant}.gguf", quant, seed=4)
         got = run_logits(engine, p, TOKENS, "--all")
         assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
+
+
+def test_llama3_rope_scaling(engine, tmp_path) -> None:
+    """rope_scaling llama3 (Llama 3.2): the zoo writes rope_freqs.weight as convert_hf_to_gguf does, and the
+    engine divides RoPE's angles by it. original_max_position 32 makes the factors bite at this head_dim."""
+    from farm.zoo.arch import Architecture, RopeScaling
+
+    scaling = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=32)
+    a = Architecture(arch="llama", n_layers=2, d_model=128, n_heads=4, n_kv_heads=2, d_ff=256, vocab_size=320,
+                     rope_scaling=scaling)
+    freqs = a.rope_freq_factors()
+    assert freqs is not None and freqs[0] == 1.0 and freqs[-1] == 8.0 and len(freqs) == 16
+    p = write_gguf(a, tmp_path / "llama3.gguf", "f16", seed=3)
+    got = run_logits(engine, p, TOKENS, "--all")
+    assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), "f16")
+    plain = write_gguf(a.model_copy(update={"rope_scaling": None}), tmp_path / "plain.gguf", "f16", seed=3)
+    assert np.abs(run_logits(engine, plain, TOKENS, "--all") - got).max() > 0.01  # the scaling is not a no-op

@@ -46,8 +46,10 @@ def test_honesty_fields() -> None:
     cards = {c.name: c for c in list_cards()}
     for name in ("gemma-2-2b", "openelm-270m"):
         assert not cards[name].runnable and cards[name].unsupported
-    for name in ("phi-3-mini", "phonelm-0.5b", "phonelm-1.5b", "llama-3.2-1b"):
+    for name in ("phi-3-mini", "phonelm-0.5b", "phonelm-1.5b"):
         assert cards[name].runnable and cards[name].approximation
+    # llama3 rope scaling is modelled now (rope_freqs.weight): no approximation left to declare
+    assert cards["llama-3.2-1b"].architecture.rope_scaling is not None and not cards["llama-3.2-1b"].approximation
     assert cards["phonelm-0.5b"].extra["hidden_act"] == "relu"
     with pytest.raises(ValueError, match="unsupported"):
         Card(name="x", source="s", architecture=cards["farm-tiny"].architecture, runnable=False)

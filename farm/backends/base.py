@@ -78,6 +78,12 @@ class Backend(ABC):
         """Whether this backend can run `job` on a device of `profile`, and why not."""
         return True, ""
 
+    @classmethod
+    def cannot_run(cls, arch: str, types: frozenset[str]) -> str | None:
+        """Why this backend cannot run a model of architecture `arch` whose tensors are of ggml `types`
+        (None: it can). The planner drops such cells with this reason before anything runs."""
+        return None
+
     def can_interleave_steps(self, other: dict[str, Any]) -> bool:
         """Whether this build and the one the options `other` select can share one job in lock step,
         timed phase by timed phase (``farm regress --interleave step``). Engines that cannot are compared

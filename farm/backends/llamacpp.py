@@ -38,6 +38,7 @@ KNOWN_KEYS = frozenset({
 })
 PROVENANCE_KEYS = ("build_commit", "build_number", "backends", "cpu_info", "gpu_info", "model_type", "n_batch",
                    "n_ubatch", "type_k", "type_v", "n_gpu_layers", "flash_attn", "use_mmap")
+LLAMA_CPP_PYTHON_VERSION_NOTE = "the build farm makes from llama-cpp-python's sdist"
 
 
 def _flash_attn(value: Any) -> str | None:
@@ -261,6 +262,13 @@ class LlamaCppBackend(Backend):
         self.isa, self.version, self.flags = isa, version, list(flags or [])
         self.source_dir = Path(source_dir) if source_dir else None
         self.engine_commit, self.binary = engine_commit, binary
+
+    @classmethod
+    def cannot_run(cls, arch: str, types: frozenset[str]) -> str | None:
+        from farm.zoo.mix import LLAMA_CPP_TYPES
+
+        bad = sorted(types - LLAMA_CPP_TYPES)
+        return f"llama.cpp ({LLAMA_CPP_PYTHON_VERSION_NOTE}) has no type {', '.join(bad)}" if bad else None
 
     def accepts(self, job: Job, profile: DeviceProfile) -> tuple[bool, str]:
         if job.kv_type not in ("f16", "f32"):

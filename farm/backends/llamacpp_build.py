@@ -96,14 +96,80 @@ def _run(cmd: list[str], what: str) -> None:
         raise InfraError(f"{what} failed ({' '.join(cmd[:4])} ...):\n{(res.stderr or res.stdout)[-3000:]}")
 
 
-def _cmake_build(src: Path, work: Path, flags: list[str]) -> Path:
+def _cmake_build(src: Path, work: Path, flags: list[str], target: str = TARGET) -> Path:
     build = work / "build"
     _run(["cmake", "-S", str(src), "-B", str(build), *flags], "cmake configure of llama.cpp")
-    _run(["cmake", "--build", str(build), "--target", TARGET, "-j", str(os.cpu_count() or 2)],
-         "cmake build of llama-bench")
+    _run(["cmake", "--build", str(build), "--target", *target.split(), "-j", str(os.cpu_count() or 2)],
+         f"cmake build of {target}")
+    if target != TARGET:
+        return build
     exe = build / "bin" / TARGET
     if not exe.exists():
         raise InfraError(f"llama.cpp build produced no {exe}")
+    return exe
+
+
+def _sdist_tree(work: Path, version: str) -> Path:
+    """The llama.cpp tree vendored in llama-cpp-python==`version`'s sdist, unpacked under `work`."""
+    source = f"llama-cpp-python=={version}"
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", source, "-d", str(work)],
+         f"pip download of {source}")
+    sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        tar.extractall(work, filter="data")
+    return next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+
+
+LOGITS = "farm-llama-logits"
+LOGITS_SOURCE = Path(__file__).with_name("llamacpp_logits.c")
+
+
+def link_logits(src: Path, build: Path, out: Path) -> Path:
+    """Compile farm's logits program (llamacpp_logits.c) against a built llama.cpp tree's static libraries."""
+    libs = [str(p) for p in sorted(build.rglob("*.a")) if p.name.startswith(("libllama", "libggml"))]
+    if not libs:
+        raise InfraError(f"{build}: no libllama.a / libggml*.a to link {LOGITS} against")
+    obj = out.with_suffix(".o")
+    _run([os.environ.get("CC", "cc"), "-O2", "-c", "-I", str(src / "include"), "-I", str(src / "ggml" / "include"),
+          "-o", str(obj), str(LOGITS_SOURCE)], f"compile of {LOGITS}")
+    _run([os.environ.get("CXX", "c++"), "-o", str(out), str(obj), "-Wl,--start-group", *libs, "-Wl,--end-group",
+          "-fopenmp", "-lpthread", "-lm"], f"link of {LOGITS}")
+    obj.unlink(missing_ok=True)
+    return out
+
+
+def logits_cached(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSION) -> Path | None:
+    """farm-llama-logits if it is already built (tests skip instead of building)."""
+    exe = cache_root() / version / f"{isa or default_isa()}-logits" / "bin" / LOGITS
+    return exe if exe.exists() else None
+
+
+def logits_program(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
+    """farm-llama-logits built against the same llama.cpp as llama-bench (the sdist), on first use; its
+    llama-quantize lies next to it (K-quant files with llama.cpp's own recipe)."""
+    isa = isa or default_isa()
+    flags = _check_isa(isa)
+    final = cache_root() / version / f"{isa}-logits"
+    exe = final / "bin" / LOGITS
+    if exe.exists():
+        return exe
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="build-logits-", dir=final.parent))
+    try:
+        src = _sdist_tree(work, version)
+        build = _cmake_build(src, work, flags, target="llama llama-quantize")
+        staged = Path(tempfile.mkdtemp(prefix=".out-", dir=final.parent))
+        (staged / "bin").mkdir()
+        link_logits(src, build, staged / "bin" / LOGITS)
+        shutil.copy2(build / "bin" / "llama-quantize", staged / "bin" / "llama-quantize")
+        try:
+            staged.rename(final)
+        except OSError:
+            shutil.rmtree(staged, ignore_errors=True)
+            if not exe.exists():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return exe
 
 
@@ -169,12 +235,7 @@ def from_sdist(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSION) 
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
     try:
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", source, "-d", str(work)],
-             f"pip download of {source}")
-        sdist = next(work.glob("llama_cpp_python-*.tar.gz"))
-        with tarfile.open(sdist) as tar:
-            tar.extractall(work, filter="data")
-        src = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+        src = _sdist_tree(work, version)
         exe = _cmake_build(src, work, flags)
         _install(exe, final, {"isa": isa, "flags": flags, "source": source, "commit": _reported_commit(exe),
                               "sha256": _sha256(exe)})

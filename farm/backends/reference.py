@@ -1,4 +1,4 @@
-"""The bundled reference engine (``farm/engine``): portable C, GGUF, f32/f16/q8_0/q4_0.
+"""The bundled reference engine (``farm/engine``): portable C, GGUF, f32/f16, legacy quants and q4_K/q5_K/q6_K.
 
 Built on the agent host for the device's target (host, or aarch64-linux-static for phones and
 boards) and cached by source hash; the device receives the binary like any other artifact.
@@ -22,6 +22,9 @@ from farm.registry import PluginOptions
 from farm.transports.base import CommandResult
 
 OOM_CODES = {137, -9}  # SIGKILL from the OOM killer (or a shell reporting 128+9)
+# What farm/engine loads (model.c): architectures and ggml tensor types.
+ARCHS = ("llama", "qwen2")
+TYPES: frozenset[str] = frozenset({"f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})
 
 
 class ReferenceBackend(Backend):
@@ -62,9 +65,20 @@ class ReferenceBackend(Backend):
             raise JobError(f"reference backend: first must be A or B, got {first!r}")
         self.first = first
 
+    @classmethod
+    def cannot_run(cls, arch: str, types: frozenset[str]) -> str | None:
+        if arch not in ARCHS:
+            return f"the reference engine runs architectures {', '.join(ARCHS)}, not {arch}"
+        bad = sorted(types - TYPES)
+        if bad:
+            return f"the reference engine has no kernel for {', '.join(bad)} (it runs {', '.join(sorted(TYPES))})"
+        return None
+
     def accepts(self, job: Job, profile: DeviceProfile) -> tuple[bool, str]:
-        if job.quant not in ("f32", "f16", "q8_0", "q4_0"):
-            return False, f"quant {job.quant} is not one of f32, f16, q8_0, q4_0"
+        from farm.zoo.mix import base_type
+
+        if job.model.file is None and base_type(job.quant) not in TYPES:
+            return False, f"quant {job.quant} is not one of {', '.join(sorted(TYPES))}"
         if self.partner is not None and not (can_lockstep(self.source_dir) and can_lockstep(self.partner.source_dir)):
             return False, "a build without --lockstep cannot be interleaved step by step (use --interleave process)"
         return True, ""

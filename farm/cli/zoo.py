@@ -149,3 +149,39 @@ def files_cmd() -> None:
     for e in registered_files():
         table.add_row(e["name"], e["path"], str(e.get("size", "")), str(e.get("sha256", ""))[:16])
     _console().print(table)
+
+
+@command.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--name", default=None, help="Register the file under NAME (sweeps then say `file: NAME`).")
+def import_cmd(path: str, name: str | None) -> None:
+    """Read a GGUF: architecture, tensor types, the llama-quantize name of its mix, which backend runs it."""
+    from pathlib import Path
+
+    from farm.backends import BACKENDS, get_backend
+    from farm.zoo.mix import read_gguf
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such file")
+    info = read_gguf(path)
+    click.echo(f"file:         {info.path}")
+    click.echo(f"architecture: {info.arch}")
+    click.echo(f"name:         {info.name}")
+    click.echo(f"params:       {_human(info.n_params)} ({info.n_params:,})")
+    click.echo(f"mix:          {info.label.upper()}")
+    if info.note:
+        click.echo(f"  note: {info.note}")
+    total = info.n_params or 1
+    for t, n in info.type_params().items():
+        count = sum(1 for x in info.tensors if x.type == t)
+        click.echo(f"  {t:8} {count:4d} tensors  {n / total * 100:5.1f}% of weights")
+    for backend in BACKENDS.names():
+        if backend == "sleep":
+            continue
+        why = get_backend(backend).cannot_run(info.arch, info.types)
+        click.echo(f"{backend + ':':13} {'runs it' if why is None else 'cannot run it: ' + why}")
+    if name:
+        from farm.zoo.files import register_file
+
+        m = register_file(name, path)
+        click.echo(f"registered {m.name}: sha256 {m.sha256}")

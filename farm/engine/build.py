@@ -30,9 +30,11 @@ from farm.errors import ConfigError, InfraError
 
 SOURCE_DIR = Path(__file__).resolve().parent / "src"
 
+# Sources an older engine checkout (an A/B base) may not have yet.
+NEWER_SOURCES = frozenset({"kquant.c"})
 # Program name -> sources. A second small program (e.g. a power sampler) is one more entry here.
 PROGRAMS: dict[str, list[str]] = {
-    "farm-engine": ["main.c", "gguf.c", "model.c", "forward.c", "quant.c", "threadpool.c"],
+    "farm-engine": ["main.c", "gguf.c", "model.c", "forward.c", "quant.c", "kquant.c", "threadpool.c"],
     "farm-sampler": ["sampler/sampler.c"],  # farm.power's on-device sampler (CLOCK_MONOTONIC)
     "farm-pair": ["pair/pair.c"],  # runs two engine builds in lock step, one timed phase each (farm regress)
 }
@@ -115,7 +117,7 @@ def _source_digest(source_dir: Path, program: str) -> str:
     for name in sorted({*PROGRAMS[program], *HEADERS}):
         p = source_dir / name
         if not p.exists():
-            if name in HEADERS:
+            if name in HEADERS or name in NEWER_SOURCES:
                 continue
             raise ConfigError(f"{source_dir}: missing engine source {name}")
         h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
@@ -178,7 +180,8 @@ def build(
     try:
         # The flags are baked into the binary (bench JSON "build_flags"): provenance travels with it.
         define = "-DFARM_BUILD_FLAGS=\"" + " ".join(all_flags).replace('"', "") + "\""
-        cmd = [cc, *all_flags, define, "-o", str(tmp / program), *[str(src / s) for s in PROGRAMS[program]],
+        sources = [str(src / s) for s in PROGRAMS[program] if (src / s).exists() or s not in NEWER_SOURCES]
+        cmd = [cc, *all_flags, define, "-o", str(tmp / program), *sources,
                *spec["ldflags"]]  # type: ignore[misc]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if res.returncode != 0:

@@ -10,12 +10,29 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Quant = Literal["f32", "f16", "q8_0", "q4_0"]
-QUANTS: tuple[str, ...] = ("f32", "f16", "q8_0", "q4_0")
+# The quants the zoo writes (llama-quantize --pure recipe: every matrix, the embedding included, in that
+# type; norms and biases f32). K-quant mixes need llama-quantize's k-quantizer, which gguf-py lacks.
+QUANTS: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
-# Bytes per weight of each GGML type: q8_0 = 32 int8 + f16 scale per block (34 B / 32),
-# q4_0 = 32 nibbles + f16 scale (18 B / 32).
-BYTES_PER_WEIGHT: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# Bytes per weight of each GGML type (block bytes / block elements, ggml-common.h): q8_0 = 32 int8 + f16
+# scale (34 B / 32), q4_0 = 32 nibbles + f16 scale (18 B / 32), q4_K = 144 B / 256, ...
+BYTES_PER_WEIGHT: dict[str, float] = {
+    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32,
+    "q5_1": 24 / 32, "q2_k": 84 / 256, "q3_k": 110 / 256, "q4_k": 144 / 256, "q5_k": 176 / 256, "q6_k": 210 / 256,
+}
+
+
+class RopeScaling(BaseModel):
+    """Hugging Face rope_scaling of type llama3 (Llama 3.1/3.2): per-frequency divisors of RoPE's angles.
+    In GGUF it is the tensor rope_freqs.weight (convert_hf_to_gguf computes it; `rope_freq_factors`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rope_type: Literal["llama3"] = "llama3"
+    factor: float = Field(gt=0)
+    low_freq_factor: float = Field(gt=0)
+    high_freq_factor: float = Field(gt=0)
+    original_max_position_embeddings: int = Field(gt=0)
 
 
 class Architecture(BaseModel):
@@ -37,6 +54,7 @@ class Architecture(BaseModel):
     rms_eps: float = 1e-5
     tied_embeddings: bool = False
     qkv_bias: bool = False
+    rope_scaling: RopeScaling | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Architecture:
@@ -52,6 +70,30 @@ class Architecture(BaseModel):
     def dim_head(self) -> int:
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
 
+    def rope_freq_factors(self) -> list[float] | None:
+        """rope_freqs.weight as convert_hf_to_gguf writes it for llama3 rope scaling (None without scaling)."""
+        import math
+
+        rs = self.rope_scaling
+        if rs is None:
+            return None
+        dim = self.dim_head
+        low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+        high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+        out = []
+        for i in range(0, dim, 2):
+            freq = 1.0 / (self.rope_theta ** (i / dim))
+            wavelen = 2 * math.pi / freq
+            if wavelen < high_wavelen:
+                out.append(1.0)
+            elif wavelen > low_wavelen:
+                out.append(rs.factor)
+            else:
+                smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
+                    rs.high_freq_factor - rs.low_freq_factor)
+                out.append(1 / ((1 - smooth) / rs.factor + smooth))
+        return out
+
     def n_params(self) -> int:
         """Parameter count (embeddings included once when tied)."""
         hd = self.dim_head
@@ -64,11 +106,14 @@ class Architecture(BaseModel):
         per_layer = q + kv + o + bias + mlp + norms
         emb = self.vocab_size * self.d_model
         out = 0 if self.tied_embeddings else self.vocab_size * self.d_model
-        return self.n_layers * per_layer + emb + out + self.d_model
+        freqs = self.dim_head // 2 if self.rope_scaling else 0  # rope_freqs.weight
+        return self.n_layers * per_layer + emb + out + self.d_model + freqs
 
     def weight_bytes(self, quant: str) -> int:
-        """Approximate file size: matrices in `quant`, norms and biases in f32."""
-        return int(self.n_params() * BYTES_PER_WEIGHT[quant])
+        """Approximate file size: matrices in `quant` (a mix counts as its base type), norms and biases in f32."""
+        from farm.zoo.mix import base_type
+
+        return int(self.n_params() * BYTES_PER_WEIGHT.get(base_type(quant), 2.0))
 
     def kv_cache_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         """KV cache for `n_ctx` tokens: 2 (K and V) x layers x kv heads x head_dim x bytes."""

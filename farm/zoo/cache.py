@@ -40,7 +40,7 @@ class ModelFile(BaseModel):
     sha256: str
     size: int
     n_params: int
-    quant: str | None  # None when a user file's type is not one farm names
+    quant: str  # farm's label of the file's mix (farm.zoo.mix): q4_k_m, q4_1, f16, ...
     kind: Literal["card", "file"]
     seed: int | None = None
     approximation: str | None = None  # carried into results: what the file does not model
@@ -87,7 +87,7 @@ def writer_version() -> str:
 
 
 def cache_key(card: Card, quant: str, seed: int) -> str:
-    # The name is in the key because the writer stores it in general.name: same shape, other bytes.
+    # The name is in the key because the writer stores it in general.basename: same shape, other bytes.
     payload = {
         "architecture": card.architecture.model_dump(mode="json"),
         "name": card.name,
@@ -127,7 +127,7 @@ def ensure_model(card: Card, quant: str, seed: int = 0, *, verify: bool = False)
     if not card.runnable:
         raise ConfigError(f"{card.name}: no file is built for this card: {card.unsupported}")
     if quant not in QUANTS:
-        raise ConfigError(f"unknown quant {quant!r}; choose one of {', '.join(QUANTS)}")
+        raise ConfigError(f"the zoo writes {', '.join(QUANTS)} (llama-quantize's --pure recipe), not {quant!r}")
     key = cache_key(card, quant, seed)
     root = cache_dir("models")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", card.name).strip("_")

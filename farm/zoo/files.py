@@ -44,26 +44,12 @@ def registered_files() -> list[dict[str, Any]]:
     return _load_registry()
 
 
-def _inspect(path: Path) -> tuple[int, str | None]:
-    """(parameter count, farm quant name or None) of a GGUF, from its tensor table and file type."""
-    from gguf import GGUFReader, LlamaFileType
+def _inspect(path: Path) -> tuple[int, str]:
+    """(parameter count, label of its mix) of a GGUF, from its tensor table (farm.zoo.mix)."""
+    from farm.zoo.mix import read_gguf
 
-    try:
-        reader = GGUFReader(str(path))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except Exception as exc:  # a truncated or corrupt file fails inside gguf/numpy in many ways (IndexError, ...)
-        raise ConfigError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    field = reader.get_field("general.file_type")
-    quant = None
-    if field is not None:
-        try:
-            ftype = LlamaFileType(int(field.contents())).name.lower()
-        except ValueError:
-            ftype = ""
-        quant = next((q for q in QUANTS if ftype.endswith(q)), None)
-    return n_params, quant
+    info = read_gguf(path)
+    return info.n_params, info.label
 
 
 def _file_model(name: str, path: Path, sha256: str, size: int) -> ModelFile:
@@ -123,7 +109,7 @@ def resolve_model(ref: str, quant: str | None = None, seed: int = 0, sha256: str
     """
     if ref.startswith("file:"):
         model = _resolve_file(ref.removeprefix("file:").strip())
-        if quant is not None and model.quant is not None and model.quant != quant:
+        if quant is not None and model.quant != quant:
             raise ConfigError(f"{ref} holds {model.quant} weights, not {quant}")
     elif quant is None:
         raise ConfigError(f"{ref}: a quant is needed to build a card ({', '.join(QUANTS)})")

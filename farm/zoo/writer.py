@@ -28,13 +28,24 @@ _QTYPE = {
     "f16": GGMLQuantizationType.F16,
     "q8_0": GGMLQuantizationType.Q8_0,
     "q4_0": GGMLQuantizationType.Q4_0,
+    "bf16": GGMLQuantizationType.BF16,
+    "q4_1": GGMLQuantizationType.Q4_1,
+    "q5_0": GGMLQuantizationType.Q5_0,
+    "q5_1": GGMLQuantizationType.Q5_1,
 }
 _FILE_TYPE = {
     "f32": LlamaFileType.ALL_F32,
     "f16": LlamaFileType.MOSTLY_F16,
     "q8_0": LlamaFileType.MOSTLY_Q8_0,
     "q4_0": LlamaFileType.MOSTLY_Q4_0,
+    "bf16": LlamaFileType.MOSTLY_BF16,
+    "q4_1": LlamaFileType.MOSTLY_Q4_1,
+    "q5_0": LlamaFileType.MOSTLY_Q5_0,
+    "q5_1": LlamaFileType.MOSTLY_Q5_1,
 }
+SYNTHETIC_NAME = "farm synthetic weights"
+RECIPE = "pure"  # llama-quantize --pure: every matrix in the one type (no q6_K output, no mixes)
+_BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24)}
 ALIGNMENT = 32
 BOS_ID, EOS_ID, UNK_ID = 1, 2, 0
 # Rows generated per chunk: bounds the f32 scratch of the 151936-row embedding to ~30 MB.
@@ -64,6 +75,8 @@ def _tensor_plan(arch: Architecture) -> list[tuple[str, tuple[int, int] | tuple[
         plan.append((b + "ffn_up.weight", (arch.d_ff, d), "matrix", 1.0 / np.sqrt(d)))
         plan.append((b + "ffn_down.weight", (d, arch.d_ff), "matrix", 1.0 / np.sqrt(arch.d_ff)))
     plan.append(("output_norm.weight", (d,), "norm", 0.0))
+    if arch.rope_scaling is not None:
+        plan.append(("rope_freqs.weight", (hd // 2,), "rope_freqs", 0.0))
     if not arch.tied_embeddings:
         plan.append(("output.weight", (arch.vocab_size, d), "matrix", 1.0 / np.sqrt(d)))
     return plan
@@ -75,8 +88,8 @@ def _stored(kind: str, quant: str) -> str:
 
 def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
     n = int(np.prod(shape))
-    if qtype in ("q8_0", "q4_0"):
-        block, size = {"q8_0": (32, 34), "q4_0": (32, 18)}[qtype]
+    if qtype in _BLOCK:
+        block, size = _BLOCK[qtype]
         return n // block * size
     return n * (4 if qtype == "f32" else 2)
 
@@ -86,12 +99,14 @@ def _encode(x: np.ndarray, qtype: str) -> np.ndarray:
         return x.astype(np.float32)
     if qtype == "f16":
         return x.astype(np.float16)
-    return quants.quantize(x.astype(np.float32), _QTYPE[qtype])
+    return quants.quantize(x.astype(np.float32), _QTYPE[qtype]).view(np.uint8)  # bf16 comes as uint16
 
 
 def _generate(index: int, seed: int, shape: tuple[int, ...], kind: str, scale: float, qtype: str) -> np.ndarray:
     """One tensor's stored bytes, deterministic in (seed, tensor index) whatever the chunking."""
     rng = np.random.default_rng([seed, index])
+    if kind == "rope_freqs":
+        raise AssertionError("rope_freqs is computed, not generated")
     if kind == "norm":
         return (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
     if kind == "bias":
@@ -121,7 +136,11 @@ def _tokens(vocab_size: int) -> Iterator[tuple[bytes, float, int]]:
 
 def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, plan: list) -> None:
     w = GGUFWriter(str(w_path), arch.arch)
-    w.add_name(name)
+    # llama.cpp keys tokenizer quirks on general.name (a name containing "phi-3" looks up Phi-3's special
+    # tokens, which this synthetic vocabulary lacks, and the load fails): the card's name goes in
+    # general.basename, general.name only says what the file is.
+    w.add_name(SYNTHETIC_NAME)
+    w.add_basename(name)
     w.add_file_type(int(_FILE_TYPE[quant]))
     w.add_custom_alignment(ALIGNMENT)
     w.add_quantization_version(2)
@@ -150,7 +169,7 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
 
     for tname, shape, kind, _scale in plan:
         qt = _stored(kind, quant)
-        if qt in ("q8_0", "q4_0"):
+        if qt not in ("f32", "f16"):
             byte_shape = (shape[0], _nbytes(shape, qt) // shape[0])
             w.add_tensor_info(tname, byte_shape, np.dtype(np.uint8), _nbytes(shape, qt), raw_dtype=_QTYPE[qt])
         else:
@@ -161,7 +180,10 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for index, (_tname, shape, kind, scale) in enumerate(plan):
-        w.write_tensor_data(_generate(index, seed, shape, kind, scale, _stored(kind, quant)))
+        if kind == "rope_freqs":
+            w.write_tensor_data(np.asarray(arch.rope_freq_factors(), dtype=np.float32))
+        else:
+            w.write_tensor_data(_generate(index, seed, shape, kind, scale, _stored(kind, quant)))
     w.close()
 
 
@@ -170,11 +192,11 @@ def write_gguf(arch: Architecture, path: Path, quant: str, seed: int = 0, name: 
 
     Norm weights and biases are f32 (as llama.cpp stores them); every matrix, the token embedding
     included, is in `quant`. Raises ConfigError for an unknown quant or a row length that is not a
-    multiple of the 32-element block of q8_0/q4_0.
+    multiple of the 32-element block of the q types.
     """
     if quant not in QUANTS:
         raise ConfigError(f"unknown quant {quant!r}; choose one of {', '.join(QUANTS)}")
-    if quant in ("q8_0", "q4_0"):
+    if quant in _BLOCK:
         for width in {arch.d_model, arch.d_ff, arch.n_heads * arch.dim_head}:
             if width % 32:
                 raise ConfigError(f"{quant} needs row lengths divisible by 32, got {width}")

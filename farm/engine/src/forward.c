@@ -19,8 +19,26 @@
 #define PREFILL_ROWS 16 /* rows per work item in prefill, see matmul() */
 #endif
 
-static int is_quant(int type) { return type == GT_Q4_0 || type == GT_Q8_0; }
-static size_t q8_row_bytes(int n) { return (size_t)(n / QK) * sizeof(block_q8_0); }
+/* What a weight type's matmul takes as activations (llama.cpp's vec_dot_type): f32, q8_0, q8_1 or q8_K. */
+enum { ACT_F32, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K };
+static int act_kind(int type) {
+    switch (type) {
+    case GT_Q4_0: case GT_Q8_0: case GT_Q5_0: return ACT_Q8_0;
+    case GT_Q4_1: case GT_Q5_1: return ACT_Q8_1;
+    case GT_Q4_K: case GT_Q5_K: case GT_Q6_K: return ACT_Q8_K;
+    default: return ACT_F32;
+    }
+}
+static int acts(const tensor_t *t) { return act_kind(t->type) == ACT_F32 ? 0 : 1 << act_kind(t->type); }
+static int is_quant(int type) { return type == GT_Q4_0 || type == GT_Q8_0; } /* has the GEMV/GEMM tiles below */
+static size_t act_row_bytes(int kind, int n) {
+    switch (kind) {
+    case ACT_Q8_1: return (size_t)(n / QK) * sizeof(block_q8_1);
+    case ACT_Q8_K: return (size_t)(n / QK_K) * sizeof(block_q8_K);
+    default: return (size_t)(n / QK) * sizeof(block_q8_0);
+    }
+}
+static size_t q8_row_bytes(int n) { return act_row_bytes(ACT_Q8_0, n); }
 
 static void *xalloc(size_t n) {
     void *p = NULL;
@@ -51,7 +69,8 @@ void ctx_init(ctx_t *c, const model_t *m, int n_ctx, int n_ubatch, int n_threads
     c->att = xalloc(U * qd * 4);
     c->hb = xalloc(U * ff * 4);
     c->hb2 = xalloc(U * ff * 4);
-    c->xq = xalloc(U * q8_row_bytes((int)((widest + QK - 1) / QK * QK)));
+    const int wq = (int)((widest + QK_K - 1) / QK_K * QK_K);
+    for (int k = ACT_Q8_0; k <= ACT_Q8_K; k++) c->xq[k] = xalloc(U * act_row_bytes(k, wq));
     c->scores = xalloc((size_t)pool_size(c->pool) * c->n_ctx * 4);
     c->rope_cs = xalloc(U * m->head_dim * 4);
     c->n_logits = all_logits ? c->n_ctx : 1;
@@ -60,8 +79,8 @@ void ctx_init(ctx_t *c, const model_t *m, int n_ctx, int n_ubatch, int n_threads
 
 void ctx_free(ctx_t *c) {
     pool_destroy(c->pool);
-    void *bufs[] = {c->kcache, c->vcache, c->x, c->xb, c->q, c->k, c->v, c->att, c->hb, c->hb2, c->xq, c->scores,
-                    c->rope_cs, c->logits};
+    void *bufs[] = {c->kcache, c->vcache, c->x,     c->xb,     c->q,      c->k,      c->v,       c->att,
+                    c->hb,     c->hb2,    c->xq[1], c->xq[2], c->xq[3], c->scores, c->rope_cs, c->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     memset(c, 0, sizeof *c);
 }
@@ -72,13 +91,13 @@ enum { PREP_NORM, PREP_SWIGLU, PREP_QUANT };
 #define PREP_CHUNK 256 /* elements per work item of element-wise modes */
 
 typedef struct {
-    int mode, n, n_tok, quant;
+    int mode, n, n_tok, quant; /* quant: mask of 1 << ACT_* kinds to produce */
     float *src;        /* [n_tok][n]; SWIGLU: gate, overwritten with silu(gate) * up */
     const float *src2; /* SWIGLU: up */
     const float *w;    /* NORM: weight */
     float *dst;        /* NORM: normalised rows */
     float eps;
-    void *xq;
+    void *const *xq;
     _Atomic int next;
 } prep_job;
 
@@ -108,8 +127,15 @@ static void prep_task(void *arg, int ith, int nth) {
                 for (int i = lo; i < hi; i++) out[i] = out[i] / (1.0f + expf(-out[i])) * u[i];
             }
         }
-        if (j->quant)
-            quantize_row_q8_0(out + lo, (block_q8_0 *)((char *)j->xq + t * q8_row_bytes(j->n)) + lo / QK, hi - lo);
+        if (j->quant & (1 << ACT_Q8_0))
+            quantize_row_q8_0(out + lo, (block_q8_0 *)((char *)j->xq[ACT_Q8_0] + t * q8_row_bytes(j->n)) + lo / QK,
+                              hi - lo);
+        if (j->quant & (1 << ACT_Q8_1))
+            quantize_row_q8_1(out + lo, (block_q8_1 *)((char *)j->xq[ACT_Q8_1] +
+                                                       t * act_row_bytes(ACT_Q8_1, j->n)) + lo / QK, hi - lo);
+        if (j->quant & (1 << ACT_Q8_K)) /* PREP_CHUNK is one q8_K block; rows are whole blocks (model.c) */
+            quantize_row_q8_K(out + lo, (block_q8_K *)((char *)j->xq[ACT_Q8_K] +
+                                                       t * act_row_bytes(ACT_Q8_K, j->n)) + lo / QK_K, hi - lo);
     }
 }
 
@@ -128,7 +154,7 @@ typedef struct {
     float *y[3];
     int nw, n_tok, accumulate, rows_total, chunk;
     const float *xf; /* f32/f16 weights: f32 activations */
-    const void *xq;  /* q4_0/q8_0 weights: q8_0 activations */
+    void *const *xq; /* quantized weights: activations by ACT_* kind */
     _Atomic int next;
 } mm_job;
 
@@ -141,11 +167,15 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
     const int n = w->n_in, n_out = w->n_out, acc = j->accumulate;
     const size_t xs = q8_row_bytes(n);
     const char *wd = w->data;
+    const char *xq0 = j->xq[ACT_Q8_0];
+    const int kind = act_kind(w->type);
+    const char *xa = j->xq[kind];
+    const size_t xas = act_row_bytes(kind, n);
     for (int t0 = 0; t0 < j->n_tok; t0 += TOKEN_TILE) {
         const int t1 = t0 + TOKEN_TILE < j->n_tok ? t0 + TOKEN_TILE : j->n_tok;
         int r = r0;
         if (is_quant(w->type) && t1 - t0 == 1) {
-            const block_q8_0 *x0 = (const void *)((const char *)j->xq + t0 * xs);
+            const block_q8_0 *x0 = (const void *)((const char *)xq0 + t0 * xs);
             for (; r + 4 <= r1; r += 4) {
                 float o[4];
                 if (w->type == GT_Q4_0) gemv4_q4_0(n, wd + (size_t)r * w->row_bytes, w->row_bytes, x0, o);
@@ -158,8 +188,8 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
                 const void *w0 = wd + (size_t)r * w->row_bytes, *w1 = wd + (size_t)(r + 1) * w->row_bytes;
                 int t = t0;
                 for (; t + 2 <= t1; t += 2) {
-                    const block_q8_0 *x0 = (const void *)((const char *)j->xq + t * xs);
-                    const block_q8_0 *x1 = (const void *)((const char *)j->xq + (t + 1) * xs);
+                    const block_q8_0 *x0 = (const void *)((const char *)xq0 + t * xs);
+                    const block_q8_0 *x1 = (const void *)((const char *)xq0 + (t + 1) * xs);
                     float o[4];
                     if (w->type == GT_Q4_0) gemm2x2_q4_0(n, w0, w1, x0, x1, o);
                     else gemm2x2_q8_0(n, w0, w1, x0, x1, o);
@@ -169,7 +199,7 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
                     put(&y[(size_t)(t + 1) * n_out + r + 1], o[3], acc);
                 }
                 for (; t < t1; t++) {
-                    const block_q8_0 *x0 = (const void *)((const char *)j->xq + t * xs);
+                    const block_q8_0 *x0 = (const void *)((const char *)xq0 + t * xs);
                     const int q4 = w->type == GT_Q4_0;
                     put(&y[(size_t)t * n_out + r], q4 ? vec_dot_q4_0(n, w0, x0) : vec_dot_q8_0(n, w0, x0), acc);
                     put(&y[(size_t)t * n_out + r + 1], q4 ? vec_dot_q4_0(n, w1, x0) : vec_dot_q8_0(n, w1, x0), acc);
@@ -181,10 +211,11 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
             for (int t = t0; t < t1; t++) {
                 float v;
                 switch (w->type) {
-                case GT_Q4_0: v = vec_dot_q4_0(n, wr, (const void *)((const char *)j->xq + t * xs)); break;
-                case GT_Q8_0: v = vec_dot_q8_0(n, wr, (const void *)((const char *)j->xq + t * xs)); break;
+                case GT_Q4_0: v = vec_dot_q4_0(n, wr, (const void *)((const char *)xq0 + t * xs)); break;
+                case GT_Q8_0: v = vec_dot_q8_0(n, wr, (const void *)((const char *)xq0 + t * xs)); break;
                 case GT_F16: v = vec_dot_f16(n, wr, j->xf + (size_t)t * n); break;
-                default: v = vec_dot_f32(n, wr, j->xf + (size_t)t * n); break;
+                case GT_F32: v = vec_dot_f32(n, wr, j->xf + (size_t)t * n); break;
+                default: v = vec_dot_more(w->type, n, wr, xa + t * xas); break;
                 }
                 put(&y[(size_t)t * n_out + r], v, acc);
             }
@@ -326,7 +357,8 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
     for (int t = 0; t < n_tok; t++) { /* theta_i = pos * base^(-2i/hd), computed directly (no running product) */
         float *cs = c->rope_cs + (size_t)t * hd;
         for (int i = 0; i < hd / 2; i++) {
-            const double th = (double)(pos0 + t) * pow((double)m->rope_theta, -2.0 * i / hd);
+            double th = (double)(pos0 + t) * pow((double)m->rope_theta, -2.0 * i / hd);
+            if (m->rope_freqs) th /= m->rope_freqs[i]; /* llama3 rope scaling (llama.cpp: freq_factors) */
             cs[i] = (float)cos(th);
             cs[hd / 2 + i] = (float)sin(th);
         }
@@ -334,8 +366,7 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
     int nt = n_tok;
     for (int l = 0; l < m->n_layers; l++) {
         const layer_t *L = &m->layers[l];
-        const int qa = is_quant(L->wq.type);
-        prep(c, PREP_NORM, qa, c->x, NULL, L->attn_norm.data, c->xb, d, nt);
+        prep(c, PREP_NORM, acts(&L->wq) | acts(&L->wk) | acts(&L->wv), c->x, NULL, L->attn_norm.data, c->xb, d, nt);
         matmul(c, &L->wq, c->q, &L->wk, c->k, &L->wv, c->v, c->xb, nt, 0);
         qkv_job qj = {.c = c, .L = L, .layer = l, .n_tok = nt, .pos0 = pos0};
         pool_run(c->pool, qkv_task, &qj);
@@ -348,15 +379,15 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
             memmove(c->x, c->x + (size_t)(nt - 1) * d, (size_t)d * 4);
             nt = 1;
         }
-        prep(c, PREP_QUANT, is_quant(L->wo.type), c->att, NULL, NULL, NULL, qd, nt);
+        prep(c, PREP_QUANT, acts(&L->wo), c->att, NULL, NULL, NULL, qd, nt);
         matmul(c, &L->wo, c->x, NULL, NULL, NULL, NULL, c->att, nt, 1);
-        prep(c, PREP_NORM, is_quant(L->wgate.type), c->x, NULL, L->ffn_norm.data, c->xb, d, nt);
+        prep(c, PREP_NORM, acts(&L->wgate) | acts(&L->wup), c->x, NULL, L->ffn_norm.data, c->xb, d, nt);
         matmul(c, &L->wgate, c->hb, &L->wup, c->hb2, NULL, NULL, c->xb, nt, 0);
-        prep(c, PREP_SWIGLU, is_quant(L->wdown.type), c->hb, c->hb2, NULL, NULL, m->d_ff, nt);
+        prep(c, PREP_SWIGLU, acts(&L->wdown), c->hb, c->hb2, NULL, NULL, m->d_ff, nt);
         matmul(c, &L->wdown, c->x, NULL, NULL, NULL, NULL, c->hb, nt, 1);
     }
     if (!want_all && !want_last) return;
-    prep(c, PREP_NORM, is_quant(m->output.type), c->x, NULL, m->out_norm.data, c->xb, d, nt);
+    prep(c, PREP_NORM, acts(&m->output), c->x, NULL, m->out_norm.data, c->xb, d, nt);
     matmul(c, &m->output, logits, NULL, NULL, NULL, NULL, c->xb, nt, 0);
 }
 

@@ -84,18 +84,25 @@ size_t gguf_row_bytes(uint32_t type, int64_t n) {
     case GT_F16: return (size_t)n * 2;
     case GT_Q4_0: return (size_t)n / 32 * 18;
     case GT_Q8_0: return (size_t)n / 32 * 34;
+    case GT_Q4_1: return (size_t)n / 32 * 20;
+    case GT_Q5_0: return (size_t)n / 32 * 22;
+    case GT_Q5_1: return (size_t)n / 32 * 24;
+    case GT_Q4_K: return (size_t)n / 256 * 144;
+    case GT_Q5_K: return (size_t)n / 256 * 176;
+    case GT_Q6_K: return (size_t)n / 256 * 210;
     default: return 0;
     }
 }
 
 const char *gguf_type_name(uint32_t type) {
-    switch (type) {
-    case GT_F32: return "f32";
-    case GT_F16: return "f16";
-    case GT_Q4_0: return "q4_0";
-    case GT_Q8_0: return "q8_0";
-    default: return "unsupported";
-    }
+    /* ggml.h's enum ggml_type, so an error names the type a user knows ("q4_K"), not its number */
+    static const char *const names[] = {
+        "f32", "f16", "q4_0", "q4_1", "q4_2 (removed)", "q4_3 (removed)", "q5_0", "q5_1", "q8_0", "q8_1",
+        "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "q8_K", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq1_s", "iq4_nl",
+        "iq3_s", "iq2_s", "iq4_xs", "i8", "i16", "i32", "i64", "f64", "iq1_m", "bf16", "q4_0_4_4 (removed)",
+        "q4_0_4_8 (removed)", "q4_0_8_8 (removed)", "tq1_0", "tq2_0", "iq4_nl_4_4 (removed)",
+        "iq4_nl_4_8 (removed)", "iq4_nl_8_8 (removed)", "mxfp4", "nvfp4", "q1_0", "q2_0"};
+    return type < sizeof names / sizeof *names ? names[type] : "unknown";
 }
 
 void gguf_open(gguf_file *g, const char *path) {

@@ -10,7 +10,10 @@ enum gguf_vtype {
 };
 
 /* GGML tensor types this engine runs. */
-enum { GT_F32 = 0, GT_F16 = 1, GT_Q4_0 = 2, GT_Q8_0 = 8 };
+enum {
+    GT_F32 = 0, GT_F16 = 1, GT_Q4_0 = 2, GT_Q4_1 = 3, GT_Q5_0 = 6, GT_Q5_1 = 7, GT_Q8_0 = 8, GT_Q4_K = 12,
+    GT_Q5_K = 13, GT_Q6_K = 14
+};
 
 typedef struct {
     const char *key; /* points into the mapping, not NUL-terminated */

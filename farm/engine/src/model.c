@@ -17,13 +17,18 @@ static tensor_t get_tensor(const model_t *m, const char *name, int n_in, int n_o
         if (optional) return t;
         farm_fail("%s: missing tensor %s", g_path, name);
     }
-    if (gt->type != GT_F32 && gt->type != GT_F16 && gt->type != GT_Q4_0 && gt->type != GT_Q8_0)
-        farm_fail("%s: tensor %s has unsupported type %u (supported: f32, f16, q8_0, q4_0)", g_path, name, gt->type);
+    if (gguf_row_bytes(gt->type, 256) == 0)
+        farm_fail("%s: tensor %s has type %s (ggml type %u), which this engine does not run (supported: f32, f16, "
+                  "q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K)", g_path, name, gguf_type_name(gt->type), gt->type);
     if (gt->ne[0] != n_in || gt->ne[1] != n_out || gt->ne[2] != 1 || gt->ne[3] != 1)
         farm_fail("%s: tensor %s has shape [%lld, %lld], expected [%d, %d]", g_path, name, (long long)gt->ne[0],
                   (long long)gt->ne[1], n_in, n_out);
-    if ((gt->type == GT_Q4_0 || gt->type == GT_Q8_0) && n_in % QK)
-        farm_fail("%s: tensor %s row length %d is not a multiple of %d", g_path, name, n_in, QK);
+    const int block = gt->type == GT_Q4_K || gt->type == GT_Q5_K || gt->type == GT_Q6_K ? QK_K
+                      : gt->type == GT_F32 || gt->type == GT_F16                      ? 1
+                                                                                       : QK;
+    if (n_in % block)
+        farm_fail("%s: tensor %s (%s) row length %d is not a multiple of %d", g_path, name, gguf_type_name(gt->type),
+                  n_in, block);
     t.type = (int)gt->type;
     t.n_in = n_in;
     t.n_out = n_out;
@@ -83,6 +88,7 @@ void model_load(model_t *m, const char *path) {
     m->output = get_tensor(m, "output.weight", d, m->n_vocab, 1);
     m->tied = m->output.data == NULL;
     if (m->tied) m->output = m->tok_embd;
+    m->rope_freqs = get_vec(m, "rope_freqs.weight", m->head_dim / 2, 1).data;
     m->layers = calloc((size_t)m->n_layers, sizeof *m->layers);
     char name[96];
 #define T(field, nm, nin, nout) \

@@ -30,6 +30,7 @@ typedef struct {
     int tied, qkv_bias, main_type;
     int64_t n_params;
     tensor_t tok_embd, out_norm, output;
+    const float *rope_freqs; /* llama3 rope scaling: angle i is divided by rope_freqs[i] (NULL: none) */
     layer_t *layers;
 } model_t;
 
@@ -43,7 +44,7 @@ typedef struct {
     void *kcache, *vcache; /* [layer][kv_head][pos][head_dim], f16 or f32 */
     /* scratch, sized for n_ubatch tokens */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope_cs;
-    void *xq; /* activations converted for the matmul (q8_0 blocks) */
+    void *xq[4]; /* activations converted for the matmul, by ACT_* kind: q8_0, q8_1 or q8_K blocks */
     float *logits; /* [n_logits][n_vocab] */
     int n_logits;
 } ctx_t;

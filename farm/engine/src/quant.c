@@ -114,7 +114,9 @@ void quantize_row_q8_0(const float *x, block_q8_0 *y, int n) {
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         amax = _mm_cvtss_f32(m4);
-        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        /* llama.cpp's x86 quantizer takes id = 127 / amax (its ARM and generic ones 1 / d): the last ulp of
+         * id decides the rounding of values near .5, so each build follows its own llama.cpp counterpart */
+        const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
         y[b].d = f32_to_fp16(d);
         const __m256 vid = _mm256_set1_ps(id);
         __m256i q[4];
@@ -172,7 +174,8 @@ void dequant_row(int type, const void *src, float *dst, int n) {
             }
         }
         break;
-    default: farm_fail("dequant: unsupported type %d", type);
+    default:
+        if (!dequant_row_more(type, src, dst, n)) farm_fail("dequant: no kernel for type %s", gguf_type_name(type));
     }
 }
 

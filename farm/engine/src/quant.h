@@ -19,6 +19,52 @@ typedef struct {
     int8_t qs[QK]; /* value = q * d */
 } block_q8_0;
 
+#define QK_K 256 /* elements per k-quant / q8_K block */
+typedef struct {
+    f16_t d, m;
+    uint8_t qs[QK / 2]; /* value = q * d + m */
+} block_q4_1;
+typedef struct {
+    f16_t d;
+    uint8_t qh[4]; /* 5th bits */
+    uint8_t qs[QK / 2]; /* value = (q - 16) * d */
+} block_q5_0;
+typedef struct {
+    f16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[QK / 2]; /* value = q * d + m */
+} block_q5_1;
+typedef struct {
+    f16_t d, s; /* s = d * sum(qs) */
+    int8_t qs[QK];
+} block_q8_1;
+typedef struct {
+    f16_t d, dmin;
+    uint8_t scales[12]; /* 8 six-bit scales and mins */
+    uint8_t qs[QK_K / 2];
+} block_q4_K;
+typedef struct {
+    f16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K;
+typedef struct {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
+    f16_t d;
+} block_q6_K;
+typedef struct {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+} block_q8_K;
+
+_Static_assert(sizeof(block_q4_1) == 20 && sizeof(block_q5_0) == 22 && sizeof(block_q5_1) == 24 &&
+                   sizeof(block_q8_1) == 36, "32-block sizes as in ggml-common.h");
+_Static_assert(sizeof(block_q4_K) == 144 && sizeof(block_q5_K) == 176 && sizeof(block_q6_K) == 210 &&
+                   sizeof(block_q8_K) == 292, "k-quant block sizes as in ggml-common.h");
 _Static_assert(sizeof(block_q4_0) == 18, "q4_0 block must be 18 bytes");
 _Static_assert(sizeof(block_q8_0) == 34, "q8_0 block must be 34 bytes");
 
@@ -51,6 +97,12 @@ void gemm2x2_q8_0(int n, const block_q8_0 *w0, const block_q8_0 *w1, const block
  * weight loads in flight than a row at a time. */
 void gemv4_q4_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]);
 void gemv4_q8_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]);
+
+/* kquant.c: q4_1, q5_0, q5_1, q4_K, q5_K, q6_K weights and their activation formats (q8_1, q8_K). */
+void quantize_row_q8_1(const float *x, block_q8_1 *y, int n);
+void quantize_row_q8_K(const float *x, block_q8_K *y, int n);
+int dequant_row_more(int type, const void *src, float *dst, int n); /* 0: not one of these types */
+float vec_dot_more(int type, int n, const void *w, const void *x);
 
 /* out += a * v, for attention's weighted sum of V rows (KV cache f16 or f32). */
 void axpy_f16(int n, float a, const f16_t *v, float *out);
