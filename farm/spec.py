@@ -135,11 +135,6 @@ class Sweep(_Strict):
             return [{"name": b} if isinstance(b, str) else b for b in v]
         return v
 
-    @field_validator("quants")
-    @classmethod
-    def _once(cls, v: list[str]) -> list[str]:
-        return list(dict.fromkeys(v))  # q4_k and q4_k_m are one quant
-
     @field_validator("prompt_tokens", "gen_tokens", "depth")
     @classmethod
     def _non_negative(cls, v: list[int]) -> list[int]:

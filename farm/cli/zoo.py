@@ -158,7 +158,8 @@ def import_cmd(path: str, name: str | None) -> None:
     """Read a GGUF: architecture, tensor types, the llama-quantize name of its mix, which backend runs it."""
     from pathlib import Path
 
-    from farm.backends import BACKENDS, get_backend
+    from farm.backends import BACKENDS
+    from farm.backends.prebuilt import PrebuiltBackend
     from farm.zoo.mix import read_gguf
 
     if not Path(path).is_file():
@@ -178,7 +179,11 @@ def import_cmd(path: str, name: str | None) -> None:
     for backend in BACKENDS.names():
         if backend == "sleep":
             continue
-        why = get_backend(backend).cannot_run(info.arch, info.types)
+        cls = BACKENDS.get(backend)
+        if issubclass(cls, PrebuiltBackend):
+            click.echo(f"{backend + ':':13} runs its own model format (option model_dir), not GGUF")
+            continue
+        why = cls.cannot_run(info.arch, info.types)
         click.echo(f"{backend + ':':13} {'runs it' if why is None else 'cannot run it: ' + why}")
     if name:
         from farm.zoo.files import register_file

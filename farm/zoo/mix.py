@@ -166,8 +166,10 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     path = Path(path)
     try:
         reader = GGUFReader(str(path))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{path}: not a readable GGUF file ({exc})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # a truncated or corrupt file fails inside gguf/numpy in many ways (IndexError, ...)
+        raise ConfigError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
 
     def field_value(key: str) -> object:
         f = reader.get_field(key)
