@@ -22,12 +22,18 @@ from farm.errors import ConfigError
 def runs_cmd(db_url: str | None, limit: int) -> None:
     """List recent runs."""
     store = open_store(db_url)
+    runs = store.runs(limit)
     table = Table()
-    for col in ("run", "name", "kind", "executor", "status", "jobs", "created"):
-        table.add_column(col)
-    for r in store.runs(limit):
-        table.add_row(r.id, r.name, r.kind, r.executor, r.status, str(r.n_jobs),
-                      r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    # the run id is what a user copies into the next command: never cut, never wrapped
+    table.add_column("run", no_wrap=True, min_width=max((len(r.id) for r in runs), default=3))
+    table.add_column("name")
+    table.add_column("kind")
+    table.add_column("executor")
+    table.add_column("status", no_wrap=True, min_width=max((len(r.status) for r in runs), default=6))
+    table.add_column("jobs")
+    table.add_column("created", no_wrap=True)
+    for r in runs:
+        table.add_row(r.id, r.name, r.kind, r.executor, r.status, str(r.n_jobs), r.created_at.strftime("%m-%d %H:%M"))
     console.print(table)
 
 
