@@ -26,14 +26,17 @@ def runs_cmd(db_url: str | None, limit: int) -> None:
     table = Table()
     # the run id is what a user copies into the next command: never cut, never wrapped
     table.add_column("run", no_wrap=True, min_width=max((len(r.id) for r in runs), default=3))
-    table.add_column("name")
-    table.add_column("kind")
-    table.add_column("executor")
+    table.add_column("name", overflow="fold")
+    kinds = any(r.kind != "sweep" for r in runs)  # regress / noise / ingest runs: say which
+    if kinds:
+        table.add_column("kind", overflow="fold")
+    table.add_column("executor", overflow="fold")
     table.add_column("status", no_wrap=True, min_width=max((len(r.status) for r in runs), default=6))
-    table.add_column("jobs")
+    table.add_column("jobs", justify="right")
     table.add_column("created", no_wrap=True)
     for r in runs:
-        table.add_row(r.id, r.name, r.kind, r.executor, r.status, str(r.n_jobs), r.created_at.strftime("%m-%d %H:%M"))
+        table.add_row(r.id, r.name, *([r.kind] if kinds else []), r.executor, r.status, str(r.n_jobs),
+                      r.created_at.strftime("%m-%d %H:%M"))
     console.print(table)
 
 
