@@ -206,12 +206,13 @@ def apply(transport: Transport, profile: DeviceProfile, workdir: str, mode: Mode
     return {"read_back": {"cpufreq": now}, "previous": previous}
 
 
-def restore(transport: Transport, workdir: str) -> dict[str, Any] | None:
+def restore(transport: Transport, workdir: str, text: str | None = None) -> dict[str, Any] | None:
     """Put back what the restore file says and delete it; None when there is none. InfraError when the
-    device refuses (the file stays, so the next job tries again)."""
+    device refuses (the file stays, so the next job tries again). `text`: the file, already read."""
     path = shlex.quote(restore_file(workdir))
-    out = transport.shell(f"cat {path} 2>/dev/null", timeout=30)
-    text = out.stdout.strip()
+    if text is None:
+        text = transport.shell(f"cat {path} 2>/dev/null", timeout=30).stdout
+    text = text.strip()
     if not text:
         return None
     try:
