@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 
 from farm.engine import build, build_info
 from farm.zoo.writer import write_gguf
@@ -128,8 +128,9 @@ def _odd_gguf(path: Path, arch: str, emb_type: GGMLQuantizationType) -> Path:
         w.add_uint32(f"{arch}.{key}", val)
     if emb_type == GGMLQuantizationType.F32:
         w.add_tensor("token_embd.weight", np.zeros((16, 64), dtype=np.float32))
-    else:  # q5_0: 22 bytes per 32 weights
-        w.add_tensor("token_embd.weight", np.zeros((16, 2 * 22), dtype=np.uint8), raw_dtype=emb_type)
+    else:  # raw blocks: bytes per row from the type's block size
+        block, size = GGML_QUANT_SIZES[emb_type]
+        w.add_tensor("token_embd.weight", np.zeros((16, 64 // block * size), dtype=np.uint8), raw_dtype=emb_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -143,13 +144,13 @@ def _bad_inputs(tmp: Path, model: Path) -> list[tuple[list[str], str]]:
     trunc = tmp / "trunc.gguf"
     trunc.write_bytes(model.read_bytes()[:200])
     gpt2 = _odd_gguf(tmp / "gpt2.gguf", "gpt2", GGMLQuantizationType.F32)
-    q5 = _odd_gguf(tmp / "q5.gguf", "llama", GGMLQuantizationType.Q5_0)
+    iq4 = _odd_gguf(tmp / "iq4.gguf", "llama", GGMLQuantizationType.IQ4_NL)  # a type the engine has no kernel for
     return [
         (["bench", "-m", str(tmp / "missing.gguf")], "cannot open"),
         (["info", "-m", str(text)], "not a GGUF"),
         (["info", "-m", str(trunc)], "truncated"),
         (["info", "-m", str(gpt2)], "unsupported architecture"),
-        (["info", "-m", str(q5)], "unsupported type"),
+        (["info", "-m", str(iq4)], "has type iq4_nl (ggml type 20), which this engine does not run"),
         (["bench", "-m", str(model), "-t", "0"], "bad value"),
         (["bench", "-m", str(model), "--kv", "q8"], "--kv"),
         (["bench", "-m", str(model), "--lockstep", "97,98"], "--lockstep"),
