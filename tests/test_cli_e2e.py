@@ -32,7 +32,8 @@ def test_smoke_sweep_on_the_embedded_default(tmp_path: Path) -> None:
     summary = json.loads(farm("results", run_id, "--db", db, "--format", "json").stdout)
     assert len(summary) == 4 and all(s["reps"] == 3 for s in summary)
     csv = farm("results", run_id, "--db", db, "--format", "csv").stdout
-    assert csv.splitlines()[0].startswith("job_id,device,backend,model,quant,test,threads,cpus,cpu_mask,power_mode,reps")
+    header = "job_id,device,backend,model,quant,test,threads,cpus,cpu_mask,power_mode,reps"
+    assert csv.splitlines()[0].startswith(header)
     parquet = tmp_path / "r.parquet"
     assert farm("results", run_id, "--db", db, "--format", "parquet", "-o", str(parquet)).returncode == 0
     import pandas as pd
