@@ -153,6 +153,7 @@ def rms(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.realmodel
 @pytest.mark.parametrize("quant", PURE_TYPES + list(K_MIXES))
 def test_logits_as_close_to_f32_as_llama_cpp_and_same_top1(quant, files, engine, llama_logits, tokens,
                                                           reference) -> None:
@@ -171,6 +172,7 @@ def test_logits_as_close_to_f32_as_llama_cpp_and_same_top1(quant, files, engine,
 
 
 @pytest.mark.slow
+@pytest.mark.realmodel
 @pytest.mark.parametrize("quant", ["f32", "f16"])
 def test_greedy_32_tokens_identical(quant, files, engine, llama_logits, tokens) -> None:
     ours, theirs = tokens[:16], tokens[:16]
@@ -181,6 +183,7 @@ def test_greedy_32_tokens_identical(quant, files, engine, llama_logits, tokens) 
 
 
 @pytest.mark.slow
+@pytest.mark.realmodel
 def test_neon_under_qemu_matches_avx2_within_two_builds_spread(files, engine, tokens) -> None:
     """The aarch64 NEON build (static, under qemu-aarch64-static) against the AVX2 build on real q4_0 and
     q4_1 weights. Tolerance: the spread between two correct builds on this model, measured in the test as
@@ -206,6 +209,7 @@ def test_neon_under_qemu_matches_avx2_within_two_builds_spread(files, engine, to
 
 
 @pytest.mark.slow
+@pytest.mark.realmodel
 def test_llama_cpp_loads_the_zoos_phi_3_file(llama_logits, tmp_path, monkeypatch) -> None:
     """llama.cpp keyed Phi-3 tokenizer quirks on general.name ("phi-3-mini" -> looks up Phi-3's special
     tokens, absent from the synthetic vocabulary): the zoo now writes the card name as general.basename."""
