@@ -197,6 +197,7 @@ def write_sweep(path: Path, devices: list[str], jobs_per_device: int, seconds: f
         "version": 1, "name": name, "models": ["farm-tiny"], "quants": ["q4_0"],
         "backends": [{"name": "sleep", "options": {"seconds": seconds, "exit_code": exit_code}}],
         "devices": devices, "prompt_tokens": list(range(1, jobs_per_device + 1)), "gen_tokens": [0],
+        # power and gate off: dispatch is judged here, not measurement (defaults: test_lab_profiles)
         "threads": [1], "repetitions": reps, "warmup": 0, "power": False, "thermal_gate": False, "idle_s": 0,
         "priority": priority}
     if job_timeout_s is not None:

@@ -352,7 +352,7 @@ def test_markup_in_names_prints_literally_and_a_run_id_prefix_is_literal(tmp_pat
     sweep = write(tmp_path / "s.yaml", "version: 1\nname: markup\nmodels: [farm-tiny]\nquants: [q4_0]\n"
                                        f"devices: ['{hostile}']\nbackends: [{{name: sleep, options: {{seconds: 0}}}}]\n"
                                        "prompt_tokens: [1]\ngen_tokens: [1]\nrepetitions: 1\nwarmup: 0\n"
-                                       "thermal_gate: false\npower: false\nidle_s: 0\n")
+                                       "thermal_gate: false\npower: false\nidle_s: 0\n")  # only printing is judged here
     run = farm("submit", str(sweep), "--devices", str(inv), "--db", db)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stdout + run.stderr
     assert hostile in run.stdout

@@ -220,7 +220,7 @@ def test_stand_in_mnn_directory_binary_on_this_host(tmp_path: Path, monkeypatch:
                                                   "program": "llm_bench", "model_dir": str(models),
                                                   "engine_commit": "4d40bdbd"},
                   model=ModelRef(card="qwen"), quant="q4_0", n_prompt=512, n_gen=128, threads=1, repetitions=2,
-                  warmup=1, thermal_gate=False, power=False, idle_s=0)
+                  warmup=1, thermal_gate=False, power=False, idle_s=0)  # parsing only
         res = run_job(job, pool.entry("local"), pool.profile("local"), pool.transport("local"))
     finally:
         pool.close()

@@ -27,7 +27,7 @@ threads: [1]
 repetitions: 2
 warmup: 0
 power: false  # executor behaviour is judged here; power and the gate with defaults: test_lifecycle_cli
-thermal_gate: false
+thermal_gate: false  # as above
 """
 
 

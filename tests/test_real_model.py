@@ -82,7 +82,7 @@ repetitions: 2
 warmup: 0
 idle_s: 0
 thermal_gate: false
-""")
+""")  # the gate and power defaults: test_lab_profiles; here the real file's type and run are judged
     db = f"sqlite:///{tmp_path / 'farm.db'}"
     proc = farm("submit", str(sweep), "--db", db, home=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -211,9 +211,9 @@ def test_agx_orin_power_is_the_sum_of_its_rails_on_a_lab_board(tmp_path: Path) -
     sweep = tmp_path / "s.yaml"
     sweep.write_text(SWEEP.replace("threads: [1, 2]", "threads: [1]").replace("quants: [q4_0, q8_0]", "quants: [q4_0]")
                      .replace("repetitions: 3", "repetitions: 2") + "devices: [board1]\n"
-                     # issue 12: at the default poll the cool-down gate never passes on a lab board (being fixed
-                     # in the job lifecycle rewrite); this test is about power, not the gate
-                     "thermal_gate: false\n")
+                     # this test is about summed rails; the gate's 10 s window per job at shipped defaults
+                     # runs on every profile in test_lab_profiles
+                     "thermal_gate: false\n")  # see the comment above
     db = f"sqlite:///{tmp_path / 'farm.db'}"
     # Its own ports: labs of other test sessions on this host hold the default range from 55551 up.
     first_port = 58000 + (os.getpid() % 1000) * 4
