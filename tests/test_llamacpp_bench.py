@@ -72,10 +72,13 @@ def test_llama_bench_and_reference_engine_honour_depth(llama_bench) -> None:
             assert [r["test"] for r in deep.raw["records"]] == ["pp32@d256", "tg16@d256"]
         else:
             assert deep.raw["n_depth"] == 256
-        if backend == "reference":  # llama-bench's own records name the depth it ran (@d256 above); its
-            # decode time on this tiny model moves less with 256 more positions than run-to-run noise
-            fast = [min(r.decode_s for r in res.repetitions) for res in (flat, deep)]
-            assert fast[1] > fast[0], (backend, fast)  # attention over 256 more positions
+        if backend == "reference":
+            # Decode time is not the check: on this tiny model 256 more positions add ~6% to a step, less than
+            # run-to-run noise on a loaded host (a clean-clone CI run saw the deep run 15% *faster*). The KV
+            # cache is: the engine sizes and fills it for depth + pp + tg positions, so peak RSS grows by
+            # 256 positions' K and V (smollm2-135m: 30 layers x 2 x 3 KV heads x 64 x f16 = 23 KiB each).
+            grown = deep.raw["peak_rss_bytes"] - flat.raw["peak_rss_bytes"]
+            assert grown >= 0.9 * 256 * 30 * 2 * 3 * 64 * 2, (flat.raw["peak_rss_bytes"], grown)
 
 
 def test_build_inputs_are_checked_before_any_build(tmp_path) -> None:
