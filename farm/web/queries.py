@@ -26,7 +26,8 @@ from sqlalchemy.engine import Connection
 
 # filter variable -> column of result_rollup
 FILTERS: dict[str, str] = {"device": "device", "model": "model", "quant": "quant", "backend": "backend",
-                           "commit": "engine_commit"}
+                           "depth": "n_depth", "cpus": "cpus", "power_mode": "power_mode", "commit": "engine_commit"}
+INTEGER_FILTERS = {"depth"}  # URL values are text: bound as integers so both dialects compare numbers
 REGRESSION_DROP = 0.05  # a commit is marked when its mean decode t/s falls >5 % below the previous commit's
 
 
@@ -47,9 +48,23 @@ def mean(metric: str) -> str:
     return f"SUM(s_{metric}) / NULLIF(SUM(n_{metric}), 0)"
 
 
-# a cell is what llama-bench prints one line for: threads change the figures as much as the test does
-_CELL = "device, model, quant, backend, test, threads"
-_LABEL = "model || ' ' || quant || ' ' || test || ' t' || CAST(threads AS VARCHAR(8))"
+def _varies(col: str) -> str:
+    """True when the rows of the panel hold more than one value of `col` (a window over the result)."""
+    return f"MIN({col}) OVER () <> MAX({col}) OVER ()"
+
+
+# the axes a label names only when they vary in what the panel shows: a page of "cpus=all power=default"
+# says nothing. Depth reads like llama-bench's test suffix; farm's test names already carry it when > 0.
+_DEPTH = (f"CASE WHEN {_varies('n_depth')} AND test NOT LIKE '%@d%' "
+          "THEN '@d' || CAST(n_depth AS VARCHAR(12)) ELSE '' END")
+_CORES_POWER = (f"CASE WHEN {_varies('cpus')} THEN ' cpus=' || cpus ELSE '' END || "
+                f"CASE WHEN {_varies('power_mode')} THEN ' power=' || power_mode ELSE '' END")
+_AXES = "n_depth, cpus, power_mode"
+
+# a cell is what llama-bench prints one line for: threads, depth, cores and power mode change the figures
+# as much as the test does
+_CELL = f"device, model, quant, backend, test, threads, {_AXES}"
+_LABEL = f"model || ' ' || quant || ' ' || test || {_DEPTH} || ' t' || CAST(threads AS VARCHAR(8)) || {_CORES_POWER}"
 
 
 def _cells(metrics: str) -> str:
@@ -59,8 +74,8 @@ def _cells(metrics: str) -> str:
 
 # per commit, one series per cell without threads (their mean): a sweep runs the same thread counts
 # on every commit, so the trend holds, and a chart of every thread count would be unreadable
-_SERIES = "device, model, quant, backend, test"
-_SERIES_LABEL = "model || ' ' || quant || ' ' || test"
+_SERIES = f"device, model, quant, backend, test, {_AXES}"
+_SERIES_LABEL = f"model || ' ' || quant || ' ' || test || {_DEPTH} || {_CORES_POWER}"
 _PER_COMMIT = (f"SELECT {_SERIES}, engine_commit, MIN(first_at) AS time, {mean('decode_tps')} AS decode_tps "
                f"FROM result_rollup [[where]] GROUP BY {_SERIES}, engine_commit")
 _WINDOW = f"OVER (PARTITION BY {_SERIES} ORDER BY time)"
@@ -87,10 +102,11 @@ QUERIES: list[Query] = [
           f"SELECT time, {_SERIES}, engine_commit, prev_commit, decode_tps, prev_decode_tps, "
           "decode_tps / prev_decode_tps - 1 AS change, "
           "'decode ' || CAST(ROUND(CAST(100 * (decode_tps / prev_decode_tps - 1) AS NUMERIC), 1) AS TEXT) || "
-          f"'% on ' || device || ' ' || {_SERIES_LABEL} || ' at ' || SUBSTR(engine_commit, 1, 10) AS text, "
+          "'% on ' || device || ' ' || label || ' at ' || SUBSTR(engine_commit, 1, 10) AS text, "
           "'regression,' || device AS tags "
           f"FROM (SELECT *, LAG(decode_tps) {_WINDOW} AS prev_decode_tps, LAG(engine_commit) {_WINDOW} "
-          f"AS prev_commit FROM ({_PER_COMMIT}) AS c) AS l "
+          # labelled before the WHERE: an axis that varies among the series is named on every marker
+          f"AS prev_commit, {_SERIES_LABEL} AS label FROM ({_PER_COMMIT}) AS c) AS l "
           f"WHERE decode_tps < prev_decode_tps * {1 - REGRESSION_DROP} ORDER BY time", "annotations"),
     Query("pareto", "Pareto: decode tokens/s vs energy per token vs memory", _cells(
         f"{mean('decode_tps')} AS decode_tps, 1000 * {mean('decode_j_per_tok')} AS decode_mj_per_tok, "
@@ -146,9 +162,14 @@ def bound_sql(q: Query, filters: Mapping[str, Sequence[str]], has_time: bool) ->
     expanding = []
 
     def filt(var: str, col: str) -> str:
-        values = [v for v in filters.get(var, ()) if v != ""]
+        values: list[Any] = [v for v in filters.get(var, ()) if v != ""]
         if not values:
             return ""
+        if var in INTEGER_FILTERS:
+            try:
+                values = [int(v) for v in values]
+            except ValueError:
+                raise ValueError(f"{var} takes whole numbers, not {values!r}") from None
         params[f"f_{var}"] = list(values)
         expanding.append(f"f_{var}")
         return f"{col} IN :f_{var}"

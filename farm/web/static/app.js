@@ -1,7 +1,7 @@
 // farm dashboard page: filter drop-downs from /api/options, panels from /api/panel/NAME.
 // The SVG comes drawn from the server (farm/web/svg.py), so this script only wires filters and fetches.
 "use strict";
-const VARS = ["device", "model", "quant", "backend", "commit"];
+const VARS = ["device", "model", "quant", "backend", "depth", "cpus", "power_mode", "commit"];
 const WIDE = new Set(["phases", "commit_series", "device_health"]);
 const $ = (sel) => document.querySelector(sel);
 let panels = [];
@@ -34,7 +34,7 @@ async function getJSON(url) {
 
 async function loadOptions(initial) {
   const p = params();
-  p.delete("device"); p.delete("model"); p.delete("quant"); p.delete("backend"); p.delete("commit");
+  for (const v of VARS) p.delete(v);
   const opts = await getJSON("api/options?" + p);
   const holder = $("#selects");
   for (const v of VARS) {
@@ -42,7 +42,7 @@ async function loadOptions(initial) {
     const keep = new Set(sel ? [...sel.selectedOptions].map((o) => o.value) : initial.getAll(v));
     if (!sel) {
       const label = document.createElement("label");
-      label.textContent = v;
+      label.textContent = v.replace("_", " ");
       sel = document.createElement("select");
       sel.multiple = true;
       sel.id = "f-" + v;

@@ -36,6 +36,8 @@ COUNTS = {  # rollup column -> per-row 0/1 expression
 SOURCE_COLS = ["created_at", "device", "profile", "backend", "model", "quant", "test", "threads", "engine_commit",
                "exit_status", "throttled", "charging", "power_modelled", *METRICS]
 NO_COMMIT = "(none)"  # NULL commits would never conflict in a unique key
+# later revisions key the rollup on more result columns ("axes"): column -> (rollup DDL type, value for NULL)
+Axes = dict[str, tuple[str, str]]
 
 
 def _bucket(dialect: str) -> str:
@@ -45,19 +47,22 @@ def _bucket(dialect: str) -> str:
     return "substr(created_at, 1, 10) || ' 00:00:00.000000'"
 
 
-def _upsert(dialect: str, source: str, sign: int, metrics: list[str] = METRICS) -> str:
+def _upsert(dialect: str, source: str, sign: int, metrics: list[str] = METRICS, axes: Axes | None = None) -> str:
     """Add (sign=1) or subtract (sign=-1) the aggregate of `source` rows into the rollup."""
     s = "" if sign > 0 else "-"
-    cols = [*KEYS, *COUNTS, "first_at", "last_at"]
+    axes = axes or {}
+    keys = [*KEYS, *axes]
+    cols = [*keys, *COUNTS, "first_at", "last_at"]
     exprs = [_bucket(dialect), "device", "profile", "backend", "model", "quant", "test", "threads",
              f"COALESCE(engine_commit, '{NO_COMMIT}')"]
+    exprs += [f"COALESCE({a}, {null})" for a, (_, null) in axes.items()]  # a NULL key would never conflict
     exprs += [f"{s}SUM({e})" for e in COUNTS.values()]
     exprs += ["MIN(created_at)", "MAX(created_at)"]
     for m in metrics:
         cols += [f"s_{m}", f"n_{m}"]
         exprs += [f"{s}COALESCE(SUM(CASE WHEN exit_status = 0 THEN {m} END), 0)",
                   f"{s}COUNT(CASE WHEN exit_status = 0 THEN {m} END)"]
-    sets = [f"{c} = result_rollup.{c} + excluded.{c}" for c in cols if c not in KEYS and not c.endswith("_at")]
+    sets = [f"{c} = result_rollup.{c} + excluded.{c}" for c in cols if c not in keys and not c.endswith("_at")]
     if sign > 0:
         sets += ["first_at = CASE WHEN excluded.first_at < result_rollup.first_at THEN excluded.first_at "
                  "ELSE result_rollup.first_at END",
@@ -65,8 +70,8 @@ def _upsert(dialect: str, source: str, sign: int, metrics: list[str] = METRICS) 
                  "ELSE result_rollup.last_at END"]
     # SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT (parser ambiguity)
     return (f"INSERT INTO result_rollup ({', '.join(cols)}) SELECT {', '.join(exprs)} FROM {source} WHERE 1=1 "
-            f"GROUP BY {', '.join(str(i + 1) for i in range(len(KEYS)))} "
-            f"ON CONFLICT ({', '.join(KEYS)}) DO UPDATE SET {', '.join(sets)}")
+            f"GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))} "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(sets)}")
 
 
 def _prune(source: str, dialect: str) -> str:
@@ -80,11 +85,12 @@ def upgrade() -> None:
     create_rollup(METRICS)
 
 
-def create_rollup(metrics: list[str]) -> None:
-    """The rollup table over `metrics`, backfilled, and the triggers that keep it exact (a later revision
-    that adds a metric drops it and calls this again with the longer list)."""
+def create_rollup(metrics: list[str], axes: Axes | None = None) -> None:
+    """The rollup table over `metrics`, keyed also on `axes`, backfilled, and the triggers that keep it
+    exact (a later revision that adds a metric or an axis drops it and calls this again with the longer list)."""
     dialect = op.get_bind().dialect.name
-    source_cols = [*SOURCE_COLS[:SOURCE_COLS.index(METRICS[0])], *metrics]
+    axes = axes or {}
+    source_cols = [*SOURCE_COLS[:SOURCE_COLS.index(METRICS[0])], *axes, *metrics]
     ts = "TIMESTAMP WITH TIME ZONE" if dialect == "postgresql" else "DATETIME"
     num = "DOUBLE PRECISION" if dialect == "postgresql" else "FLOAT"
     metric_cols = ",\n".join(f"s_{m} {num} NOT NULL DEFAULT 0, n_{m} BIGINT NOT NULL DEFAULT 0" for m in metrics)
@@ -93,24 +99,26 @@ def create_rollup(metrics: list[str]) -> None:
     # cheaper than locale collation; fillfactor leaves room for HOT updates, since every ingest batch
     # rewrites the rows of its buckets and no updated column is indexed
     c = ' COLLATE "C"' if dialect == "postgresql" else ""
+    axis_cols = "".join(f"{a} {ddl}{c if ddl.startswith('VARCHAR') else ''} NOT NULL, "
+                        for a, (ddl, _) in axes.items())
     storage = " WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.05)" if dialect == "postgresql" else ""
     op.execute(f"""CREATE TABLE result_rollup (
         bucket {ts} NOT NULL, device VARCHAR(128){c} NOT NULL, profile VARCHAR(128){c} NOT NULL,
         backend VARCHAR(32){c} NOT NULL, model VARCHAR(256){c} NOT NULL, quant VARCHAR(16){c} NOT NULL,
         test VARCHAR(64){c} NOT NULL, threads INTEGER NOT NULL, engine_commit VARCHAR(64){c} NOT NULL,
-        {count_cols}, first_at {ts} NOT NULL, last_at {ts} NOT NULL, {metric_cols},
-        PRIMARY KEY ({', '.join(KEYS)})){storage}""")
+        {axis_cols}{count_cols}, first_at {ts} NOT NULL, last_at {ts} NOT NULL, {metric_cols},
+        PRIMARY KEY ({', '.join([*KEYS, *axes])})){storage}""")
     # No other index: panels bound the time range on `bucket`, the primary key's first column, and
     # nothing is added on results, where each index costs every ingested row and no panel reads it.
-    op.execute(_upsert(dialect, "results", 1, metrics))  # backfill rows stored before this revision
+    op.execute(_upsert(dialect, "results", 1, metrics, axes))  # backfill rows stored before this revision
     if dialect == "postgresql":
         op.execute(f"""CREATE FUNCTION farm_rollup_apply() RETURNS trigger LANGUAGE plpgsql AS $fn$
         BEGIN
           IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            {_upsert(dialect, "old_rows", -1, metrics)};
+            {_upsert(dialect, "old_rows", -1, metrics, axes)};
           END IF;
           IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            {_upsert(dialect, "new_rows", 1, metrics)};
+            {_upsert(dialect, "new_rows", 1, metrics, axes)};
           END IF;
           IF TG_OP IN ('UPDATE', 'DELETE') THEN
             {_prune("old_rows", dialect)};
@@ -128,7 +136,7 @@ def create_rollup(metrics: list[str]) -> None:
         body = []
         for ref, sign in parts:
             row = "(SELECT " + ", ".join(f"{ref}.{c} AS {c}" for c in source_cols) + ")"
-            body.append(_upsert(dialect, row, sign, metrics) + ";")
+            body.append(_upsert(dialect, row, sign, metrics, axes) + ";")
         if event != "INSERT":
             body.append(_prune("", dialect) + ";")
         op.execute(f"CREATE TRIGGER results_rollup_{event.lower()[:3]} AFTER {event} ON results FOR EACH ROW "
