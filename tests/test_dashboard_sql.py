@@ -54,6 +54,25 @@ def test_every_dashboard_uses_the_provisioned_datasource_and_variables() -> None
     assert {q.name for q in QUERIES} <= {t for p in BOARDS for t in _query_names(json.loads(p.read_text()))}
 
 
+def test_every_variable_a_query_uses_is_defined_and_the_axes_are_filters() -> None:
+    import re as _re
+
+    for path in BOARDS:
+        board = json.loads(path.read_text())
+        defined = {v["name"] for v in board["templating"]["list"]}
+        assert {"depth", "cpus", "power_mode"} <= defined, path.name
+        for where, sql in grafana.panel_sql(board):
+            used = set(_re.findall(r"\$\{?(\w+)", sql)) - {m for m in _re.findall(r"\$(__\w+)", sql)}
+            assert used <= defined, f"{path.name} {where} uses undefined {used - defined}"
+        for panel in board["panels"]:  # every title's variable too ("— $device" on repeated panels)
+            assert set(_re.findall(r"\$\{?(\w+)", panel["title"])) <= defined, panel["title"]
+    perf = json.loads((REPO / "dashboards/farm-performance.json").read_text())
+    cells = perf["panels"][0]["targets"][0]["rawSql"]
+    for column in ("n_depth IN ($depth)", "cpus IN ($cpus)", "power_mode IN ($power_mode)", "' cpus=' || cpus",
+                   "' power=' || power_mode", "'@d' || CAST(n_depth"):
+        assert column in cells  # filtered on, and named in the bar labels (the legend's x field)
+
+
 def _query_names(board: dict[str, Any]) -> set[str]:
     from farm.web.queries import grafana_sql
 
