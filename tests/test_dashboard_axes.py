@@ -136,3 +136,28 @@ def test_migration_0010_backfills_a_stored_rollup_and_0009_gets_its_shape_back(s
     with store.engine.begin() as conn:  # the rebuilt triggers keep it exact: a delete takes its rows out
         conn.execute(text("DELETE FROM results WHERE cpus = 'little'"))
     assert _rollup(store, "cpus") == {"all": 4 * REPS - 2}
+
+
+def test_the_page_draws_a_series_per_depth_inside_the_plot(sqlite_url: str) -> None:
+    """What `farm dashboard` serves for a run at depths 0 and 512: two series, every point on the chart
+    (the top y tick once fell below the highest point: depth 0, the faster one, was drawn off the plot)."""
+    import json
+    import re
+    import urllib.request
+
+    from farm.web.server import serve_in_thread
+
+    _store_with_pairs(sqlite_url, "n_depth", 512)
+    server, base = serve_in_thread(sqlite_url)
+    try:
+        with urllib.request.urlopen(f"{base}/api/panel/commit_series", timeout=30) as r:
+            html = json.loads(r.read())["html"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    titles = re.findall(r'<circle class="pt"[^>]*><title>([^<]*) · ', html)
+    assert sorted(set(titles)) == ["synthetic-pixel-8 · smollm2-360m q4_0 pp512+tg128@d0",
+                                   "synthetic-pixel-8 · smollm2-360m q4_0 pp512+tg128@d512"], titles
+    plot_top = 14  # svg.line_chart's top margin; the y axis is at 0, its bottom
+    ys = [float(y) for y in re.findall(r'<circle class="pt" cx="[^"]*" cy="([^"]*)"', html)]
+    assert len(ys) == 4 and all(y >= plot_top for y in ys), ys

@@ -48,7 +48,8 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
             step *= m
             break
     start = math.floor(lo / step) * step
-    return [start + i * step for i in range(int((hi - start) / step) + 2) if start + i * step <= hi + step * 0.5]
+    # the last tick reaches hi: charts scale to it, and a point above it would be drawn outside the plot
+    return [start + i * step for i in range(math.ceil((hi - start) / step - 1e-9) + 1)]
 
 
 def _legend(names: Sequence[str], x: float, y: float, width: float) -> tuple[str, float]:
