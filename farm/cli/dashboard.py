@@ -18,7 +18,8 @@ from farm.errors import ConfigError
 def command(db_url: str | None, host: str, port: int, verbose: bool) -> None:
     """The Grafana dashboards' views (tokens/s, prefill vs decode, energy, memory, TTFT, engine commits
     with regression markers, Pareto, device health) as a web page, filtered by device, model, quant,
-    backend and engine commit. Works on SQLite and PostgreSQL stores; never writes to them."""
+    backend, KV depth, cores, power mode and engine commit. Works on SQLite and PostgreSQL stores; never
+    writes to them."""
     from farm.store.db import make_engine, migrate, resolve_url
     from farm.web.server import make_server
 

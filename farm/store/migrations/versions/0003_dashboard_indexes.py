@@ -1,13 +1,13 @@
 """dashboard rollup: per-day aggregates of results, kept exact by triggers, plus the indexes dashboards need
 
-Aggregating one million repetitions takes ~0.5 s on a 2-core Postgres even with covering indexes,
-so dashboards read ``result_rollup``: one row per (day, device, profile, backend, model, quant,
-test, threads, engine commit) holding counts and sums (never means, so rows can be added and
-removed exactly). Database triggers keep it in step with ``results`` on every write path —
-INSERT, the store's ON CONFLICT upsert (an UPDATE: old rows subtracted, new rows added) and
-cascaded DELETEs — so no writer has to know it exists. Postgres uses statement-level triggers
-with transition tables (one aggregate per statement, cheap for bulk ingest); SQLite uses row
-triggers. ``first_at``/``last_at`` only widen (a min/max cannot be subtracted).
+Aggregating one million repetitions takes ~0.5 s on a 2-core Postgres even with covering indexes, so
+dashboards read ``result_rollup``: one row per (day, device, profile, backend, model, quant, test,
+threads, engine commit; revision 0010 adds depth, cpus and power mode) holding counts and sums (never
+means, so rows can be added and removed exactly). Database triggers keep it in step with ``results`` on
+every write path — INSERT, the store's ON CONFLICT upsert (an UPDATE: old rows subtracted, new rows
+added) and cascaded DELETEs — so no writer has to know it exists. Postgres uses statement-level triggers
+with transition tables (one aggregate per statement, cheap for bulk ingest); SQLite uses row triggers.
+``first_at``/``last_at`` only widen (a min/max cannot be subtracted).
 
 Revision ID: 0003
 Revises: 0001
