@@ -17,31 +17,11 @@ from farm.store import Store
 from farm.store.db import MIGRATIONS, make_engine
 from farm.web import grafana
 from farm.web.queries import BY_NAME, run_query
-from farm.web.seed import SeedSpec, synthetic_runs
-from tests.web_support import grafana_expand
+from tests.web_support import REPS, SHAPE_TEST, grafana_expand, store_with_pairs
 
 # filter variable -> (Job field = results/rollup column, the value of the second cell, what its label says)
 AXES: dict[str, tuple[str, Any, str]] = {"depth": ("n_depth", 512, "@d512"), "cpus": ("cpus", "big", "cpus=big"),
                                          "power_mode": ("power_mode", "15W", "power=15W")}
-SHAPE_TEST = "pp512+tg128"
-REPS = 3
-
-
-def _store_with_pairs(url: str, field: str, value: Any, runs: int = 2) -> Store:
-    """`runs` engine commits, each with two cells that differ only in `field`."""
-    store = Store(url)
-    spec = SeedSpec(runs=runs, devices=["synthetic-pixel-8"], models=["smollm2-360m"], quants=["q4_0"],
-                    repetitions=REPS, end=datetime(2026, 3, 2, tzinfo=UTC))
-    for run_id, (job,), (result,) in synthetic_runs(spec):
-        other = Job.model_validate({**job.model_dump(), "job_id": job.job_id + "-x", "index": 1, field: value})
-        store.create_run(run_id, [job, other], run_id=run_id, executor="synthetic")
-        store.save_results([result, result.model_copy(update={"job_id": other.job_id})], [job, other])
-    if field == "n_depth":
-        # farm's test names carry the depth (pp512+tg128@d512): the rollup must split the cells without it
-        # too (an import whose names do not). Also takes the UPDATE trigger path.
-        with store.engine.begin() as conn:
-            conn.execute(text("UPDATE results SET test = :t"), {"t": SHAPE_TEST})
-    return store
 
 
 def _rollup(store: Store, column: str) -> dict[Any, int]:
@@ -53,7 +33,7 @@ def _rollup(store: Store, column: str) -> dict[Any, int]:
 @pytest.mark.parametrize("var", list(AXES))
 def test_cells_differing_in_one_axis_stay_apart(store_url: str, var: str) -> None:
     field, value, marker = AXES[var]
-    store = _store_with_pairs(store_url, field, value)
+    store = store_with_pairs(store_url, field, value)
     default = Job.model_fields[field].default
     assert _rollup(store, field) == {default: 2 * REPS, value: 2 * REPS}
     with store.engine.connect() as conn:
@@ -76,7 +56,7 @@ def test_cells_differing_in_one_axis_stay_apart(store_url: str, var: str) -> Non
 @pytest.mark.parametrize("var", list(AXES))
 def test_grafana_panels_keep_the_cells_apart(pg_url: str, var: str) -> None:
     field, value, marker = AXES[var]
-    store = _store_with_pairs(pg_url, field, value)
+    store = store_with_pairs(pg_url, field, value)
     board = grafana.dashboards()["farm-performance.json"]
     with store.engine.connect() as conn:
         def rows(sql: str, chosen: dict[str, list[str]]) -> list[dict[str, Any]]:
@@ -94,7 +74,7 @@ def test_grafana_panels_keep_the_cells_apart(pg_url: str, var: str) -> None:
 
 
 def test_a_depth_filter_that_is_not_a_number_is_refused(sqlite_url: str) -> None:
-    store = _store_with_pairs(sqlite_url, "n_depth", 512, runs=1)
+    store = store_with_pairs(sqlite_url, "n_depth", 512, runs=1)
     with store.engine.connect() as conn, pytest.raises(ValueError, match="whole numbers"):
         run_query(conn, BY_NAME["throughput"], {"depth": ["deep"]})
 
@@ -115,7 +95,7 @@ def _keys(store: Store) -> list[str]:
 
 
 def test_migration_0010_backfills_a_stored_rollup_and_0009_gets_its_shape_back(store_url: str) -> None:
-    store = _store_with_pairs(store_url, "power_mode", "15W")
+    store = store_with_pairs(store_url, "power_mode", "15W")
     assert {"n_depth", "cpus", "power_mode"} <= set(_keys(store))
     _alembic(store_url, "downgrade", "0009")
     assert not {"n_depth", "cpus", "power_mode"} & set(_keys(store))
@@ -147,7 +127,7 @@ def test_the_page_draws_a_series_per_depth_inside_the_plot(sqlite_url: str) -> N
 
     from farm.web.server import serve_in_thread
 
-    _store_with_pairs(sqlite_url, "n_depth", 512)
+    store_with_pairs(sqlite_url, "n_depth", 512)
     server, base = serve_in_thread(sqlite_url)
     try:
         with urllib.request.urlopen(f"{base}/api/panel/commit_series", timeout=30) as r:

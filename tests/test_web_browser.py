@@ -92,3 +92,31 @@ def test_page_renders_charts_and_a_filter_changes_them(browser, seeded: Seeded, 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_run_at_two_depths_shows_two_series_and_the_depth_filter_keeps_one(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.web_support import store_with_pairs
+
+    url = f"sqlite:///{tmp_path / 'farm.db'}"
+    store_with_pairs(url, "n_depth", 512, depth_in_test=True)
+    server, base = serve_in_thread(url)
+    try:
+        browser.goto(base + "/")
+        browser.wait_for("document.body.dataset.state === 'ready'")
+        series = browser.eval(COUNTS)["commit_series"]
+        names = {t.split(" · ")[1] for t in series["titles"]}
+        assert names == {"smollm2-360m q4_0 pp512+tg128@d0", "smollm2-360m q4_0 pp512+tg128@d512"}, series
+        depths = browser.eval("[...document.getElementById('f-depth').options].map(o => o.value)")
+        assert depths == ["0", "512"]
+        assert "cpus=" not in " ".join(series["titles"])  # cores and power mode do not vary: not named
+        generation = int(browser.eval("document.body.dataset.generation"))
+        browser.eval("""(() => { const s = document.getElementById('f-depth');
+            for (const o of s.options) o.selected = o.value === '512'; s.dispatchEvent(new Event('change')); })()""")
+        browser.wait_for(f"document.body.dataset.state === 'ready' && "
+                         f"Number(document.body.dataset.generation) > {generation}")
+        after = browser.eval(COUNTS)
+        assert {t.split(" · ")[1] for t in after["commit_series"]["titles"]} == {"smollm2-360m q4_0 pp512+tg128@d512"}
+        assert after["throughput"]["points"] == 1 and "depth=512" in browser.eval("location.search")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -8,13 +8,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from farm.dispatch import failed_result
 from farm.jobs import Job
 from farm.store import Store
-from farm.web.seed import DEVICES, SeedSpec, seed_store
+from farm.web.seed import DEVICES, SeedSpec, seed_store, synthetic_runs
 from tests.support import throwaway_database
 
 
@@ -82,3 +84,25 @@ def grafana_expand(sql: str, variables: Mapping[str, Sequence[str]],
 
 
 SEED_DEVICES = list(DEVICES)
+
+
+SHAPE_TEST = "pp512+tg128"
+REPS = 3
+
+
+def store_with_pairs(url: str, field: str, value: Any, runs: int = 2, depth_in_test: bool = False) -> Store:
+    """`runs` engine commits, each with two cells that differ only in `field` (for n_depth, only in the
+    column unless `depth_in_test`: then also in the test name, pp512+tg128@d512, as farm's runs store it)."""
+    store = Store(url)
+    spec = SeedSpec(runs=runs, devices=["synthetic-pixel-8"], models=["smollm2-360m"], quants=["q4_0"],
+                    repetitions=REPS, end=datetime(2026, 3, 2, tzinfo=UTC))
+    for run_id, (job,), (result,) in synthetic_runs(spec):
+        other = Job.model_validate({**job.model_dump(), "job_id": job.job_id + "-x", "index": 1, field: value})
+        store.create_run(run_id, [job, other], run_id=run_id, executor="synthetic")
+        store.save_results([result, result.model_copy(update={"job_id": other.job_id})], [job, other])
+    if field == "n_depth" and not depth_in_test:
+        # the rollup must split the cells by the column, not only by a test name that happens to carry the
+        # depth (an import whose names do not). Also takes the UPDATE trigger path.
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE results SET test = :t"), {"t": SHAPE_TEST})
+    return store
