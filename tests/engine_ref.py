@@ -1,8 +1,9 @@
 """Numpy reference of the reference engine's forward pass, for the engine tests.
 
 Independent of the C code: it reads the GGUF with `gguf.GGUFReader`, dequantizes with `gguf.quants`
-and follows llama.cpp's graph (RMSNorm, RoPE norm/neox by architecture name, GQA attention, SwiGLU,
-tied or separate output, qwen2 q/k/v bias). Two optional emulations make the comparison tight:
+and follows llama.cpp's graph (RMSNorm, RoPE norm/neox by architecture name, GQA attention, SwiGLU (or
+ReLU-gated as farm.hidden_act says), tied or separate output, qwen2 q/k/v bias). Two optional emulations
+make the comparison tight:
 
 - ``quantize_acts``: activations entering a q8_0/q4_0 matmul are rounded through q8_0 blocks exactly as
   the engine does (d = amax/127 stored as f16, q = round-half-even(x / d)). The integer dot of the engine
@@ -62,6 +63,8 @@ class RefModel:
         self.rope_theta = float(meta("rope.freq_base", 10000.0))
         self.eps = float(np.float32(meta("attention.layer_norm_rms_epsilon", 1e-5)))
         self.neox = a == "qwen2"  # llama.cpp: rope type from the architecture name
+        act = r.get_field("farm.hidden_act")  # farm's key: ReLU-gated FFN (PhoneLM); absent means SiLU
+        self.hidden_act = str(act.contents()) if act is not None else "silu"
         self.t: dict[str, np.ndarray] = {}
         self.quantized: dict[str, bool] = {}
         for t in r.tensors:
@@ -109,6 +112,13 @@ def _rope(x: np.ndarray, pos: np.ndarray, theta: float, neox: bool, freqs: np.nd
     return out
 
 
+def _gate(g: np.ndarray, hidden_act: str) -> np.ndarray:
+    if hidden_act == "relu":
+        return np.maximum(g, np.float32(0.0))
+    assert hidden_act == "silu", hidden_act
+    return (g / (1.0 + np.exp(-g.astype(np.float64)))).astype(np.float32)
+
+
 def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f16: bool = True) -> np.ndarray:
     """Logits [n_tokens, vocab] after processing `tokens` from position 0."""
     m = model
@@ -142,7 +152,7 @@ def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f
         h = _rmsnorm(x, m.t[p + "ffn_norm.weight"], m.eps)
         g = _matmul(h, m.mat(p + "ffn_gate.weight"), quantize_acts)
         u = _matmul(h, m.mat(p + "ffn_up.weight"), quantize_acts)
-        act = (g / (1.0 + np.exp(-g.astype(np.float64)))).astype(np.float32) * u
+        act = _gate(g, m.hidden_act) * u
         x = x + _matmul(act, m.mat(p + "ffn_down.weight"), quantize_acts)
     h = _rmsnorm(x, m.t["output_norm.weight"], m.eps)
     out = m.mat("output.weight") if "output.weight" in m.t else m.mat("token_embd.weight")

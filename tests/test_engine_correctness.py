@@ -165,3 +165,18 @@ def test_llama3_rope_scaling(engine, tmp_path) -> None:
     assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), "f16")
     plain = write_gguf(a.model_copy(update={"rope_scaling": None}), tmp_path / "plain.gguf", "f16", seed=3)
     assert np.abs(run_logits(engine, plain, TOKENS, "--all") - got).max() > 0.01  # the scaling is not a no-op
+
+
+def test_relu_gated_ffn(engine, tmp_path) -> None:
+    """hidden_act relu (PhoneLM): the file says farm.hidden_act, the engine gates with ReLU, not SiLU."""
+    from farm.zoo.writer import read_arch
+
+    a = tiny_arch("llama").model_copy(update={"hidden_act": "relu"})
+    got = {}
+    for quant in ("f16", "q8_0"):
+        p = write_gguf(a, tmp_path / f"relu-{quant}.gguf", quant, seed=5)
+        assert read_arch(p).hidden_act == "relu"
+        got[quant] = run_logits(engine, p, TOKENS, "--all")
+        assert_close(got[quant], engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
+    silu = write_gguf(tiny_arch("llama"), tmp_path / "silu.gguf", "f16", seed=5)  # same weights, SiLU
+    assert np.abs(run_logits(engine, silu, TOKENS, "--all") - got["f16"]).max() > 0.1

@@ -50,7 +50,7 @@ def test_honesty_fields() -> None:
         assert cards[name].runnable and cards[name].approximation
     # llama3 rope scaling is modelled now (rope_freqs.weight): no approximation left to declare
     assert cards["llama-3.2-1b"].architecture.rope_scaling is not None and not cards["llama-3.2-1b"].approximation
-    assert cards["phonelm-0.5b"].extra["hidden_act"] == "relu"
+    assert cards["phonelm-0.5b"].architecture.hidden_act == "relu"
     with pytest.raises(ValueError, match="unsupported"):
         Card(name="x", source="s", architecture=cards["farm-tiny"].architecture, runnable=False)
 

@@ -55,6 +55,9 @@ class Architecture(BaseModel):
     tied_embeddings: bool = False
     qkv_bias: bool = False
     rope_scaling: RopeScaling | None = None
+    # The gated FFN's activation (Hugging Face hidden_act): act(W_gate x) * W_up x. llama.cpp's llama arch
+    # knows only SiLU; a relu file carries farm.hidden_act, which the reference engine reads (writer.py).
+    hidden_act: Literal["silu", "relu"] = "silu"
 
     @model_validator(mode="after")
     def _check(self) -> Architecture:

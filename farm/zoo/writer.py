@@ -48,6 +48,7 @@ RECIPE = "pure"  # llama-quantize --pure: every matrix in the one type (no q6_K 
 _BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24)}
 ALIGNMENT = 32
 BOS_ID, EOS_ID, UNK_ID = 1, 2, 0
+HIDDEN_ACT_KEY = "farm.hidden_act"
 # Rows generated per chunk: bounds the f32 scratch of the 151936-row embedding to ~30 MB.
 _CHUNK_ROWS = 8192
 
@@ -166,6 +167,10 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
     w.add_eos_token_id(EOS_ID)
     w.add_unk_token_id(UNK_ID)
     w.add_add_bos_token(False)
+    if arch.hidden_act != "silu":
+        # No llama.cpp key names the FFN activation of the llama arch (its graph hard-codes SiLU), so this
+        # is farm's own: the reference engine computes it, llama.cpp ignores it and runs SiLU.
+        w.add_string(HIDDEN_ACT_KEY, arch.hidden_act)
 
     for tname, shape, kind, _scale in plan:
         qt = _stored(kind, quant)
@@ -256,4 +261,5 @@ def read_arch(path: Path) -> Architecture:
         rms_eps=float(f"{float(_field(r, f'{a}.attention.layer_norm_rms_epsilon', 1e-5)):.7g}"),
         tied_embeddings="output.weight" not in names,
         qkv_bias="blk.0.attn_q.bias" in names,
+        hidden_act=str(_field(r, HIDDEN_ACT_KEY, "silu")),  # type: ignore[arg-type]
     )

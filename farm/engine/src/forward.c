@@ -1,8 +1,9 @@
 /* The forward pass of a llama-family decoder, as llama.cpp computes it:
  *   x = embd[tok]; per layer: h = rmsnorm(x)*w; q,k,v = W h (+bias); rope(q,k); x += Wo attn(q, K, V);
- *   h = rmsnorm(x)*w; x += Wdown (silu(Wgate h) * Wup h);  logits = Wout rmsnorm(x)*w.
+ *   h = rmsnorm(x)*w; x += Wdown (act(Wgate h) * Wup h);  logits = Wout rmsnorm(x)*w.
+ * act is SiLU, or ReLU when the file says farm.hidden_act = relu (PhoneLM).
  * Work is split into a few parallel steps per layer, each one pool_run (one barrier):
- * prep (norm / swiglu + q8_0 quantization of activations), matmul, qkv post-processing, attention.
+ * prep (norm / gated activation + q8_0 quantization of activations), matmul, qkv post-processing, attention.
  * Matmuls take all tokens of a ubatch at once, so prefill streams each weight once per ubatch. */
 #include <math.h>
 #include <stdatomic.h>
@@ -85,21 +86,30 @@ void ctx_free(ctx_t *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* ---- prep: rmsnorm / swiglu, then q8_0 quantization for quantized weights -------------------------- */
+/* ---- prep: rmsnorm / gated activation, then q8_0 quantization for quantized weights ------------- */
 
-enum { PREP_NORM, PREP_SWIGLU, PREP_QUANT };
+enum { PREP_NORM, PREP_GLU, PREP_QUANT };
 #define PREP_CHUNK 256 /* elements per work item of element-wise modes */
 
 typedef struct {
     int mode, n, n_tok, quant; /* quant: mask of 1 << ACT_* kinds to produce */
-    float *src;        /* [n_tok][n]; SWIGLU: gate, overwritten with silu(gate) * up */
-    const float *src2; /* SWIGLU: up */
+    int ffn_act;       /* GLU: FFN_* */
+    float *src;        /* [n_tok][n]; GLU: gate, overwritten with act(gate) * up */
+    const float *src2; /* GLU: up */
     const float *w;    /* NORM: weight */
     float *dst;        /* NORM: normalised rows */
     float eps;
     void *const *xq;
     _Atomic int next;
 } prep_job;
+
+/* g[i] = act(g[i]) * u[i] */
+static void glu(int act, float *g, const float *u, int n) {
+    if (act == FFN_RELU)
+        for (int i = 0; i < n; i++) g[i] = (g[i] > 0.0f ? g[i] : 0.0f) * u[i];
+    else
+        for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
 
 static void prep_task(void *arg, int ith, int nth) {
     (void)ith, (void)nth;
@@ -122,10 +132,7 @@ static void prep_task(void *arg, int ith, int nth) {
             lo = i0;
             hi = i0 + PREP_CHUNK < j->n ? i0 + PREP_CHUNK : j->n;
             out = j->src + (size_t)t * j->n;
-            if (j->mode == PREP_SWIGLU) {
-                const float *u = j->src2 + (size_t)t * j->n;
-                for (int i = lo; i < hi; i++) out[i] = out[i] / (1.0f + expf(-out[i])) * u[i];
-            }
+            if (j->mode == PREP_GLU) glu(j->ffn_act, out + lo, j->src2 + (size_t)t * j->n + lo, hi - lo);
         }
         if (j->quant & (1 << ACT_Q8_0))
             quantize_row_q8_0(out + lo, (block_q8_0 *)((char *)j->xq[ACT_Q8_0] + t * q8_row_bytes(j->n)) + lo / QK,
@@ -143,7 +150,7 @@ static void prep(ctx_t *c, int mode, int quant, float *src, const float *src2, c
                  int n_tok) {
     if (mode == PREP_QUANT && !quant) return;
     prep_job j = {.mode = mode, .n = n, .n_tok = n_tok, .quant = quant, .src = src, .src2 = src2, .w = w,
-                  .dst = dst, .eps = c->m->rms_eps, .xq = c->xq};
+                  .dst = dst, .eps = c->m->rms_eps, .xq = c->xq, .ffn_act = c->m->ffn_act};
     pool_run(c->pool, prep_task, &j);
 }
 
@@ -383,7 +390,7 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
         matmul(c, &L->wo, c->x, NULL, NULL, NULL, NULL, c->att, nt, 1);
         prep(c, PREP_NORM, acts(&L->wgate) | acts(&L->wup), c->x, NULL, L->ffn_norm.data, c->xb, d, nt);
         matmul(c, &L->wgate, c->hb, &L->wup, c->hb2, NULL, NULL, c->xb, nt, 0);
-        prep(c, PREP_SWIGLU, acts(&L->wdown), c->hb, c->hb2, NULL, NULL, m->d_ff, nt);
+        prep(c, PREP_GLU, acts(&L->wdown), c->hb, c->hb2, NULL, NULL, m->d_ff, nt);
         matmul(c, &L->wdown, c->x, NULL, NULL, NULL, NULL, c->hb, nt, 1);
     }
     if (!want_all && !want_last) return;

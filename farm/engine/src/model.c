@@ -52,6 +52,15 @@ static int key_int(const model_t *m, const char *suffix, int dflt, int required)
     return (int)v;
 }
 
+/* farm.hidden_act: farm's own key (llama.cpp has no FFN-activation key for these archs and runs SiLU). */
+static int ffn_activation(const model_t *m) {
+    char act[16];
+    if (!gguf_get_str(&m->gg, "farm.hidden_act", act, sizeof act) || !strcmp(act, "silu")) return FFN_SILU;
+    if (!strcmp(act, "relu")) return FFN_RELU;
+    farm_fail("%s: farm.hidden_act '%s' is not silu or relu", g_path, act);
+    return FFN_SILU;
+}
+
 void model_load(model_t *m, const char *path) {
     memset(m, 0, sizeof *m);
     g_path = path;
@@ -62,6 +71,7 @@ void model_load(model_t *m, const char *path) {
         farm_fail("%s: unsupported architecture '%s' (supported: llama, qwen2)", path, m->arch);
     if (!gguf_get_str(&m->gg, "general.name", m->name, sizeof m->name)) strcpy(m->name, "");
     m->rope_neox = strcmp(m->arch, "qwen2") == 0;
+    m->ffn_act = ffn_activation(m);
     m->n_layers = key_int(m, "block_count", 0, 1);
     m->d_model = key_int(m, "embedding_length", 0, 1);
     m->d_ff = key_int(m, "feed_forward_length", 0, 1);

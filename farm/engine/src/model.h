@@ -21,6 +21,9 @@ typedef struct {
     int has_bias;
 } layer_t;
 
+/* The gated FFN's activation: act(W_gate x) * W_up x. */
+enum { FFN_SILU, FFN_RELU };
+
 typedef struct {
     gguf_file gg;
     char arch[32], name[128];
@@ -28,6 +31,7 @@ typedef struct {
     int rope_neox; /* llama.cpp: qwen2 -> NEOX (i, i+d/2), llama -> NORM (2i, 2i+1) */
     float rope_theta, rms_eps;
     int tied, qkv_bias, main_type;
+    int ffn_act; /* FFN_*: silu (llama.cpp's llama/qwen2), or relu from farm's key farm.hidden_act (PhoneLM) */
     int64_t n_params;
     tensor_t tok_embd, out_norm, output;
     const float *rope_freqs; /* llama3 rope scaling: angle i is divided by rope_freqs[i] (NULL: none) */
