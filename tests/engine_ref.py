@@ -62,9 +62,15 @@ class RefModel:
         self.head_dim = int(meta("attention.key_length", self.d_model // self.n_heads))
         self.rope_theta = float(meta("rope.freq_base", 10000.0))
         self.eps = float(np.float32(meta("attention.layer_norm_rms_epsilon", 1e-5)))
-        self.neox = a == "qwen2"  # llama.cpp: rope type from the architecture name
+        self.neox = a in ("qwen2", "gemma2")  # llama.cpp: rope type from the architecture name
         act = r.get_field("farm.hidden_act")  # farm's key: ReLU-gated FFN (PhoneLM); absent means SiLU
         self.hidden_act = str(act.contents()) if act is not None else "silu"
+        self.gemma2 = a == "gemma2"
+        if self.gemma2:  # llama.cpp's gemma2 graph: GeGLU, soft-capping, sliding window on even layers
+            self.hidden_act = "gelu_tanh"
+            self.attn_softcap = float(meta("attn_logit_softcapping", 50.0))
+            self.final_softcap = float(meta("final_logit_softcapping", 30.0))
+            self.n_swa = int(meta("attention.sliding_window", 4096))
         self.t: dict[str, np.ndarray] = {}
         self.quantized: dict[str, bool] = {}
         for t in r.tensors:
@@ -115,6 +121,9 @@ def _rope(x: np.ndarray, pos: np.ndarray, theta: float, neox: bool, freqs: np.nd
 def _gate(g: np.ndarray, hidden_act: str) -> np.ndarray:
     if hidden_act == "relu":
         return np.maximum(g, np.float32(0.0))
+    if hidden_act == "gelu_tanh":
+        g64 = g.astype(np.float64)
+        return (0.5 * g64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g64 + 0.044715 * g64**3)))).astype(np.float32)
     assert hidden_act == "silu", hidden_act
     return (g / (1.0 + np.exp(-g.astype(np.float64)))).astype(np.float32)
 
@@ -125,8 +134,12 @@ def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f
     n = len(tokens)
     hd, nh, nkv = m.head_dim, m.n_heads, m.n_kv_heads
     x = m.t["token_embd.weight"][np.asarray(tokens)].astype(np.float32)
+    if m.gemma2:
+        x = (x * np.float32(np.sqrt(m.d_model))).astype(np.float32)
     pos = np.arange(n)
     mask = np.triu(np.full((n, n), -np.inf), k=1)
+    # gemma2's sliding-window layers also hide keys n_swa or more positions back
+    swa_mask = mask + np.tril(np.full((n, n), -np.inf), k=-m.n_swa) if m.gemma2 else mask
     for layer in range(m.n_layers):
         p = f"blk.{layer}."
         h = _rmsnorm(x, m.t[p + "attn_norm.weight"], m.eps)
@@ -144,19 +157,30 @@ def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f
             v = v.astype(np.float16).astype(np.float32)
         k = np.repeat(k, nh // nkv, axis=1)  # GQA: query head h reads kv head h // group
         v = np.repeat(v, nh // nkv, axis=1)
-        s = np.einsum("thd,shd->hts", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(hd) + mask
+        s = np.einsum("thd,shd->hts", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(hd)
+        if m.gemma2:
+            s = m.attn_softcap * np.tanh(s / m.attn_softcap)
+        s = s + (swa_mask if m.gemma2 and layer % 2 == 0 else mask)
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         s /= s.sum(axis=-1, keepdims=True)
         att = np.einsum("hts,shd->thd", s, v.astype(np.float64)).reshape(n, nh * hd).astype(np.float32)
-        x = x + _matmul(att, m.mat(p + "attn_output.weight"), quantize_acts)
+        x = x + _post(m, p + "post_attention_norm.weight", _matmul(att, m.mat(p + "attn_output.weight"), quantize_acts))
         h = _rmsnorm(x, m.t[p + "ffn_norm.weight"], m.eps)
         g = _matmul(h, m.mat(p + "ffn_gate.weight"), quantize_acts)
         u = _matmul(h, m.mat(p + "ffn_up.weight"), quantize_acts)
         act = _gate(g, m.hidden_act) * u
-        x = x + _matmul(act, m.mat(p + "ffn_down.weight"), quantize_acts)
+        x = x + _post(m, p + "post_ffw_norm.weight", _matmul(act, m.mat(p + "ffn_down.weight"), quantize_acts))
     h = _rmsnorm(x, m.t["output_norm.weight"], m.eps)
     out = m.mat("output.weight") if "output.weight" in m.t else m.mat("token_embd.weight")
-    return _matmul(h, out, quantize_acts)
+    logits = _matmul(h, out, quantize_acts)
+    if m.gemma2:
+        logits = (m.final_softcap * np.tanh(logits.astype(np.float64) / m.final_softcap)).astype(np.float32)
+    return logits
+
+
+def _post(m: RefModel, name: str, y: np.ndarray) -> np.ndarray:
+    """gemma2's sandwich norm of a sub-layer's output before the residual add; other archs have none."""
+    return _rmsnorm(y, m.t[name], m.eps) if name in m.t else y
 
 
 # ---- helpers shared by the engine tests --------------------------------------------------------------

@@ -180,3 +180,31 @@ def test_relu_gated_ffn(engine, tmp_path) -> None:
         assert_close(got[quant], engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
     silu = write_gguf(tiny_arch("llama"), tmp_path / "silu.gguf", "f16", seed=5)  # same weights, SiLU
     assert np.abs(run_logits(engine, silu, TOKENS, "--all") - got["f16"]).max() > 0.1
+
+
+def gemma2_arch(**over: object):  # -> Architecture
+    """A tiny Gemma-2 whose features all bite within TOKENS: caps near the spread of scores (std ~1) and
+    logits (std ~1) and an 8-token window (on layers 0 and 2), head_dim 64 != d_model / n_heads."""
+    from farm.zoo.arch import Architecture
+
+    fields = dict(arch="gemma2", n_layers=3, d_model=128, n_heads=4, n_kv_heads=2, head_dim=64, d_ff=256,
+                  vocab_size=320, rope_style="neox", rms_eps=1e-6, tied_embeddings=True, hidden_act="gelu_tanh",
+                  attn_softcap=1.5, final_softcap=4.0, sliding_window=8)
+    return Architecture(**{**fields, **over})
+
+
+def test_gemma2(engine, tmp_path) -> None:
+    """Gemma-2: sqrt(d) embedding scale, sandwich norms, GeGLU, soft-capped scores and logits, sliding window
+    on even layers, against the numpy reference; each feature changes the logits (so none is skipped)."""
+    from farm.zoo.writer import read_arch
+
+    for quant in ("f32", "q8_0"):
+        p = write_gguf(gemma2_arch(), tmp_path / f"g2-{quant}.gguf", quant, seed=3)
+        assert read_arch(p) == gemma2_arch()
+        got = run_logits(engine, p, TOKENS, "--all")
+        assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
+        assert np.abs(got).max() < 4.0  # the final cap
+    base = run_logits(engine, tmp_path / "g2-f32.gguf", TOKENS, "--all")
+    for over in ({"attn_softcap": 50.0}, {"final_softcap": 50.0}, {"sliding_window": 64}):
+        p = write_gguf(gemma2_arch(**over), tmp_path / "g2-other.gguf", "f32", seed=3)
+        assert np.abs(run_logits(engine, p, TOKENS, "--all") - base).max() > 0.05, over

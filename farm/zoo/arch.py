@@ -40,7 +40,8 @@ class Architecture(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    arch: Literal["llama", "qwen2"] = "llama"  # GGUF general.architecture; qwen2 = llama + q/k/v bias
+    # GGUF general.architecture; qwen2 = llama + q/k/v bias; gemma2 = Gemma-2 (fields below)
+    arch: Literal["llama", "qwen2", "gemma2"] = "llama"
     n_layers: int = Field(gt=0)
     d_model: int = Field(gt=0)  # hidden_size
     n_heads: int = Field(gt=0)
@@ -57,7 +58,12 @@ class Architecture(BaseModel):
     rope_scaling: RopeScaling | None = None
     # The gated FFN's activation (Hugging Face hidden_act): act(W_gate x) * W_up x. llama.cpp's llama arch
     # knows only SiLU; a relu file carries farm.hidden_act, which the reference engine reads (writer.py).
-    hidden_act: Literal["silu", "relu"] = "silu"
+    hidden_act: Literal["silu", "relu", "gelu_tanh"] = "silu"
+    # Gemma-2 (arch gemma2 only): tanh soft-capping of attention scores and of the final logits, and the
+    # window of the sliding-window layers (even layers; llama.cpp's swa pattern 2).
+    attn_softcap: float | None = Field(default=None, gt=0)
+    final_softcap: float | None = Field(default=None, gt=0)
+    sliding_window: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> Architecture:
@@ -67,6 +73,13 @@ class Architecture(BaseModel):
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.dim_head % 2:
             raise ValueError(f"head_dim {self.dim_head} must be even for RoPE")
+        gemma = self.arch == "gemma2"
+        if gemma != (self.hidden_act == "gelu_tanh"):
+            raise ValueError("hidden_act gelu_tanh goes with arch gemma2 (and gemma2 with it)")
+        if gemma and not (self.tied_embeddings and self.rope_style == "neox" and not self.qkv_bias):
+            raise ValueError("gemma2 has tied embeddings, neox RoPE and no q/k/v bias")
+        if not gemma and (self.attn_softcap or self.final_softcap or self.sliding_window):
+            raise ValueError("attn_softcap, final_softcap and sliding_window are gemma2 fields")
         return self
 
     @property
@@ -105,7 +118,7 @@ class Architecture(BaseModel):
         o = self.n_heads * hd * self.d_model
         bias = (self.n_heads + 2 * self.n_kv_heads) * hd if self.qkv_bias else 0
         mlp = 3 * self.d_model * self.d_ff
-        norms = 2 * self.d_model
+        norms = (4 if self.arch == "gemma2" else 2) * self.d_model  # gemma2: + post-attention/-FFN norms
         per_layer = q + kv + o + bias + mlp + norms
         emb = self.vocab_size * self.d_model
         out = 0 if self.tied_embeddings else self.vocab_size * self.d_model

@@ -71,10 +71,14 @@ def _tensor_plan(arch: Architecture) -> list[tuple[str, tuple[int, int] | tuple[
             plan.append((b + "attn_k.bias", (kv_out,), "bias", 0.1))
             plan.append((b + "attn_v.bias", (kv_out,), "bias", 0.1))
         plan.append((b + "attn_output.weight", (d, q_out), "matrix", 1.0 / np.sqrt(q_out)))
+        if arch.arch == "gemma2":  # sandwich norms; Gemma's (1 + w) is stored as such, like convert_hf_to_gguf
+            plan.append((b + "post_attention_norm.weight", (d,), "norm", 0.0))
         plan.append((b + "ffn_norm.weight", (d,), "norm", 0.0))
         plan.append((b + "ffn_gate.weight", (arch.d_ff, d), "matrix", 1.0 / np.sqrt(d)))
         plan.append((b + "ffn_up.weight", (arch.d_ff, d), "matrix", 1.0 / np.sqrt(d)))
         plan.append((b + "ffn_down.weight", (d, arch.d_ff), "matrix", 1.0 / np.sqrt(arch.d_ff)))
+        if arch.arch == "gemma2":
+            plan.append((b + "post_ffw_norm.weight", (d,), "norm", 0.0))
     plan.append(("output_norm.weight", (d,), "norm", 0.0))
     if arch.rope_scaling is not None:
         plan.append(("rope_freqs.weight", (hd // 2,), "rope_freqs", 0.0))
@@ -167,7 +171,13 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
     w.add_eos_token_id(EOS_ID)
     w.add_unk_token_id(UNK_ID)
     w.add_add_bos_token(False)
-    if arch.hidden_act != "silu":
+    if arch.attn_softcap is not None:
+        w.add_attn_logit_softcapping(arch.attn_softcap)
+    if arch.final_softcap is not None:
+        w.add_final_logit_softcapping(arch.final_softcap)
+    if arch.sliding_window is not None:
+        w.add_sliding_window(arch.sliding_window)
+    if arch.hidden_act == "relu":
         # No llama.cpp key names the FFN activation of the llama arch (its graph hard-codes SiLU), so this
         # is farm's own: the reference engine computes it, llama.cpp ignores it and runs SiLU.
         w.add_string(HIDDEN_ACT_KEY, arch.hidden_act)
@@ -234,8 +244,8 @@ def read_arch(path: Path) -> Architecture:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable GGUF file ({exc})") from exc
     a = str(_field(r, "general.architecture"))
-    if a not in ("llama", "qwen2"):
-        raise ConfigError(f"{path}: unsupported architecture {a!r} (llama, qwen2)")
+    if a not in ("llama", "qwen2", "gemma2"):
+        raise ConfigError(f"{path}: unsupported architecture {a!r} (llama, qwen2, gemma2)")
     names = {t.name for t in r.tensors}
     emb = next(t for t in r.tensors if t.name == "token_embd.weight")
     d_model = int(_field(r, f"{a}.embedding_length"))
@@ -244,7 +254,12 @@ def read_arch(path: Path) -> Architecture:
     head_dim = int(key_len) if key_len is not None and int(key_len) * n_heads != d_model else None
     # llama.cpp takes the rotation from the architecture name (llama: pairwise, qwen2: neox), so do we;
     # a card's rope_style that disagrees with its arch has no effect on the file.
-    style = "neox" if a == "qwen2" else "norm"
+    style = "neox" if a in ("qwen2", "gemma2") else "norm"
+
+    def opt(key: str, kind: type) -> object:
+        value = _field(r, f"{a}.{key}")
+        return None if value is None else kind(f"{float(value):.7g}") if kind is float else kind(value)
+
     return Architecture(
         arch=a,  # type: ignore[arg-type]
         n_layers=int(_field(r, f"{a}.block_count")),
@@ -261,5 +276,8 @@ def read_arch(path: Path) -> Architecture:
         rms_eps=float(f"{float(_field(r, f'{a}.attention.layer_norm_rms_epsilon', 1e-5)):.7g}"),
         tied_embeddings="output.weight" not in names,
         qkv_bias="blk.0.attn_q.bias" in names,
-        hidden_act=str(_field(r, HIDDEN_ACT_KEY, "silu")),  # type: ignore[arg-type]
+        hidden_act="gelu_tanh" if a == "gemma2" else str(_field(r, HIDDEN_ACT_KEY, "silu")),  # type: ignore[arg-type]
+        attn_softcap=opt("attn_logit_softcapping", float),
+        final_softcap=opt("final_logit_softcapping", float),
+        sliding_window=opt("attention.sliding_window", int),
     )

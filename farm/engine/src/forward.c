@@ -1,7 +1,9 @@
 /* The forward pass of a llama-family decoder, as llama.cpp computes it:
  *   x = embd[tok]; per layer: h = rmsnorm(x)*w; q,k,v = W h (+bias); rope(q,k); x += Wo attn(q, K, V);
  *   h = rmsnorm(x)*w; x += Wdown (act(Wgate h) * Wup h);  logits = Wout rmsnorm(x)*w.
- * act is SiLU, or ReLU when the file says farm.hidden_act = relu (PhoneLM).
+ * act is SiLU, or ReLU when the file says farm.hidden_act = relu (PhoneLM). Gemma-2 (gemma2) adds: embeddings
+ * x sqrt(d), GELU-gated FFN, soft-capped scores and logits (cap*tanh(s/cap)), a sliding window on even layers,
+ * and sandwich norms: x += rmsnorm(Wo attn)*w_post, x += rmsnorm(Wdown ffn)*w_post.
  * Work is split into a few parallel steps per layer, each one pool_run (one barrier):
  * prep (norm / gated activation + q8_0 quantization of activations), matmul, qkv post-processing, attention.
  * Matmuls take all tokens of a ubatch at once, so prefill streams each weight once per ubatch. */
@@ -88,7 +90,7 @@ void ctx_free(ctx_t *c) {
 
 /* ---- prep: rmsnorm / gated activation, then q8_0 quantization for quantized weights ------------- */
 
-enum { PREP_NORM, PREP_GLU, PREP_QUANT };
+enum { PREP_NORM, PREP_ADDNORM, PREP_GLU, PREP_QUANT }; /* ADDNORM: dst += rmsnorm(src)*w, no quant */
 #define PREP_CHUNK 256 /* elements per work item of element-wise modes */
 
 typedef struct {
@@ -97,7 +99,7 @@ typedef struct {
     float *src;        /* [n_tok][n]; GLU: gate, overwritten with act(gate) * up */
     const float *src2; /* GLU: up */
     const float *w;    /* NORM: weight */
-    float *dst;        /* NORM: normalised rows */
+    float *dst;        /* NORM: normalised rows; ADDNORM: rows the normalised ones are added to */
     float eps;
     void *const *xq;
     _Atomic int next;
@@ -107,6 +109,9 @@ typedef struct {
 static void glu(int act, float *g, const float *u, int n) {
     if (act == FFN_RELU)
         for (int i = 0; i < n; i++) g[i] = (g[i] > 0.0f ? g[i] : 0.0f) * u[i];
+    else if (act == FFN_GELU)
+        for (int i = 0; i < n; i++)
+            g[i] = 0.5f * g[i] * (1.0f + tanhf(0.7978845608f * g[i] * (1.0f + 0.044715f * g[i] * g[i]))) * u[i];
     else
         for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
@@ -114,20 +119,24 @@ static void glu(int act, float *g, const float *u, int n) {
 static void prep_task(void *arg, int ith, int nth) {
     (void)ith, (void)nth;
     prep_job *j = arg;
-    const int per_tok = j->mode == PREP_NORM ? 1 : (j->n + PREP_CHUNK - 1) / PREP_CHUNK;
+    const int norm = j->mode == PREP_NORM || j->mode == PREP_ADDNORM;
+    const int per_tok = norm ? 1 : (j->n + PREP_CHUNK - 1) / PREP_CHUNK;
     for (;;) {
         const int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (item >= j->n_tok * per_tok) return;
         const int t = item / per_tok, i0 = (item % per_tok) * PREP_CHUNK;
         float *out;
         int lo = 0, hi = j->n;
-        if (j->mode == PREP_NORM) {
+        if (norm) {
             const float *x = j->src + (size_t)t * j->n;
             out = j->dst + (size_t)t * j->n;
             double ss = 0.0; /* double: the row sum must not depend on summation order across builds */
             for (int i = 0; i < j->n; i++) ss += (double)x[i] * x[i];
             const float scale = (float)(1.0 / sqrt(ss / j->n + j->eps));
-            for (int i = 0; i < j->n; i++) out[i] = x[i] * scale * j->w[i];
+            if (j->mode == PREP_ADDNORM)
+                for (int i = 0; i < j->n; i++) out[i] += x[i] * scale * j->w[i];
+            else
+                for (int i = 0; i < j->n; i++) out[i] = x[i] * scale * j->w[i];
         } else {
             lo = i0;
             hi = i0 + PREP_CHUNK < j->n ? i0 + PREP_CHUNK : j->n;
@@ -323,7 +332,8 @@ static void attn_task(void *arg, int ith, int nth) {
     ctx_t *c = j->c;
     const model_t *m = c->m;
     const int hd = m->head_dim, qd = m->n_heads * hd, group = m->n_heads / m->n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = m->attn_scale, cap = m->attn_softcap;
+    const int n_swa = j->L->n_swa;
     float *sc = c->scores + (size_t)ith * c->n_ctx;
     for (;;) {
         const int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
@@ -331,25 +341,36 @@ static void attn_task(void *arg, int ith, int nth) {
         const int t = item / m->n_heads, h = item % m->n_heads, kvh = h / group, pos = j->pos0 + t;
         const float *q = c->q + (size_t)t * qd + h * hd;
         const size_t base = ((size_t)j->layer * m->n_kv_heads + kvh) * c->n_ctx * hd;
+        const int p0 = n_swa && pos >= n_swa ? pos - n_swa + 1 : 0; /* llama.cpp masks pos - p >= n_swa */
         float mx = -INFINITY;
-        for (int p = 0; p <= pos; p++) {
+        for (int p = p0; p <= pos; p++) {
             const size_t off = base + (size_t)p * hd;
             const float s = c->kv_f16 ? vec_dot_f16(hd, (const f16_t *)c->kcache + off, q)
                                       : vec_dot_f32(hd, (const float *)c->kcache + off, q);
-            sc[p] = s * scale;
+            sc[p] = cap > 0.0f ? cap * tanhf(s * scale / cap) : s * scale;
             if (sc[p] > mx) mx = sc[p];
         }
         float sum = 0.0f;
-        for (int p = 0; p <= pos; p++) sum += (sc[p] = expf(sc[p] - mx));
+        for (int p = p0; p <= pos; p++) sum += (sc[p] = expf(sc[p] - mx));
         float *out = c->att + (size_t)t * qd + h * hd;
         memset(out, 0, (size_t)hd * 4);
         const float inv = 1.0f / sum;
-        for (int p = 0; p <= pos; p++) {
+        for (int p = p0; p <= pos; p++) {
             const size_t off = base + (size_t)p * hd;
             if (c->kv_f16) axpy_f16(hd, sc[p] * inv, (const f16_t *)c->vcache + off, out);
             else axpy_f32(hd, sc[p] * inv, (const float *)c->vcache + off, out);
         }
     }
+}
+
+/* x += W in, or with a post-norm weight (gemma2) x += rmsnorm(W in) * post; `in` is quantized already. */
+static void residual_add(ctx_t *c, const tensor_t *w, const float *post, const float *in, int nt) {
+    if (!post) {
+        matmul(c, w, c->x, NULL, NULL, NULL, NULL, in, nt, 1);
+        return;
+    }
+    matmul(c, w, c->xb, NULL, NULL, NULL, NULL, in, nt, 0);
+    prep(c, PREP_ADDNORM, 0, c->xb, NULL, post, c->x, c->m->d_model, nt);
 }
 
 /* ---- the pass ------------------------------------------------------------------------------------ */
@@ -361,6 +382,8 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
     for (int t = 0; t < n_tok; t++)
         dequant_row(m->tok_embd.type, (const char *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
                     c->x + (size_t)t * d, d);
+    if (m->emb_scale != 1.0f)
+        for (size_t i = 0; i < (size_t)n_tok * d; i++) c->x[i] *= m->emb_scale;
     for (int t = 0; t < n_tok; t++) { /* theta_i = pos * base^(-2i/hd), computed directly (no running product) */
         float *cs = c->rope_cs + (size_t)t * hd;
         for (int i = 0; i < hd / 2; i++) {
@@ -387,15 +410,18 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
             nt = 1;
         }
         prep(c, PREP_QUANT, acts(&L->wo), c->att, NULL, NULL, NULL, qd, nt);
-        matmul(c, &L->wo, c->x, NULL, NULL, NULL, NULL, c->att, nt, 1);
+        residual_add(c, &L->wo, L->attn_post_norm.data, c->att, nt);
         prep(c, PREP_NORM, acts(&L->wgate) | acts(&L->wup), c->x, NULL, L->ffn_norm.data, c->xb, d, nt);
         matmul(c, &L->wgate, c->hb, &L->wup, c->hb2, NULL, NULL, c->xb, nt, 0);
         prep(c, PREP_GLU, acts(&L->wdown), c->hb, c->hb2, NULL, NULL, m->d_ff, nt);
-        matmul(c, &L->wdown, c->x, NULL, NULL, NULL, NULL, c->hb, nt, 1);
+        residual_add(c, &L->wdown, L->ffn_post_norm.data, c->hb, nt);
     }
     if (!want_all && !want_last) return;
     prep(c, PREP_NORM, acts(&m->output), c->x, NULL, m->out_norm.data, c->xb, d, nt);
     matmul(c, &m->output, logits, NULL, NULL, NULL, NULL, c->xb, nt, 0);
+    const float cap = m->final_softcap;
+    if (cap > 0.0f)
+        for (size_t i = 0; i < (size_t)nt * m->n_vocab; i++) logits[i] = cap * tanhf(logits[i] / cap);
 }
 
 void forward(ctx_t *c, const int *tokens, int n, int pos0, int all_logits) {

@@ -2,6 +2,7 @@
  * foreign or broken file is refused with a clear message (exit 2) instead of crashing later. */
 #include "model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,17 +62,34 @@ static int ffn_activation(const model_t *m) {
     return FFN_SILU;
 }
 
+static float key_float(const model_t *m, const char *suffix, double dflt) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", m->arch, suffix);
+    return (float)gguf_get_float(&m->gg, key, dflt);
+}
+
+/* Gemma-2 as llama.cpp's gemma2 graph runs it: embeddings x sqrt(d_model); queries scaled by 1/sqrt(head_dim),
+ * except the 27B (46 layers), whose query_pre_attn_scalar is d_model / n_heads (the file has no key for it);
+ * score and logit soft-capping (llama.cpp's defaults 50 and 30 when absent). Sliding windows: per layer. */
+static void load_gemma2(model_t *m) {
+    m->emb_scale = sqrtf((float)m->d_model);
+    if (m->n_layers == 46) m->attn_scale = 1.0f / sqrtf((float)(m->d_model / m->n_heads));
+    m->attn_softcap = key_float(m, "attn_logit_softcapping", 50.0);
+    m->final_softcap = key_float(m, "final_logit_softcapping", 30.0);
+}
+
 void model_load(model_t *m, const char *path) {
     memset(m, 0, sizeof *m);
     g_path = path;
     gguf_open(&m->gg, path);
     if (!gguf_get_str(&m->gg, "general.architecture", m->arch, sizeof m->arch))
         farm_fail("%s: missing general.architecture", path);
-    if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "qwen2") != 0)
-        farm_fail("%s: unsupported architecture '%s' (supported: llama, qwen2)", path, m->arch);
+    const int gemma2 = !strcmp(m->arch, "gemma2");
+    if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "qwen2") != 0 && !gemma2)
+        farm_fail("%s: unsupported architecture '%s' (supported: llama, qwen2, gemma2)", path, m->arch);
     if (!gguf_get_str(&m->gg, "general.name", m->name, sizeof m->name)) strcpy(m->name, "");
-    m->rope_neox = strcmp(m->arch, "qwen2") == 0;
-    m->ffn_act = ffn_activation(m);
+    m->rope_neox = !strcmp(m->arch, "qwen2") || gemma2;
+    m->ffn_act = gemma2 ? FFN_GELU : ffn_activation(m);
     m->n_layers = key_int(m, "block_count", 0, 1);
     m->d_model = key_int(m, "embedding_length", 0, 1);
     m->d_ff = key_int(m, "feed_forward_length", 0, 1);
@@ -88,6 +106,9 @@ void model_load(model_t *m, const char *path) {
     if (m->head_dim % 2) farm_fail("%s: odd head dimension", path);
     if (key_int(m, "attention.value_length", m->head_dim, 0) != m->head_dim)
         farm_fail("%s: value_length != key_length is not supported", path);
+    m->emb_scale = 1.0f;
+    m->attn_scale = 1.0f / sqrtf((float)m->head_dim);
+    if (gemma2) load_gemma2(m);
 
     const gguf_tensor *emb = gguf_tensor_find(&m->gg, "token_embd.weight");
     if (!emb) farm_fail("%s: missing tensor token_embd.weight", path);
@@ -121,6 +142,11 @@ void model_load(model_t *m, const char *path) {
         T(wgate, "ffn_gate.weight", d, m->d_ff);
         T(wup, "ffn_up.weight", d, m->d_ff);
         T(wdown, "ffn_down.weight", m->d_ff, d);
+        if (gemma2) {
+            V(attn_post_norm, "post_attention_norm.weight", d, 0);
+            V(ffn_post_norm, "post_ffw_norm.weight", d, 0);
+            L->n_swa = l % 2 == 0 ? key_int(m, "attention.sliding_window", 4096, 0) : 0; /* llama.cpp: pattern 2 */
+        }
         m->qkv_bias |= L->has_bias;
     }
 #undef T
