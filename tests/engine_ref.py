@@ -2,8 +2,8 @@
 
 Independent of the C code: it reads the GGUF with `gguf.GGUFReader`, dequantizes with `gguf.quants`
 and follows llama.cpp's graph (RMSNorm, RoPE norm/neox by architecture name, GQA attention, SwiGLU (or
-ReLU-gated as farm.hidden_act says), tied or separate output, qwen2 q/k/v bias). Two optional emulations
-make the comparison tight:
+ReLU-gated as farm.hidden_act says), tied or separate output, qwen2 q/k/v bias, gemma2, openelm). Two optional
+emulations make the comparison tight:
 
 - ``quantize_acts``: activations entering a q8_0/q4_0 matmul are rounded through q8_0 blocks exactly as
   the engine does (d = amax/127 stored as f16, q = round-half-even(x / d)). The integer dot of the engine
@@ -57,12 +57,16 @@ class RefModel:
 
         self.n_layers = int(meta("block_count"))
         self.d_model = int(meta("embedding_length"))
-        self.n_heads = int(meta("attention.head_count"))
-        self.n_kv_heads = int(meta("attention.head_count_kv", self.n_heads))
-        self.head_dim = int(meta("attention.key_length", self.d_model // self.n_heads))
+        def per_layer(value: object) -> list[int]:  # openelm: one value per layer; others: one for all
+            return [int(x) for x in value] if isinstance(value, list) else [int(value)] * self.n_layers
+
+        self.n_heads = per_layer(meta("attention.head_count"))
+        self.n_kv_heads = per_layer(meta("attention.head_count_kv", self.n_heads))
+        self.d_ff = per_layer(meta("feed_forward_length"))
+        self.head_dim = int(meta("attention.key_length", self.d_model // self.n_heads[0]))
         self.rope_theta = float(meta("rope.freq_base", 10000.0))
         self.eps = float(np.float32(meta("attention.layer_norm_rms_epsilon", 1e-5)))
-        self.neox = a in ("qwen2", "gemma2")  # llama.cpp: rope type from the architecture name
+        self.neox = a in ("qwen2", "gemma2", "openelm")  # llama.cpp: rope type from the architecture name
         act = r.get_field("farm.hidden_act")  # farm's key: ReLU-gated FFN (PhoneLM); absent means SiLU
         self.hidden_act = str(act.contents()) if act is not None else "silu"
         self.gemma2 = a == "gemma2"
@@ -132,7 +136,7 @@ def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f
     """Logits [n_tokens, vocab] after processing `tokens` from position 0."""
     m = model
     n = len(tokens)
-    hd, nh, nkv = m.head_dim, m.n_heads, m.n_kv_heads
+    hd = m.head_dim
     x = m.t["token_embd.weight"][np.asarray(tokens)].astype(np.float32)
     if m.gemma2:
         x = (x * np.float32(np.sqrt(m.d_model))).astype(np.float32)
@@ -142,15 +146,24 @@ def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f
     swa_mask = mask + np.tril(np.full((n, n), -np.inf), k=-m.n_swa) if m.gemma2 else mask
     for layer in range(m.n_layers):
         p = f"blk.{layer}."
+        nh, nkv = m.n_heads[layer], m.n_kv_heads[layer]
         h = _rmsnorm(x, m.t[p + "attn_norm.weight"], m.eps)
-        q = _matmul(h, m.mat(p + "attn_q.weight"), quantize_acts)
-        k = _matmul(h, m.mat(p + "attn_k.weight"), quantize_acts)
-        v = _matmul(h, m.mat(p + "attn_v.weight"), quantize_acts)
+        if p + "attn_qkv.weight" in m.t:  # openelm: fused, q heads then k then v
+            qkv = _matmul(h, m.mat(p + "attn_qkv.weight"), quantize_acts)
+            q, k, v = np.split(qkv, [nh * hd, (nh + nkv) * hd], axis=1)
+        else:
+            q = _matmul(h, m.mat(p + "attn_q.weight"), quantize_acts)
+            k = _matmul(h, m.mat(p + "attn_k.weight"), quantize_acts)
+            v = _matmul(h, m.mat(p + "attn_v.weight"), quantize_acts)
         if p + "attn_q.bias" in m.t:
             q, k, v = q + m.t[p + "attn_q.bias"], k + m.t[p + "attn_k.bias"], v + m.t[p + "attn_v.bias"]
+        q, k = q.reshape(n, nh, hd), k.reshape(n, nkv, hd)
+        if p + "attn_q_norm.weight" in m.t:  # openelm: RMSNorm of each head
+            q = _rmsnorm(q, m.t[p + "attn_q_norm.weight"], m.eps)
+            k = _rmsnorm(k, m.t[p + "attn_k_norm.weight"], m.eps)
         freqs = m.t.get("rope_freqs.weight")
-        q = _rope(q.reshape(n, nh, hd), pos, m.rope_theta, m.neox, freqs)
-        k = _rope(k.reshape(n, nkv, hd), pos, m.rope_theta, m.neox, freqs)
+        q = _rope(q, pos, m.rope_theta, m.neox, freqs)
+        k = _rope(k, pos, m.rope_theta, m.neox, freqs)
         v = v.reshape(n, nkv, hd)
         if kv_f16:
             k = k.astype(np.float16).astype(np.float32)

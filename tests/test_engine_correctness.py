@@ -208,3 +208,27 @@ def test_gemma2(engine, tmp_path) -> None:
     for over in ({"attn_softcap": 50.0}, {"final_softcap": 50.0}, {"sliding_window": 64}):
         p = write_gguf(gemma2_arch(**over), tmp_path / "g2-other.gguf", "f32", seed=3)
         assert np.abs(run_logits(engine, p, TOKENS, "--all") - base).max() > 0.05, over
+
+
+def openelm_arch(**over: object):  # -> Architecture
+    """A tiny OpenELM: 4 layers with 2, 4, 4, 6 query heads, 1, 2, 1, 3 KV heads (group sizes 2 and 4), FFN
+    widths 128..384, head_dim 32 (d_model 128): layer-wise scaling, fused qkv and q/k norms."""
+    from farm.zoo.arch import Architecture
+
+    fields = dict(arch="openelm", n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, d_ff=256,
+                  vocab_size=320, rope_style="neox", rms_eps=1e-6, tied_embeddings=True,
+                  layer_n_heads=(2, 4, 4, 6), layer_n_kv_heads=(1, 2, 1, 3), layer_d_ff=(128, 224, 288, 384))
+    return Architecture(**{**fields, **over})
+
+
+def test_openelm(engine, tmp_path) -> None:
+    """OpenELM: per-layer head counts and FFN widths, fused attn_qkv, per-head q/k RMSNorm, against numpy."""
+    from farm.zoo.writer import read_arch
+
+    for quant in ("f32", "q8_0"):
+        p = write_gguf(openelm_arch(), tmp_path / f"oe-{quant}.gguf", quant, seed=6)
+        assert read_arch(p) == openelm_arch()
+        got = run_logits(engine, p, TOKENS, "--all")
+        assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
+        for threads in ("2", "3"):  # layers of other shapes split across threads the same way
+            assert np.array_equal(run_logits(engine, p, TOKENS, "--all", "-t", threads), got)

@@ -19,7 +19,9 @@ typedef struct {
 typedef struct {
     tensor_t attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, wgate, wup, wdown;
     tensor_t attn_post_norm, ffn_post_norm; /* gemma2: RMSNorm of the attention / FFN output (NULL data: none) */
+    tensor_t q_norm, k_norm;                /* openelm: RMSNorm of each query / key head before RoPE */
     int has_bias, n_swa;                    /* n_swa: sliding window (keys within n_swa positions), 0: full */
+    int n_heads, n_kv_heads, d_ff, kv_head0; /* per layer (OpenELM); kv_head0: KV heads of the layers before */
 } layer_t;
 
 /* The gated FFN's activation: act(W_gate x) * W_up x. */
@@ -28,7 +30,8 @@ enum { FFN_SILU, FFN_RELU, FFN_GELU }; /* GELU: tanh approximation (Gemma's gelu
 typedef struct {
     gguf_file gg;
     char arch[32], name[128];
-    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, n_vocab, n_ctx_train;
+    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, n_vocab, n_ctx_train; /* heads, d_ff: the largest */
+    int n_kv_total; /* KV heads summed over layers (the cache's size) */
     int rope_neox; /* llama.cpp: qwen2 -> NEOX (i, i+d/2), llama -> NORM (2i, 2i+1) */
     float rope_theta, rms_eps;
     int tied, qkv_bias, main_type;
