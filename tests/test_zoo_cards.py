@@ -143,3 +143,17 @@ def test_arch_sweep_example_keeps_parameters_constant() -> None:
             card = card.with_overrides(**{key: values[0]})
         counts.append(card.n_params())
     assert len(counts) == 3 and max(counts) / min(counts) < 1.001
+
+
+def test_every_card_runs_in_both_engines_or_says_how_not() -> None:
+    """Both backends accept every card's architecture; where llama.cpp computes something else (PhoneLM's
+    ReLU runs as SiLU there: test_cards_llamacpp), the card's approximation says so."""
+    from farm.backends.llamacpp import LlamaCppBackend
+    from farm.backends.reference import ReferenceBackend
+
+    for card in list_cards():
+        arch = card.architecture.arch
+        assert ReferenceBackend.cannot_run(arch, frozenset({"q4_0"})) is None, card.name
+        assert LlamaCppBackend.cannot_run(arch, frozenset({"q4_0"})) is None, card.name
+        if card.architecture.hidden_act == "relu":
+            assert card.approximation and "llama.cpp" in card.approximation and "SiLU" in card.approximation
