@@ -122,9 +122,12 @@ def _rope(x: np.ndarray, pos: np.ndarray, theta: float, neox: bool, freqs: np.nd
     return out
 
 
-def _gate(g: np.ndarray, hidden_act: str) -> np.ndarray:
+def _gate(g: np.ndarray, hidden_act: str, gelu_f16: bool = False) -> np.ndarray:
     if hidden_act == "relu":
         return np.maximum(g, np.float32(0.0))
+    if hidden_act == "gelu_tanh" and gelu_f16:  # ggml's GGML_GELU_FP16 table: f16 in, f16 out, |x| >= 10 exact
+        y = _gate(g.astype(np.float16).astype(np.float32), hidden_act).astype(np.float16).astype(np.float32)
+        return np.where(g <= -10, np.float32(0.0), np.where(g >= 10, g, y)).astype(np.float32)
     if hidden_act == "gelu_tanh":
         g64 = g.astype(np.float64)
         return (0.5 * g64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g64 + 0.044715 * g64**3)))).astype(np.float32)
@@ -132,8 +135,10 @@ def _gate(g: np.ndarray, hidden_act: str) -> np.ndarray:
     return (g / (1.0 + np.exp(-g.astype(np.float64)))).astype(np.float32)
 
 
-def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f16: bool = True) -> np.ndarray:
-    """Logits [n_tokens, vocab] after processing `tokens` from position 0."""
+def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f16: bool = True,
+            gelu_f16: bool = False) -> np.ndarray:
+    """Logits [n_tokens, vocab] after processing `tokens` from position 0. `gelu_f16`: GELU as llama.cpp's
+    CPU backend computes it (a lookup at f16 precision) instead of the exact tanh formula the engine uses."""
     m = model
     n = len(tokens)
     hd = m.head_dim
@@ -181,7 +186,7 @@ def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f
         h = _rmsnorm(x, m.t[p + "ffn_norm.weight"], m.eps)
         g = _matmul(h, m.mat(p + "ffn_gate.weight"), quantize_acts)
         u = _matmul(h, m.mat(p + "ffn_up.weight"), quantize_acts)
-        act = _gate(g, m.hidden_act) * u
+        act = _gate(g, m.hidden_act, gelu_f16) * u
         x = x + _post(m, p + "post_ffw_norm.weight", _matmul(act, m.mat(p + "ffn_down.weight"), quantize_acts))
     h = _rmsnorm(x, m.t["output_norm.weight"], m.eps)
     out = m.mat("output.weight") if "output.weight" in m.t else m.mat("token_embd.weight")
