@@ -205,6 +205,8 @@ def test_gemma2(engine, tmp_path) -> None:
         assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
         assert np.abs(got).max() < 4.0  # the final cap
     base = run_logits(engine, tmp_path / "g2-f32.gguf", TOKENS, "--all")
+    # ubatches of 5: the window reaches back across ubatch boundaries into the KV cache
+    assert_close(run_logits(engine, tmp_path / "g2-f32.gguf", TOKENS, "--all", "--ubatch", "5"), base, "f32")
     for over in ({"attn_softcap": 50.0}, {"final_softcap": 50.0}, {"sliding_window": 64}):
         p = write_gguf(gemma2_arch(**over), tmp_path / "g2-other.gguf", "f32", seed=3)
         assert np.abs(run_logits(engine, p, TOKENS, "--all") - base).max() > 0.05, over
@@ -232,3 +234,5 @@ def test_openelm(engine, tmp_path) -> None:
         assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
         for threads in ("2", "3"):  # layers of other shapes split across threads the same way
             assert np.array_equal(run_logits(engine, p, TOKENS, "--all", "-t", threads), got)
+    # ubatches of 5: every layer's K/V read back from its own slice of the cache
+    assert_close(run_logits(engine, p, TOKENS, "--all", "--ubatch", "5"), got, "q8_0")
