@@ -36,7 +36,7 @@ def test_list_shows_every_card_with_counts_and_status() -> None:
 
 def test_show_text_and_json() -> None:
     out = run("show", "phonelm-1.5b")
-    assert "1,618,593,280" in out and "approximation: ReLU-gated FFN" in out and "KV cache" in out
+    assert "1,618,593,280" in out and "approximation: llama.cpp runs the ReLU-gated FFN" in out and "KV cache" in out
     data = json.loads(run("show", "smollm2-135m[n_layers=20]", "--json"))
     assert data["name"] == "smollm2-135m[n_layers=20]" and data["architecture"]["n_layers"] == 20
     assert data["n_params"] < 134_515_008
