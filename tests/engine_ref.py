@@ -1,8 +1,9 @@
 """Numpy reference of the reference engine's forward pass, for the engine tests.
 
 Independent of the C code: it reads the GGUF with `gguf.GGUFReader`, dequantizes with `gguf.quants`
-and follows llama.cpp's graph (RMSNorm, RoPE norm/neox by architecture name, GQA attention, SwiGLU,
-tied or separate output, qwen2 q/k/v bias). Two optional emulations make the comparison tight:
+and follows llama.cpp's graph (RMSNorm, RoPE norm/neox by architecture name, GQA attention, SwiGLU (or
+ReLU-gated as farm.hidden_act says), tied or separate output, qwen2 q/k/v bias, gemma2, openelm). Two optional
+emulations make the comparison tight:
 
 - ``quantize_acts``: activations entering a q8_0/q4_0 matmul are rounded through q8_0 blocks exactly as
   the engine does (d = amax/127 stored as f16, q = round-half-even(x / d)). The integer dot of the engine
@@ -56,12 +57,24 @@ class RefModel:
 
         self.n_layers = int(meta("block_count"))
         self.d_model = int(meta("embedding_length"))
-        self.n_heads = int(meta("attention.head_count"))
-        self.n_kv_heads = int(meta("attention.head_count_kv", self.n_heads))
-        self.head_dim = int(meta("attention.key_length", self.d_model // self.n_heads))
+        def per_layer(value: object) -> list[int]:  # openelm: one value per layer; others: one for all
+            return [int(x) for x in value] if isinstance(value, list) else [int(value)] * self.n_layers
+
+        self.n_heads = per_layer(meta("attention.head_count"))
+        self.n_kv_heads = per_layer(meta("attention.head_count_kv", self.n_heads))
+        self.d_ff = per_layer(meta("feed_forward_length"))
+        self.head_dim = int(meta("attention.key_length", self.d_model // self.n_heads[0]))
         self.rope_theta = float(meta("rope.freq_base", 10000.0))
         self.eps = float(np.float32(meta("attention.layer_norm_rms_epsilon", 1e-5)))
-        self.neox = a == "qwen2"  # llama.cpp: rope type from the architecture name
+        self.neox = a in ("qwen2", "gemma2", "openelm")  # llama.cpp: rope type from the architecture name
+        act = r.get_field("farm.hidden_act")  # farm's key: ReLU-gated FFN (PhoneLM); absent means SiLU
+        self.hidden_act = str(act.contents()) if act is not None else "silu"
+        self.gemma2 = a == "gemma2"
+        if self.gemma2:  # llama.cpp's gemma2 graph: GeGLU, soft-capping, sliding window on even layers
+            self.hidden_act = "gelu_tanh"
+            self.attn_softcap = float(meta("attn_logit_softcapping", 50.0))
+            self.final_softcap = float(meta("final_logit_softcapping", 30.0))
+            self.n_swa = int(meta("attention.sliding_window", 4096))
         self.t: dict[str, np.ndarray] = {}
         self.quantized: dict[str, bool] = {}
         for t in r.tensors:
@@ -109,44 +122,83 @@ def _rope(x: np.ndarray, pos: np.ndarray, theta: float, neox: bool, freqs: np.nd
     return out
 
 
-def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f16: bool = True) -> np.ndarray:
-    """Logits [n_tokens, vocab] after processing `tokens` from position 0."""
+def _gate(g: np.ndarray, hidden_act: str, gelu_f16: bool = False) -> np.ndarray:
+    if hidden_act == "relu":
+        return np.maximum(g, np.float32(0.0))
+    if hidden_act == "gelu_tanh" and gelu_f16:  # ggml's GGML_GELU_FP16 table: f16 in, f16 out, |x| >= 10 exact
+        y = _gate(g.astype(np.float16).astype(np.float32), hidden_act).astype(np.float16).astype(np.float32)
+        return np.where(g <= -10, np.float32(0.0), np.where(g >= 10, g, y)).astype(np.float32)
+    if hidden_act == "gelu_tanh":
+        g64 = g.astype(np.float64)
+        return (0.5 * g64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (g64 + 0.044715 * g64**3)))).astype(np.float32)
+    assert hidden_act == "silu", hidden_act
+    return (g / (1.0 + np.exp(-g.astype(np.float64)))).astype(np.float32)
+
+
+def forward(model: RefModel, tokens: list[int], quantize_acts: bool = True, kv_f16: bool = True,
+            gelu_f16: bool = False) -> np.ndarray:
+    """Logits [n_tokens, vocab] after processing `tokens` from position 0. `gelu_f16`: GELU as llama.cpp's
+    CPU backend computes it (a lookup at f16 precision) instead of the exact tanh formula the engine uses."""
     m = model
     n = len(tokens)
-    hd, nh, nkv = m.head_dim, m.n_heads, m.n_kv_heads
+    hd = m.head_dim
     x = m.t["token_embd.weight"][np.asarray(tokens)].astype(np.float32)
+    if m.gemma2:
+        x = (x * np.float32(np.sqrt(m.d_model))).astype(np.float32)
     pos = np.arange(n)
     mask = np.triu(np.full((n, n), -np.inf), k=1)
+    # gemma2's sliding-window layers also hide keys n_swa or more positions back
+    swa_mask = mask + np.tril(np.full((n, n), -np.inf), k=-m.n_swa) if m.gemma2 else mask
     for layer in range(m.n_layers):
         p = f"blk.{layer}."
+        nh, nkv = m.n_heads[layer], m.n_kv_heads[layer]
         h = _rmsnorm(x, m.t[p + "attn_norm.weight"], m.eps)
-        q = _matmul(h, m.mat(p + "attn_q.weight"), quantize_acts)
-        k = _matmul(h, m.mat(p + "attn_k.weight"), quantize_acts)
-        v = _matmul(h, m.mat(p + "attn_v.weight"), quantize_acts)
+        if p + "attn_qkv.weight" in m.t:  # openelm: fused, q heads then k then v
+            qkv = _matmul(h, m.mat(p + "attn_qkv.weight"), quantize_acts)
+            q, k, v = np.split(qkv, [nh * hd, (nh + nkv) * hd], axis=1)
+        else:
+            q = _matmul(h, m.mat(p + "attn_q.weight"), quantize_acts)
+            k = _matmul(h, m.mat(p + "attn_k.weight"), quantize_acts)
+            v = _matmul(h, m.mat(p + "attn_v.weight"), quantize_acts)
         if p + "attn_q.bias" in m.t:
             q, k, v = q + m.t[p + "attn_q.bias"], k + m.t[p + "attn_k.bias"], v + m.t[p + "attn_v.bias"]
+        q, k = q.reshape(n, nh, hd), k.reshape(n, nkv, hd)
+        if p + "attn_q_norm.weight" in m.t:  # openelm: RMSNorm of each head
+            q = _rmsnorm(q, m.t[p + "attn_q_norm.weight"], m.eps)
+            k = _rmsnorm(k, m.t[p + "attn_k_norm.weight"], m.eps)
         freqs = m.t.get("rope_freqs.weight")
-        q = _rope(q.reshape(n, nh, hd), pos, m.rope_theta, m.neox, freqs)
-        k = _rope(k.reshape(n, nkv, hd), pos, m.rope_theta, m.neox, freqs)
+        q = _rope(q, pos, m.rope_theta, m.neox, freqs)
+        k = _rope(k, pos, m.rope_theta, m.neox, freqs)
         v = v.reshape(n, nkv, hd)
         if kv_f16:
             k = k.astype(np.float16).astype(np.float32)
             v = v.astype(np.float16).astype(np.float32)
         k = np.repeat(k, nh // nkv, axis=1)  # GQA: query head h reads kv head h // group
         v = np.repeat(v, nh // nkv, axis=1)
-        s = np.einsum("thd,shd->hts", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(hd) + mask
+        s = np.einsum("thd,shd->hts", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(hd)
+        if m.gemma2:
+            s = m.attn_softcap * np.tanh(s / m.attn_softcap)
+        s = s + (swa_mask if m.gemma2 and layer % 2 == 0 else mask)
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         s /= s.sum(axis=-1, keepdims=True)
         att = np.einsum("hts,shd->thd", s, v.astype(np.float64)).reshape(n, nh * hd).astype(np.float32)
-        x = x + _matmul(att, m.mat(p + "attn_output.weight"), quantize_acts)
+        x = x + _post(m, p + "post_attention_norm.weight", _matmul(att, m.mat(p + "attn_output.weight"), quantize_acts))
         h = _rmsnorm(x, m.t[p + "ffn_norm.weight"], m.eps)
         g = _matmul(h, m.mat(p + "ffn_gate.weight"), quantize_acts)
         u = _matmul(h, m.mat(p + "ffn_up.weight"), quantize_acts)
-        act = (g / (1.0 + np.exp(-g.astype(np.float64)))).astype(np.float32) * u
-        x = x + _matmul(act, m.mat(p + "ffn_down.weight"), quantize_acts)
+        act = _gate(g, m.hidden_act, gelu_f16) * u
+        x = x + _post(m, p + "post_ffw_norm.weight", _matmul(act, m.mat(p + "ffn_down.weight"), quantize_acts))
     h = _rmsnorm(x, m.t["output_norm.weight"], m.eps)
     out = m.mat("output.weight") if "output.weight" in m.t else m.mat("token_embd.weight")
-    return _matmul(h, out, quantize_acts)
+    logits = _matmul(h, out, quantize_acts)
+    if m.gemma2:
+        logits = (m.final_softcap * np.tanh(logits.astype(np.float64) / m.final_softcap)).astype(np.float32)
+    return logits
+
+
+def _post(m: RefModel, name: str, y: np.ndarray) -> np.ndarray:
+    """gemma2's sandwich norm of a sub-layer's output before the residual add; other archs have none."""
+    return _rmsnorm(y, m.t[name], m.eps) if name in m.t else y
 
 
 # ---- helpers shared by the engine tests --------------------------------------------------------------

@@ -66,3 +66,15 @@ def test_aarch64_bad_input_exit_2(arm_engine, tmp_path) -> None:
     res = subprocess.run([*arm_engine, "info", "-m", str(tmp_path / "nope.gguf")], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "openelm"])
+def test_aarch64_gemma2_and_openelm(arm_engine, arch, tmp_path) -> None:
+    """The architectures beyond llama/qwen2 (soft-capping, sandwich norms, per-layer shapes) on the phone build."""
+    from tests.test_engine_correctness import gemma2_arch, openelm_arch
+
+    model = write_gguf(gemma2_arch() if arch == "gemma2" else openelm_arch(), tmp_path / f"{arch}.gguf", "q8_0",
+                       seed=2)
+    arm = run_logits(arm_engine, model, TOKENS, "--all", "-t", "2")
+    assert_close(arm, run_logits(build().path, model, TOKENS, "--all", "-t", "2"), "q8_0")
+    assert_close(arm, engine_ref.forward(engine_ref.RefModel(model), TOKENS), "q8_0")

@@ -165,3 +165,74 @@ def test_llama3_rope_scaling(engine, tmp_path) -> None:
     assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), "f16")
     plain = write_gguf(a.model_copy(update={"rope_scaling": None}), tmp_path / "plain.gguf", "f16", seed=3)
     assert np.abs(run_logits(engine, plain, TOKENS, "--all") - got).max() > 0.01  # the scaling is not a no-op
+
+
+def test_relu_gated_ffn(engine, tmp_path) -> None:
+    """hidden_act relu (PhoneLM): the file says farm.hidden_act, the engine gates with ReLU, not SiLU."""
+    from farm.zoo.writer import read_arch
+
+    a = tiny_arch("llama").model_copy(update={"hidden_act": "relu"})
+    got = {}
+    for quant in ("f16", "q8_0"):
+        p = write_gguf(a, tmp_path / f"relu-{quant}.gguf", quant, seed=5)
+        assert read_arch(p).hidden_act == "relu"
+        got[quant] = run_logits(engine, p, TOKENS, "--all")
+        assert_close(got[quant], engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
+    silu = write_gguf(tiny_arch("llama"), tmp_path / "silu.gguf", "f16", seed=5)  # same weights, SiLU
+    assert np.abs(run_logits(engine, silu, TOKENS, "--all") - got["f16"]).max() > 0.1
+
+
+def gemma2_arch(**over: object):  # -> Architecture
+    """A tiny Gemma-2 whose features all bite within TOKENS: caps near the spread of scores (std ~1) and
+    logits (std ~1) and an 8-token window (on layers 0 and 2), head_dim 64 != d_model / n_heads."""
+    from farm.zoo.arch import Architecture
+
+    fields = dict(arch="gemma2", n_layers=3, d_model=128, n_heads=4, n_kv_heads=2, head_dim=64, d_ff=256,
+                  vocab_size=320, rope_style="neox", rms_eps=1e-6, tied_embeddings=True, hidden_act="gelu_tanh",
+                  attn_softcap=1.5, final_softcap=4.0, sliding_window=8)
+    return Architecture(**{**fields, **over})
+
+
+def test_gemma2(engine, tmp_path) -> None:
+    """Gemma-2: sqrt(d) embedding scale, sandwich norms, GeGLU, soft-capped scores and logits, sliding window
+    on even layers, against the numpy reference; each feature changes the logits (so none is skipped)."""
+    from farm.zoo.writer import read_arch
+
+    for quant in ("f32", "q8_0"):
+        p = write_gguf(gemma2_arch(), tmp_path / f"g2-{quant}.gguf", quant, seed=3)
+        assert read_arch(p) == gemma2_arch()
+        got = run_logits(engine, p, TOKENS, "--all")
+        assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
+        assert np.abs(got).max() < 4.0  # the final cap
+    base = run_logits(engine, tmp_path / "g2-f32.gguf", TOKENS, "--all")
+    # ubatches of 5: the window reaches back across ubatch boundaries into the KV cache
+    assert_close(run_logits(engine, tmp_path / "g2-f32.gguf", TOKENS, "--all", "--ubatch", "5"), base, "f32")
+    for over in ({"attn_softcap": 50.0}, {"final_softcap": 50.0}, {"sliding_window": 64}):
+        p = write_gguf(gemma2_arch(**over), tmp_path / "g2-other.gguf", "f32", seed=3)
+        assert np.abs(run_logits(engine, p, TOKENS, "--all") - base).max() > 0.05, over
+
+
+def openelm_arch(**over: object):  # -> Architecture
+    """A tiny OpenELM: 4 layers with 2, 4, 4, 6 query heads, 1, 2, 1, 3 KV heads (group sizes 2 and 4), FFN
+    widths 128..384, head_dim 32 (d_model 128): layer-wise scaling, fused qkv and q/k norms."""
+    from farm.zoo.arch import Architecture
+
+    fields = dict(arch="openelm", n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, d_ff=256,
+                  vocab_size=320, rope_style="neox", rms_eps=1e-6, tied_embeddings=True,
+                  layer_n_heads=(2, 4, 4, 6), layer_n_kv_heads=(1, 2, 1, 3), layer_d_ff=(128, 224, 288, 384))
+    return Architecture(**{**fields, **over})
+
+
+def test_openelm(engine, tmp_path) -> None:
+    """OpenELM: per-layer head counts and FFN widths, fused attn_qkv, per-head q/k RMSNorm, against numpy."""
+    from farm.zoo.writer import read_arch
+
+    for quant in ("f32", "q8_0"):
+        p = write_gguf(openelm_arch(), tmp_path / f"oe-{quant}.gguf", quant, seed=6)
+        assert read_arch(p) == openelm_arch()
+        got = run_logits(engine, p, TOKENS, "--all")
+        assert_close(got, engine_ref.forward(engine_ref.RefModel(p), TOKENS), quant)
+        for threads in ("2", "3"):  # layers of other shapes split across threads the same way
+            assert np.array_equal(run_logits(engine, p, TOKENS, "--all", "-t", threads), got)
+    # ubatches of 5: every layer's K/V read back from its own slice of the cache
+    assert_close(run_logits(engine, p, TOKENS, "--all", "--ubatch", "5"), got, "q8_0")

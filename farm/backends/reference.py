@@ -23,7 +23,7 @@ from farm.transports.base import CommandResult
 
 OOM_CODES = {137, -9}  # SIGKILL from the OOM killer (or a shell reporting 128+9)
 # What farm/engine loads (model.c): architectures and ggml tensor types.
-ARCHS = ("llama", "qwen2")
+ARCHS = ("llama", "qwen2", "gemma2", "openelm")
 TYPES: frozenset[str] = frozenset({"f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"})
 
 

@@ -40,7 +40,8 @@ class Architecture(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    arch: Literal["llama", "qwen2"] = "llama"  # GGUF general.architecture; qwen2 = llama + q/k/v bias
+    # GGUF general.architecture; qwen2 = llama + q/k/v bias; gemma2 = Gemma-2, openelm = OpenELM (fields below)
+    arch: Literal["llama", "qwen2", "gemma2", "openelm"] = "llama"
     n_layers: int = Field(gt=0)
     d_model: int = Field(gt=0)  # hidden_size
     n_heads: int = Field(gt=0)
@@ -55,16 +56,62 @@ class Architecture(BaseModel):
     tied_embeddings: bool = False
     qkv_bias: bool = False
     rope_scaling: RopeScaling | None = None
+    # The gated FFN's activation (Hugging Face hidden_act): act(W_gate x) * W_up x. llama.cpp's llama arch
+    # knows only SiLU; a relu file carries farm.hidden_act, which the reference engine reads (writer.py).
+    hidden_act: Literal["silu", "relu", "gelu_tanh"] = "silu"
+    # Gemma-2 (arch gemma2 only): tanh soft-capping of attention scores and of the final logits, and the
+    # window of the sliding-window layers (even layers; llama.cpp's swa pattern 2).
+    attn_softcap: float | None = Field(default=None, gt=0)
+    final_softcap: float | None = Field(default=None, gt=0)
+    sliding_window: int | None = Field(default=None, gt=0)
+    # OpenELM (arch openelm only, all three): per-layer query heads, KV heads and FFN widths (layer-wise
+    # scaling). n_heads, n_kv_heads and d_ff then hold the rounded means, the uniform equivalent.
+    layer_n_heads: tuple[int, ...] | None = None
+    layer_n_kv_heads: tuple[int, ...] | None = None
+    layer_d_ff: tuple[int, ...] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Architecture:
+        if self.arch == "openelm":
+            return self._check_openelm()
+        if self.layer_n_heads or self.layer_n_kv_heads or self.layer_d_ff:
+            raise ValueError("per-layer shapes (layer_n_heads, layer_n_kv_heads, layer_d_ff) are openelm fields")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.dim_head % 2:
             raise ValueError(f"head_dim {self.dim_head} must be even for RoPE")
+        gemma = self.arch == "gemma2"
+        if gemma != (self.hidden_act == "gelu_tanh"):
+            raise ValueError("hidden_act gelu_tanh goes with arch gemma2 (and gemma2 with it)")
+        if gemma and not (self.tied_embeddings and self.rope_style == "neox" and not self.qkv_bias):
+            raise ValueError("gemma2 has tied embeddings, neox RoPE and no q/k/v bias")
+        if not gemma and (self.attn_softcap or self.final_softcap or self.sliding_window):
+            raise ValueError("attn_softcap, final_softcap and sliding_window are gemma2 fields")
         return self
+
+    def _check_openelm(self) -> Architecture:
+        lists = (self.layer_n_heads, self.layer_n_kv_heads, self.layer_d_ff)
+        if any(x is None or len(x) != self.n_layers for x in lists):
+            raise ValueError("openelm needs layer_n_heads, layer_n_kv_heads and layer_d_ff, one value per layer")
+        if self.head_dim is None or self.head_dim % 2:
+            raise ValueError("openelm needs an even head_dim")
+        if not self.tied_embeddings or self.qkv_bias or self.rope_style != "neox" or self.hidden_act != "silu":
+            raise ValueError("openelm has tied embeddings, no q/k/v bias, neox RoPE and a SiLU-gated FFN")
+        for layer, (q, kv, ff) in enumerate(zip(*lists, strict=True)):  # type: ignore[call-overload]
+            if min(q, kv, ff) <= 0 or q % kv:
+                raise ValueError(f"layer {layer}: {q} query heads, {kv} KV heads, d_ff {ff}")
+        uniform = tuple(round(sum(x) / self.n_layers) for x in lists)  # type: ignore[arg-type]
+        if (self.n_heads, self.n_kv_heads, self.d_ff) != uniform:
+            raise ValueError(f"openelm's n_heads, n_kv_heads, d_ff are the per-layer means {uniform}")
+        return self
+
+    def layer_shape(self, layer: int) -> tuple[int, int, int]:
+        """(query heads, KV heads, d_ff) of one layer: the per-layer values of openelm, else the uniform ones."""
+        if self.layer_n_heads and self.layer_n_kv_heads and self.layer_d_ff:
+            return self.layer_n_heads[layer], self.layer_n_kv_heads[layer], self.layer_d_ff[layer]
+        return self.n_heads, self.n_kv_heads, self.d_ff
 
     @property
     def dim_head(self) -> int:
@@ -96,18 +143,22 @@ class Architecture(BaseModel):
 
     def n_params(self) -> int:
         """Parameter count (embeddings included once when tied)."""
-        hd = self.dim_head
-        q = self.d_model * self.n_heads * hd
-        kv = 2 * self.d_model * self.n_kv_heads * hd
-        o = self.n_heads * hd * self.d_model
-        bias = (self.n_heads + 2 * self.n_kv_heads) * hd if self.qkv_bias else 0
-        mlp = 3 * self.d_model * self.d_ff
-        norms = 2 * self.d_model
-        per_layer = q + kv + o + bias + mlp + norms
-        emb = self.vocab_size * self.d_model
-        out = 0 if self.tied_embeddings else self.vocab_size * self.d_model
+        hd, d = self.dim_head, self.d_model
+        total = 0
+        for layer in range(self.n_layers):
+            nh, nkv, ff = self.layer_shape(layer)
+            q = d * nh * hd
+            kv = 2 * d * nkv * hd
+            o = nh * hd * d
+            bias = (nh + 2 * nkv) * hd if self.qkv_bias else 0
+            mlp = 3 * d * ff
+            norms = (4 if self.arch == "gemma2" else 2) * d  # gemma2: + post-attention/-FFN norms
+            qk_norms = 2 * hd if self.arch == "openelm" else 0
+            total += q + kv + o + bias + mlp + norms + qk_norms
+        emb = self.vocab_size * d
+        out = 0 if self.tied_embeddings else self.vocab_size * d
         freqs = self.dim_head // 2 if self.rope_scaling else 0  # rope_freqs.weight
-        return self.n_layers * per_layer + emb + out + self.d_model + freqs
+        return total + emb + out + d + freqs
 
     def weight_bytes(self, quant: str) -> int:
         """Approximate file size: matrices in `quant` (a mix counts as its base type), norms and biases in f32."""
@@ -118,4 +169,5 @@ class Architecture(BaseModel):
     def kv_cache_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         """KV cache for `n_ctx` tokens: 2 (K and V) x layers x kv heads x head_dim x bytes."""
         elt = 4 if kv_type == "f32" else 2
-        return 2 * self.n_layers * self.n_kv_heads * self.dim_head * n_ctx * elt
+        kv_heads = sum(self.layer_shape(layer)[1] for layer in range(self.n_layers))
+        return 2 * kv_heads * self.dim_head * n_ctx * elt

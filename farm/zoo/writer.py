@@ -48,6 +48,7 @@ RECIPE = "pure"  # llama-quantize --pure: every matrix in the one type (no q6_K 
 _BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24)}
 ALIGNMENT = 32
 BOS_ID, EOS_ID, UNK_ID = 1, 2, 0
+HIDDEN_ACT_KEY = "farm.hidden_act"
 # Rows generated per chunk: bounds the f32 scratch of the 151936-row embedding to ~30 MB.
 _CHUNK_ROWS = 8192
 
@@ -55,25 +56,35 @@ _CHUNK_ROWS = 8192
 def _tensor_plan(arch: Architecture) -> list[tuple[str, tuple[int, int] | tuple[int], str, float]]:
     """(name, numpy shape (rows, cols), kind, scale) in file order; kind is matrix | norm | bias."""
     d, hd = arch.d_model, arch.dim_head
-    q_out, kv_out = arch.n_heads * hd, arch.n_kv_heads * hd
     plan: list[tuple[str, tuple[int, int] | tuple[int], str, float]] = [
         ("token_embd.weight", (arch.vocab_size, d), "matrix", 1.0 / np.sqrt(d)),
     ]
     for i in range(arch.n_layers):
         b = f"blk.{i}."
+        n_heads, n_kv_heads, d_ff = arch.layer_shape(i)
+        q_out, kv_out = n_heads * hd, n_kv_heads * hd
         plan.append((b + "attn_norm.weight", (d,), "norm", 0.0))
-        plan.append((b + "attn_q.weight", (q_out, d), "matrix", 1.0 / np.sqrt(d)))
-        plan.append((b + "attn_k.weight", (kv_out, d), "matrix", 1.0 / np.sqrt(d)))
-        plan.append((b + "attn_v.weight", (kv_out, d), "matrix", 1.0 / np.sqrt(d)))
+        if arch.arch == "openelm":  # fused q, k, v rows (llama.cpp's openelm) and per-head q/k norms
+            plan.append((b + "attn_qkv.weight", (q_out + 2 * kv_out, d), "matrix", 1.0 / np.sqrt(d)))
+            plan.append((b + "attn_q_norm.weight", (hd,), "norm", 0.0))
+            plan.append((b + "attn_k_norm.weight", (hd,), "norm", 0.0))
+        else:
+            plan.append((b + "attn_q.weight", (q_out, d), "matrix", 1.0 / np.sqrt(d)))
+            plan.append((b + "attn_k.weight", (kv_out, d), "matrix", 1.0 / np.sqrt(d)))
+            plan.append((b + "attn_v.weight", (kv_out, d), "matrix", 1.0 / np.sqrt(d)))
         if arch.qkv_bias:
             plan.append((b + "attn_q.bias", (q_out,), "bias", 0.1))
             plan.append((b + "attn_k.bias", (kv_out,), "bias", 0.1))
             plan.append((b + "attn_v.bias", (kv_out,), "bias", 0.1))
         plan.append((b + "attn_output.weight", (d, q_out), "matrix", 1.0 / np.sqrt(q_out)))
+        if arch.arch == "gemma2":  # sandwich norms; Gemma's (1 + w) is stored as such, like convert_hf_to_gguf
+            plan.append((b + "post_attention_norm.weight", (d,), "norm", 0.0))
         plan.append((b + "ffn_norm.weight", (d,), "norm", 0.0))
-        plan.append((b + "ffn_gate.weight", (arch.d_ff, d), "matrix", 1.0 / np.sqrt(d)))
-        plan.append((b + "ffn_up.weight", (arch.d_ff, d), "matrix", 1.0 / np.sqrt(d)))
-        plan.append((b + "ffn_down.weight", (d, arch.d_ff), "matrix", 1.0 / np.sqrt(arch.d_ff)))
+        plan.append((b + "ffn_gate.weight", (d_ff, d), "matrix", 1.0 / np.sqrt(d)))
+        plan.append((b + "ffn_up.weight", (d_ff, d), "matrix", 1.0 / np.sqrt(d)))
+        plan.append((b + "ffn_down.weight", (d, d_ff), "matrix", 1.0 / np.sqrt(d_ff)))
+        if arch.arch == "gemma2":
+            plan.append((b + "post_ffw_norm.weight", (d,), "norm", 0.0))
     plan.append(("output_norm.weight", (d,), "norm", 0.0))
     if arch.rope_scaling is not None:
         plan.append(("rope_freqs.weight", (hd // 2,), "rope_freqs", 0.0))
@@ -147,14 +158,15 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
     w.add_block_count(arch.n_layers)
     w.add_context_length(arch.context_length)
     w.add_embedding_length(arch.d_model)
-    w.add_feed_forward_length(arch.d_ff)
-    w.add_head_count(arch.n_heads)
-    w.add_head_count_kv(arch.n_kv_heads)
+    # openelm: arrays, one value per layer (as convert_hf_to_gguf writes OpenELM)
+    w.add_feed_forward_length(list(arch.layer_d_ff) if arch.layer_d_ff else arch.d_ff)
+    w.add_head_count(list(arch.layer_n_heads) if arch.layer_n_heads else arch.n_heads)
+    w.add_head_count_kv(list(arch.layer_n_kv_heads) if arch.layer_n_kv_heads else arch.n_kv_heads)
     w.add_layer_norm_rms_eps(arch.rms_eps)
     w.add_rope_freq_base(arch.rope_theta)
     w.add_rope_dimension_count(arch.dim_head)
     w.add_vocab_size(arch.vocab_size)
-    if arch.dim_head * arch.n_heads != arch.d_model:
+    if arch.dim_head * arch.n_heads != arch.d_model or arch.arch == "openelm":
         w.add_key_length(arch.dim_head)
         w.add_value_length(arch.dim_head)
     w.add_tokenizer_model("llama")
@@ -166,6 +178,16 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
     w.add_eos_token_id(EOS_ID)
     w.add_unk_token_id(UNK_ID)
     w.add_add_bos_token(False)
+    if arch.attn_softcap is not None:
+        w.add_attn_logit_softcapping(arch.attn_softcap)
+    if arch.final_softcap is not None:
+        w.add_final_logit_softcapping(arch.final_softcap)
+    if arch.sliding_window is not None:
+        w.add_sliding_window(arch.sliding_window)
+    if arch.hidden_act == "relu":
+        # No llama.cpp key names the FFN activation of the llama arch (its graph hard-codes SiLU), so this
+        # is farm's own: the reference engine computes it, llama.cpp ignores it and runs SiLU.
+        w.add_string(HIDDEN_ACT_KEY, arch.hidden_act)
 
     for tname, shape, kind, _scale in plan:
         qt = _stored(kind, quant)
@@ -197,7 +219,8 @@ def write_gguf(arch: Architecture, path: Path, quant: str, seed: int = 0, name: 
     if quant not in QUANTS:
         raise ConfigError(f"unknown quant {quant!r}; choose one of {', '.join(QUANTS)}")
     if quant in _BLOCK:
-        for width in {arch.d_model, arch.d_ff, arch.n_heads * arch.dim_head}:
+        shapes = [arch.layer_shape(i) for i in range(arch.n_layers)]
+        for width in {arch.d_model} | {ff for _, _, ff in shapes} | {nh * arch.dim_head for nh, _, _ in shapes}:
             if width % 32:
                 raise ConfigError(f"{quant} needs row lengths divisible by 32, got {width}")
     path = Path(path)
@@ -229,24 +252,30 @@ def read_arch(path: Path) -> Architecture:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable GGUF file ({exc})") from exc
     a = str(_field(r, "general.architecture"))
-    if a not in ("llama", "qwen2"):
-        raise ConfigError(f"{path}: unsupported architecture {a!r} (llama, qwen2)")
+    if a not in ("llama", "qwen2", "gemma2", "openelm"):
+        raise ConfigError(f"{path}: unsupported architecture {a!r} (llama, qwen2, gemma2, openelm)")
     names = {t.name for t in r.tensors}
     emb = next(t for t in r.tensors if t.name == "token_embd.weight")
     d_model = int(_field(r, f"{a}.embedding_length"))
-    n_heads = int(_field(r, f"{a}.attention.head_count"))
+    per_layer = _per_layer(r, a)
+    n_heads, n_kv_heads, d_ff = (round(sum(x) / len(x)) for x in per_layer)  # uniform (the means for openelm)
     key_len = _field(r, f"{a}.attention.key_length")
-    head_dim = int(key_len) if key_len is not None and int(key_len) * n_heads != d_model else None
+    head_dim = int(key_len) if key_len is not None and (int(key_len) * n_heads != d_model or a == "openelm") else None
     # llama.cpp takes the rotation from the architecture name (llama: pairwise, qwen2: neox), so do we;
     # a card's rope_style that disagrees with its arch has no effect on the file.
-    style = "neox" if a == "qwen2" else "norm"
+    style = "neox" if a in ("qwen2", "gemma2", "openelm") else "norm"
+
+    def opt(key: str, kind: type) -> object:
+        value = _field(r, f"{a}.{key}")
+        return None if value is None else kind(f"{float(value):.7g}") if kind is float else kind(value)
+
     return Architecture(
         arch=a,  # type: ignore[arg-type]
         n_layers=int(_field(r, f"{a}.block_count")),
         d_model=d_model,
         n_heads=n_heads,
-        n_kv_heads=int(_field(r, f"{a}.attention.head_count_kv", n_heads)),
-        d_ff=int(_field(r, f"{a}.feed_forward_length")),
+        n_kv_heads=n_kv_heads,
+        d_ff=d_ff,
         vocab_size=int(emb.shape[1]),
         head_dim=head_dim,
         context_length=int(_field(r, f"{a}.context_length", 2048)),
@@ -256,4 +285,22 @@ def read_arch(path: Path) -> Architecture:
         rms_eps=float(f"{float(_field(r, f'{a}.attention.layer_norm_rms_epsilon', 1e-5)):.7g}"),
         tied_embeddings="output.weight" not in names,
         qkv_bias="blk.0.attn_q.bias" in names,
+        hidden_act="gelu_tanh" if a == "gemma2" else str(_field(r, HIDDEN_ACT_KEY, "silu")),  # type: ignore[arg-type]
+        attn_softcap=opt("attn_logit_softcapping", float),
+        final_softcap=opt("final_logit_softcapping", float),
+        sliding_window=opt("attention.sliding_window", int),
+        **({"layer_n_heads": per_layer[0], "layer_n_kv_heads": per_layer[1], "layer_d_ff": per_layer[2]}
+           if a == "openelm" else {}),
     )
+
+
+def _per_layer(r: GGUFReader, a: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Query heads, KV heads and d_ff of every layer (a scalar key: the same for all layers)."""
+    n = int(_field(r, f"{a}.block_count"))
+
+    def values(key: str, default: object = None) -> tuple[int, ...]:
+        v = _field(r, f"{a}.{key}", default)
+        return tuple(int(x) for x in v) if isinstance(v, list) else (int(v),) * n  # type: ignore[arg-type]
+
+    heads = values("attention.head_count")
+    return heads, values("attention.head_count_kv", list(heads)), values("feed_forward_length")

@@ -1,8 +1,12 @@
 /* The forward pass of a llama-family decoder, as llama.cpp computes it:
  *   x = embd[tok]; per layer: h = rmsnorm(x)*w; q,k,v = W h (+bias); rope(q,k); x += Wo attn(q, K, V);
- *   h = rmsnorm(x)*w; x += Wdown (silu(Wgate h) * Wup h);  logits = Wout rmsnorm(x)*w.
+ *   h = rmsnorm(x)*w; x += Wdown (act(Wgate h) * Wup h);  logits = Wout rmsnorm(x)*w.
+ * act is SiLU, or ReLU when the file says farm.hidden_act = relu (PhoneLM). Gemma-2 (gemma2) adds: embeddings
+ * x sqrt(d), GELU-gated FFN, soft-capped scores and logits (cap*tanh(s/cap)), a sliding window on even layers,
+ * and sandwich norms: x += rmsnorm(Wo attn)*w_post, x += rmsnorm(Wdown ffn)*w_post. OpenELM (openelm): head
+ * counts and FFN width per layer, q/k/v from one fused matrix, and each q/k head RMS-normalised before RoPE.
  * Work is split into a few parallel steps per layer, each one pool_run (one barrier):
- * prep (norm / swiglu + q8_0 quantization of activations), matmul, qkv post-processing, attention.
+ * prep (norm / gated activation + q8_0 quantization of activations), matmul, qkv post-processing, attention.
  * Matmuls take all tokens of a ubatch at once, so prefill streams each weight once per ubatch. */
 #include <math.h>
 #include <stdatomic.h>
@@ -56,7 +60,7 @@ void ctx_init(ctx_t *c, const model_t *m, int n_ctx, int n_ubatch, int n_threads
     c->pool = pool_create(n_threads);
     const size_t U = (size_t)c->n_ubatch, d = m->d_model, qd = (size_t)m->n_heads * m->head_dim;
     const size_t kvd = (size_t)m->n_kv_heads * m->head_dim, ff = m->d_ff;
-    const size_t kv_elems = (size_t)m->n_layers * c->n_ctx * kvd;
+    const size_t kv_elems = (size_t)m->n_kv_total * c->n_ctx * m->head_dim;
     c->kcache = xalloc(kv_elems * (kv_f16 ? 2 : 4));
     c->vcache = xalloc(kv_elems * (kv_f16 ? 2 : 4));
     size_t widest = d > qd ? d : qd;
@@ -85,47 +89,60 @@ void ctx_free(ctx_t *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* ---- prep: rmsnorm / swiglu, then q8_0 quantization for quantized weights -------------------------- */
+/* ---- prep: rmsnorm / gated activation, then q8_0 quantization for quantized weights ------------- */
 
-enum { PREP_NORM, PREP_SWIGLU, PREP_QUANT };
+enum { PREP_NORM, PREP_ADDNORM, PREP_GLU, PREP_QUANT }; /* ADDNORM: dst += rmsnorm(src)*w, no quant */
 #define PREP_CHUNK 256 /* elements per work item of element-wise modes */
 
 typedef struct {
     int mode, n, n_tok, quant; /* quant: mask of 1 << ACT_* kinds to produce */
-    float *src;        /* [n_tok][n]; SWIGLU: gate, overwritten with silu(gate) * up */
-    const float *src2; /* SWIGLU: up */
+    int ffn_act;       /* GLU: FFN_* */
+    float *src;        /* [n_tok][n]; GLU: gate, overwritten with act(gate) * up */
+    const float *src2; /* GLU: up */
     const float *w;    /* NORM: weight */
-    float *dst;        /* NORM: normalised rows */
+    float *dst;        /* NORM: normalised rows; ADDNORM: rows the normalised ones are added to */
     float eps;
     void *const *xq;
     _Atomic int next;
 } prep_job;
 
+/* g[i] = act(g[i]) * u[i] */
+static void glu(int act, float *g, const float *u, int n) {
+    if (act == FFN_RELU)
+        for (int i = 0; i < n; i++) g[i] = (g[i] > 0.0f ? g[i] : 0.0f) * u[i];
+    else if (act == FFN_GELU)
+        for (int i = 0; i < n; i++)
+            g[i] = 0.5f * g[i] * (1.0f + tanhf(0.7978845608f * g[i] * (1.0f + 0.044715f * g[i] * g[i]))) * u[i];
+    else
+        for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 static void prep_task(void *arg, int ith, int nth) {
     (void)ith, (void)nth;
     prep_job *j = arg;
-    const int per_tok = j->mode == PREP_NORM ? 1 : (j->n + PREP_CHUNK - 1) / PREP_CHUNK;
+    const int norm = j->mode == PREP_NORM || j->mode == PREP_ADDNORM;
+    const int per_tok = norm ? 1 : (j->n + PREP_CHUNK - 1) / PREP_CHUNK;
     for (;;) {
         const int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (item >= j->n_tok * per_tok) return;
         const int t = item / per_tok, i0 = (item % per_tok) * PREP_CHUNK;
         float *out;
         int lo = 0, hi = j->n;
-        if (j->mode == PREP_NORM) {
+        if (norm) {
             const float *x = j->src + (size_t)t * j->n;
             out = j->dst + (size_t)t * j->n;
             double ss = 0.0; /* double: the row sum must not depend on summation order across builds */
             for (int i = 0; i < j->n; i++) ss += (double)x[i] * x[i];
             const float scale = (float)(1.0 / sqrt(ss / j->n + j->eps));
-            for (int i = 0; i < j->n; i++) out[i] = x[i] * scale * j->w[i];
+            if (j->mode == PREP_ADDNORM)
+                for (int i = 0; i < j->n; i++) out[i] += x[i] * scale * j->w[i];
+            else
+                for (int i = 0; i < j->n; i++) out[i] = x[i] * scale * j->w[i];
         } else {
             lo = i0;
             hi = i0 + PREP_CHUNK < j->n ? i0 + PREP_CHUNK : j->n;
             out = j->src + (size_t)t * j->n;
-            if (j->mode == PREP_SWIGLU) {
-                const float *u = j->src2 + (size_t)t * j->n;
-                for (int i = lo; i < hi; i++) out[i] = out[i] / (1.0f + expf(-out[i])) * u[i];
-            }
+            if (j->mode == PREP_GLU) glu(j->ffn_act, out + lo, j->src2 + (size_t)t * j->n + lo, hi - lo);
         }
         if (j->quant & (1 << ACT_Q8_0))
             quantize_row_q8_0(out + lo, (block_q8_0 *)((char *)j->xq[ACT_Q8_0] + t * q8_row_bytes(j->n)) + lo / QK,
@@ -143,7 +160,7 @@ static void prep(ctx_t *c, int mode, int quant, float *src, const float *src2, c
                  int n_tok) {
     if (mode == PREP_QUANT && !quant) return;
     prep_job j = {.mode = mode, .n = n, .n_tok = n_tok, .quant = quant, .src = src, .src2 = src2, .w = w,
-                  .dst = dst, .eps = c->m->rms_eps, .xq = c->xq};
+                  .dst = dst, .eps = c->m->rms_eps, .xq = c->xq, .ffn_act = c->m->ffn_act};
     pool_run(c->pool, prep_task, &j);
 }
 
@@ -262,7 +279,7 @@ static void matmul(ctx_t *c, const tensor_t *w0, float *y0, const tensor_t *w1, 
 typedef struct {
     ctx_t *c;
     const layer_t *L;
-    int layer, n_tok, pos0;
+    int n_tok, pos0;
     _Atomic int next;
 } qkv_job;
 
@@ -276,12 +293,21 @@ static void rope(float *v, const float *cs, int hd, int neox) {
     }
 }
 
+/* OpenELM's q/k norm: each head's vector RMS-normalised and scaled by w (as the prep's row norm does). */
+static void head_norm(float *v, const float *w, int hd, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < hd; i++) ss += (double)v[i] * v[i];
+    const float scale = (float)(1.0 / sqrt(ss / hd + eps));
+    for (int i = 0; i < hd; i++) v[i] = v[i] * scale * w[i];
+}
+
 static void qkv_task(void *arg, int ith, int nth) {
     (void)ith, (void)nth;
     qkv_job *j = arg;
     ctx_t *c = j->c;
     const model_t *m = c->m;
-    const int hd = m->head_dim, qd = m->n_heads * hd, kvd = m->n_kv_heads * hd;
+    const layer_t *L = j->L;
+    const int hd = m->head_dim, nh = L->n_heads, nkv = L->n_kv_heads, qd = nh * hd, kvd = nkv * hd;
     for (;;) {
         const int t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (t >= j->n_tok) return;
@@ -291,12 +317,16 @@ static void qkv_task(void *arg, int ith, int nth) {
             for (int i = 0; i < qd; i++) q[i] += bq[i];
             for (int i = 0; i < kvd; i++) k[i] += bk[i], v[i] += bv[i];
         }
+        if (L->q_norm.data) {
+            for (int h = 0; h < nh; h++) head_norm(q + h * hd, L->q_norm.data, hd, m->rms_eps);
+            for (int h = 0; h < nkv; h++) head_norm(k + h * hd, L->k_norm.data, hd, m->rms_eps);
+        }
         const float *cs = c->rope_cs + (size_t)t * hd;
-        for (int h = 0; h < m->n_heads; h++) rope(q + h * hd, cs, hd, m->rope_neox);
-        for (int h = 0; h < m->n_kv_heads; h++) rope(k + h * hd, cs, hd, m->rope_neox);
+        for (int h = 0; h < nh; h++) rope(q + h * hd, cs, hd, m->rope_neox);
+        for (int h = 0; h < nkv; h++) rope(k + h * hd, cs, hd, m->rope_neox);
         const int pos = j->pos0 + t;
-        for (int h = 0; h < m->n_kv_heads; h++) {
-            const size_t off = (((size_t)j->layer * m->n_kv_heads + h) * c->n_ctx + pos) * hd;
+        for (int h = 0; h < nkv; h++) {
+            const size_t off = (((size_t)L->kv_head0 + h) * c->n_ctx + pos) * hd;
             if (c->kv_f16) {
                 f32_to_f16_row(k + h * hd, (f16_t *)c->kcache + off, hd);
                 f32_to_f16_row(v + h * hd, (f16_t *)c->vcache + off, hd);
@@ -315,29 +345,31 @@ static void attn_task(void *arg, int ith, int nth) {
     qkv_job *j = arg;
     ctx_t *c = j->c;
     const model_t *m = c->m;
-    const int hd = m->head_dim, qd = m->n_heads * hd, group = m->n_heads / m->n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const int hd = m->head_dim, nh = j->L->n_heads, qd = nh * hd, group = nh / j->L->n_kv_heads;
+    const float scale = m->attn_scale, cap = m->attn_softcap;
+    const int n_swa = j->L->n_swa;
     float *sc = c->scores + (size_t)ith * c->n_ctx;
     for (;;) {
         const int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (item >= j->n_tok * m->n_heads) return;
-        const int t = item / m->n_heads, h = item % m->n_heads, kvh = h / group, pos = j->pos0 + t;
+        if (item >= j->n_tok * nh) return;
+        const int t = item / nh, h = item % nh, kvh = h / group, pos = j->pos0 + t;
         const float *q = c->q + (size_t)t * qd + h * hd;
-        const size_t base = ((size_t)j->layer * m->n_kv_heads + kvh) * c->n_ctx * hd;
+        const size_t base = ((size_t)j->L->kv_head0 + kvh) * c->n_ctx * hd;
+        const int p0 = n_swa && pos >= n_swa ? pos - n_swa + 1 : 0; /* llama.cpp masks pos - p >= n_swa */
         float mx = -INFINITY;
-        for (int p = 0; p <= pos; p++) {
+        for (int p = p0; p <= pos; p++) {
             const size_t off = base + (size_t)p * hd;
             const float s = c->kv_f16 ? vec_dot_f16(hd, (const f16_t *)c->kcache + off, q)
                                       : vec_dot_f32(hd, (const float *)c->kcache + off, q);
-            sc[p] = s * scale;
+            sc[p] = cap > 0.0f ? cap * tanhf(s * scale / cap) : s * scale;
             if (sc[p] > mx) mx = sc[p];
         }
         float sum = 0.0f;
-        for (int p = 0; p <= pos; p++) sum += (sc[p] = expf(sc[p] - mx));
+        for (int p = p0; p <= pos; p++) sum += (sc[p] = expf(sc[p] - mx));
         float *out = c->att + (size_t)t * qd + h * hd;
         memset(out, 0, (size_t)hd * 4);
         const float inv = 1.0f / sum;
-        for (int p = 0; p <= pos; p++) {
+        for (int p = p0; p <= pos; p++) {
             const size_t off = base + (size_t)p * hd;
             if (c->kv_f16) axpy_f16(hd, sc[p] * inv, (const f16_t *)c->vcache + off, out);
             else axpy_f32(hd, sc[p] * inv, (const float *)c->vcache + off, out);
@@ -345,15 +377,27 @@ static void attn_task(void *arg, int ith, int nth) {
     }
 }
 
+/* x += W in, or with a post-norm weight (gemma2) x += rmsnorm(W in) * post; `in` is quantized already. */
+static void residual_add(ctx_t *c, const tensor_t *w, const float *post, const float *in, int nt) {
+    if (!post) {
+        matmul(c, w, c->x, NULL, NULL, NULL, NULL, in, nt, 1);
+        return;
+    }
+    matmul(c, w, c->xb, NULL, NULL, NULL, NULL, in, nt, 0);
+    prep(c, PREP_ADDNORM, 0, c->xb, NULL, post, c->x, c->m->d_model, nt);
+}
+
 /* ---- the pass ------------------------------------------------------------------------------------ */
 
 static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, float *logits, int want_all,
                            int want_last) {
     const model_t *m = c->m;
-    const int d = m->d_model, hd = m->head_dim, qd = m->n_heads * hd;
+    const int d = m->d_model, hd = m->head_dim;
     for (int t = 0; t < n_tok; t++)
         dequant_row(m->tok_embd.type, (const char *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
                     c->x + (size_t)t * d, d);
+    if (m->emb_scale != 1.0f)
+        for (size_t i = 0; i < (size_t)n_tok * d; i++) c->x[i] *= m->emb_scale;
     for (int t = 0; t < n_tok; t++) { /* theta_i = pos * base^(-2i/hd), computed directly (no running product) */
         float *cs = c->rope_cs + (size_t)t * hd;
         for (int i = 0; i < hd / 2; i++) {
@@ -366,11 +410,12 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
     int nt = n_tok;
     for (int l = 0; l < m->n_layers; l++) {
         const layer_t *L = &m->layers[l];
+        const int qd = L->n_heads * hd;
         prep(c, PREP_NORM, acts(&L->wq) | acts(&L->wk) | acts(&L->wv), c->x, NULL, L->attn_norm.data, c->xb, d, nt);
         matmul(c, &L->wq, c->q, &L->wk, c->k, &L->wv, c->v, c->xb, nt, 0);
-        qkv_job qj = {.c = c, .L = L, .layer = l, .n_tok = nt, .pos0 = pos0};
+        qkv_job qj = {.c = c, .L = L, .n_tok = nt, .pos0 = pos0};
         pool_run(c->pool, qkv_task, &qj);
-        qkv_job aj = {.c = c, .L = L, .layer = l, .n_tok = nt, .pos0 = pos0};
+        qkv_job aj = {.c = c, .L = L, .n_tok = nt, .pos0 = pos0};
         pool_run(c->pool, attn_task, &aj);
         if (l == m->n_layers - 1 && !want_all && nt > 1) {
             /* Only the last token's hidden state is used after the last layer's attention (its K/V are
@@ -380,15 +425,18 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
             nt = 1;
         }
         prep(c, PREP_QUANT, acts(&L->wo), c->att, NULL, NULL, NULL, qd, nt);
-        matmul(c, &L->wo, c->x, NULL, NULL, NULL, NULL, c->att, nt, 1);
+        residual_add(c, &L->wo, L->attn_post_norm.data, c->att, nt);
         prep(c, PREP_NORM, acts(&L->wgate) | acts(&L->wup), c->x, NULL, L->ffn_norm.data, c->xb, d, nt);
         matmul(c, &L->wgate, c->hb, &L->wup, c->hb2, NULL, NULL, c->xb, nt, 0);
-        prep(c, PREP_SWIGLU, acts(&L->wdown), c->hb, c->hb2, NULL, NULL, m->d_ff, nt);
-        matmul(c, &L->wdown, c->x, NULL, NULL, NULL, NULL, c->hb, nt, 1);
+        prep(c, PREP_GLU, acts(&L->wdown), c->hb, c->hb2, NULL, NULL, L->d_ff, nt);
+        residual_add(c, &L->wdown, L->ffn_post_norm.data, c->hb, nt);
     }
     if (!want_all && !want_last) return;
     prep(c, PREP_NORM, acts(&m->output), c->x, NULL, m->out_norm.data, c->xb, d, nt);
     matmul(c, &m->output, logits, NULL, NULL, NULL, NULL, c->xb, nt, 0);
+    const float cap = m->final_softcap;
+    if (cap > 0.0f)
+        for (size_t i = 0; i < (size_t)nt * m->n_vocab; i++) logits[i] = cap * tanhf(logits[i] / cap);
 }
 
 void forward(ctx_t *c, const int *tokens, int n, int pos0, int all_logits) {

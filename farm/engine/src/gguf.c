@@ -184,14 +184,12 @@ const gguf_kv *gguf_find(const gguf_file *g, const char *key) {
     return NULL;
 }
 
-int64_t gguf_get_int(const gguf_file *g, const char *key, int64_t dflt) {
-    const gguf_kv *kv = gguf_find(g, key);
-    if (!kv) return dflt;
-    const uint8_t *p = kv->val;
+/* The number of GGUF type `type` at p (key: for the error message). */
+static int64_t num_at(uint32_t type, const uint8_t *p, const char *key) {
     union { uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32; uint64_t u64;
             int64_t i64; float f32; double f64; } u;
-    memcpy(&u, p, kv->type == GV_STR || kv->type == GV_ARR ? 0 : scalar_size(kv->type, "gguf"));
-    switch (kv->type) {
+    memcpy(&u, p, type == GV_STR || type == GV_ARR ? 0 : scalar_size(type, "gguf"));
+    switch (type) {
     case GV_U8: case GV_BOOL: return u.u8;
     case GV_I8: return u.i8;
     case GV_U16: return u.u16;
@@ -204,6 +202,25 @@ int64_t gguf_get_int(const gguf_file *g, const char *key, int64_t dflt) {
     case GV_F64: return (int64_t)u.f64;
     default: farm_fail("GGUF key %s is not a number", key);
     }
+}
+
+int64_t gguf_get_int(const gguf_file *g, const char *key, int64_t dflt) {
+    const gguf_kv *kv = gguf_find(g, key);
+    return kv ? num_at(kv->type, kv->val, key) : dflt;
+}
+
+int64_t gguf_get_int_at(const gguf_file *g, const char *key, uint64_t i, int64_t dflt) {
+    const gguf_kv *kv = gguf_find(g, key);
+    if (!kv) return dflt;
+    if (kv->type != GV_ARR) return num_at(kv->type, kv->val, key);
+    uint32_t type;
+    uint64_t n;
+    memcpy(&type, kv->val, 4);
+    memcpy(&n, kv->val + 4, 8);
+    if (type == GV_STR || type == GV_ARR) farm_fail("GGUF key %s is not an array of numbers", key);
+    if (i >= n) farm_fail("GGUF key %s has %llu elements, element %llu asked for", key, (unsigned long long)n,
+                          (unsigned long long)i);
+    return num_at(type, kv->val + 12 + i * scalar_size(type, "gguf"), key);
 }
 
 double gguf_get_float(const gguf_file *g, const char *key, double dflt) {

@@ -52,6 +52,9 @@ const gguf_kv *gguf_find(const gguf_file *g, const char *key);
 /* Integer/float getters accept any numeric GGUF type; `dflt` when absent. */
 int64_t gguf_get_int(const gguf_file *g, const char *key, int64_t dflt);
 double gguf_get_float(const gguf_file *g, const char *key, double dflt);
+/* Element i of an array of numbers (per-layer values, e.g. OpenELM's head counts), or the value of a scalar
+ * key for every i; `dflt` when absent. */
+int64_t gguf_get_int_at(const gguf_file *g, const char *key, uint64_t i, int64_t dflt);
 /* Copies a string value into buf (truncated); returns 0 when absent. */
 int gguf_get_str(const gguf_file *g, const char *key, char *buf, size_t cap);
 const gguf_tensor *gguf_tensor_find(const gguf_file *g, const char *name);

@@ -18,17 +18,26 @@ typedef struct {
 
 typedef struct {
     tensor_t attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, wgate, wup, wdown;
-    int has_bias;
+    tensor_t attn_post_norm, ffn_post_norm; /* gemma2: RMSNorm of the attention / FFN output (NULL data: none) */
+    tensor_t q_norm, k_norm;                /* openelm: RMSNorm of each query / key head before RoPE */
+    int has_bias, n_swa;                    /* n_swa: sliding window (keys within n_swa positions), 0: full */
+    int n_heads, n_kv_heads, d_ff, kv_head0; /* per layer (OpenELM); kv_head0: KV heads of the layers before */
 } layer_t;
+
+/* The gated FFN's activation: act(W_gate x) * W_up x. */
+enum { FFN_SILU, FFN_RELU, FFN_GELU }; /* GELU: tanh approximation (Gemma's gelu_pytorch_tanh) */
 
 typedef struct {
     gguf_file gg;
     char arch[32], name[128];
-    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, n_vocab, n_ctx_train;
+    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, n_vocab, n_ctx_train; /* heads, d_ff: the largest */
+    int n_kv_total; /* KV heads summed over layers (the cache's size) */
     int rope_neox; /* llama.cpp: qwen2 -> NEOX (i, i+d/2), llama -> NORM (2i, 2i+1) */
     float rope_theta, rms_eps;
     int tied, qkv_bias, main_type;
-    int64_t n_params;
+    int ffn_act; /* FFN_*: silu (llama.cpp's llama/qwen2), or relu from farm's key farm.hidden_act (PhoneLM) */
+    /* gemma2: embeddings scaled by emb_scale (sqrt(d_model)), scores (and logits) soft-capped: cap*tanh(s/cap) */
+    float emb_scale, attn_scale, attn_softcap, final_softcap; /* caps 0: none */    int64_t n_params;
     tensor_t tok_embd, out_norm, output;
     const float *rope_freqs; /* llama3 rope scaling: angle i is divided by rope_freqs[i] (NULL: none) */
     layer_t *layers;
