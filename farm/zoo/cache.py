@@ -127,7 +127,7 @@ def ensure_model(card: Card, quant: str, seed: int = 0, *, verify: bool = False)
     if not card.runnable:
         raise ConfigError(f"{card.name}: no file is built for this card: {card.unsupported}")
     if quant not in QUANTS:
-        raise ConfigError(f"the zoo writes {', '.join(QUANTS)} (llama-quantize's --pure recipe), not {quant!r}")
+        raise ConfigError(f"the zoo writes {', '.join(QUANTS)}, not {quant!r}")
     key = cache_key(card, quant, seed)
     root = cache_dir("models")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", card.name).strip("_")
