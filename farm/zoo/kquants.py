@@ -27,6 +27,13 @@ def nearest_int(v: np.ndarray) -> np.ndarray:
     return np.rint(v.astype(F32)).astype(np.int32)
 
 
+def _round_clip(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """MAX(lo, MIN(hi, nearest_int(v))) kept in float32, in place (v is a temporary): the integers are small,
+    so float32 holds them exactly and the int round trip is saved."""
+    np.rint(v, out=v)
+    return np.clip(v, F32(lo), F32(hi), out=v)
+
+
 def _fp16(v: np.ndarray) -> np.ndarray:
     """GGML_FP32_TO_FP16 (round to nearest even) as float16."""
     return np.asarray(v, dtype=F32).astype(np.float16)
@@ -55,13 +62,19 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
     span = np.where(flat, F32(1), mx - mn).astype(F32)
 
     def error(scale: np.ndarray, lmin: np.ndarray, L: np.ndarray) -> np.ndarray:
-        diff = (scale * L + lmin) - x
-        diff = np.abs(diff) if use_mad else diff * diff
-        return _seq_sum(w * diff)
+        diff = scale * L
+        diff += lmin
+        diff -= x
+        if use_mad:
+            np.abs(diff, out=diff)
+        else:
+            diff *= diff
+        diff *= w
+        return _seq_sum(diff)
 
     iscale = F32(nmax) / span
     scale = F32(1) / iscale
-    L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax).astype(F32)
+    L = _round_clip(iscale * (x - mn), 0, nmax)
     best = error(scale, mn, L)
     lmin = mn.copy()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -69,7 +82,9 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
             # the C loop reads `min` after a better step replaced it: the current lmin, not the first one
             span = np.where(flat, F32(1), mx - lmin).astype(F32)
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span
-            laux = np.clip(nearest_int(iscale * (x - lmin)), 0, nmax).astype(F32)
+            laux = x - lmin
+            laux *= iscale
+            laux = _round_clip(laux, 0, nmax)
             wl = w * laux
             sum_l = _seq_sum(wl)
             sum_l2 = _seq_sum(wl * laux)
@@ -107,7 +122,7 @@ def make_qx_quants_rmse1(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarr
     wx = w * x
 
     def trial(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lv = np.clip(nearest_int(iscale * x), -nmax, nmax - 1).astype(F32)
+        lv = _round_clip(iscale * x, -nmax, nmax - 1)
         return lv, _seq_sum(wx * lv), _seq_sum((w * lv) * lv)
 
     iscale = F32(-nmax) / mx
