@@ -128,9 +128,8 @@ def cannot_run(model: _Model, backend: type[Backend], quant: str) -> str | None:
     from farm.zoo.mix import recipe_types
 
     if model.file_types is None and quant not in QUANTS:
-        return (f"the zoo writes {', '.join(QUANTS)} (llama-quantize --pure recipe), not {quant}; "
-                f"measure a {quant} file with 'file:'")
-    types = model.file_types if model.file_types is not None else recipe_types(quant)
+        return f"the zoo writes {', '.join(QUANTS)}, not {quant}; measure a {quant} file with 'file:'"
+    types = model.file_types if model.file_types is not None else recipe_types(quant, model.arch)
     return backend.cannot_run(model.arch_name, types)
 
 

@@ -120,13 +120,14 @@ def test_unknown_quant_in_a_sweep_is_bad_input(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "q7_k" in proc.stderr and "s.yaml:4" in proc.stderr
 
 
-def test_k_quant_on_a_card_is_dropped_with_the_reason(tmp_path: Path) -> None:
+def test_k_quant_alias_on_a_card_plans_llama_quantizes_mix(tmp_path: Path) -> None:
     sweep = tmp_path / "s.yaml"
     sweep.write_text("version: 1\nname: x\nmodels: [farm-tiny]\nquants: [q4_k, Q4_1]\nprompt_tokens: [8]\n"
                      "gen_tokens: [8]\n")
     proc = farm("plan", str(sweep), home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "quant=q4_k_m" in proc.stdout and "the zoo writes" in proc.stdout  # q4_k is llama-quantize's Q4_K_M
+    assert "2 jobs, 0 dropped" in proc.stdout  # q4_k is llama-quantize's Q4_K_M, which the zoo writes
+    assert " q4_k_m " in proc.stdout and " q4_1 " in proc.stdout
 
 
 def test_engine_names_the_ggml_type_it_cannot_run(tmp_path: Path) -> None:

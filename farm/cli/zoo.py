@@ -75,6 +75,7 @@ def show_cmd(card: str, as_json: bool) -> None:
     """One card (NAME or NAME[field=value,...]) with its memory figures."""
     from farm.zoo.arch import QUANTS
     from farm.zoo.cards import load_card
+    from farm.zoo.recipe import RECIPE_NAME
 
     c = load_card(card)
     if as_json:
@@ -92,6 +93,7 @@ def show_cmd(card: str, as_json: bool) -> None:
     out.print(f"  {'head_dim (eff.)':16} {a.dim_head}")
     sizes = ", ".join(f"{q} {a.weight_bytes(q) / 2**20:,.0f} MiB" for q in QUANTS)
     out.print(f"weights: {sizes}")
+    out.print(f"recipes: {', '.join(QUANTS[:8])}: llama-quantize --pure; {', '.join(QUANTS[8:])}: {RECIPE_NAME}")
     out.print(f"KV cache (f16) at context {a.context_length}: {a.kv_cache_bytes(a.context_length) / 2**20:,.0f} MiB")
     out.print(f"runnable: {'yes' if c.runnable else 'no'}")
     for label, text in (("unsupported", c.unsupported), ("approximation", c.approximation)):
@@ -105,7 +107,9 @@ def show_cmd(card: str, as_json: bool) -> None:
 
 @command.command("build")
 @click.argument("card")
-@click.option("--quant", default="q4_0", show_default=True, help="f32 | f16 | q8_0 | q4_0")
+@click.option("--quant", default="q4_0", show_default=True,
+              help="f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1 (--pure), or a k-quant mix: q2_k | q3_k_s | "
+                   "q3_k_m | q3_k_l | q4_k_s | q4_k_m | q5_k_s | q5_k_m | q6_k (llama-quantize's per-tensor recipe)")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic weights.")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Vary the architecture (repeatable).")
 @click.option("--verify", is_flag=True, help="Re-hash a cached file instead of trusting its sidecar.")
@@ -113,6 +117,7 @@ def build_cmd(card: str, quant: str, seed: int, sets: tuple[str, ...], verify: b
     """Build (or reuse) the synthetic GGUF of CARD; prints path, size and sha256."""
     from farm.zoo.cache import ensure_model
     from farm.zoo.cards import load_card
+    from farm.zoo.writer import recipe_text
 
     c = load_card(card).with_overrides(**_parse_sets(sets))
     m = ensure_model(c, quant, seed, verify=verify)
@@ -121,6 +126,7 @@ def build_cmd(card: str, quant: str, seed: int, sets: tuple[str, ...], verify: b
     click.echo(f"size:     {m.size} ({m.size / 2**20:.1f} MiB)")
     click.echo(f"sha256:   {m.sha256}")
     click.echo(f"n_params: {m.n_params}")
+    click.echo(f"recipe:   {recipe_text(quant)}")
     if m.approximation:
         click.echo(f"approximation: {' '.join(m.approximation.split())}")
 

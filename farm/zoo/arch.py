@@ -10,9 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# The quants the zoo writes (llama-quantize --pure recipe: every matrix, the embedding included, in that
-# type; norms and biases f32). K-quant mixes need llama-quantize's k-quantizer, which gguf-py lacks.
-QUANTS: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+# The quants the zoo writes: the legacy types with llama-quantize's --pure recipe (every matrix, the
+# embedding included, in that type; norms and biases f32), the k-quant mixes with llama-quantize's per-tensor
+# recipe (farm.zoo.recipe) and ggml's reference k-quantizers (farm.zoo.kquants).
+QUANTS: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m",
+                           "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k")
 
 # Bytes per weight of each GGML type (block bytes / block elements, ggml-common.h): q8_0 = 32 int8 + f16
 # scale (34 B / 32), q4_0 = 32 nibbles + f16 scale (18 B / 32), q4_K = 144 B / 256, ...

@@ -74,16 +74,21 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def writer_version() -> str:
-    """Identity of the GGUF writer: its WRITER_VERSION if it declares one, else a hash of its source.
+    """Identity of the GGUF writer: its WRITER_VERSION if it declares one, else a hash of its source (with the
+    k-quantizers' and the recipe's).
 
     Part of the cache key, so a changed writer never serves files from an older one.
     """
-    from farm.zoo import writer
+    from farm.zoo import kquants, recipe, writer
 
     declared = getattr(writer, "WRITER_VERSION", None)
     if declared is not None:
         return str(declared)
-    return "src-" + hashlib.sha256(Path(writer.__file__).read_bytes()).hexdigest()[:12]
+    # the k-quantizers and the per-tensor recipe decide a k-quant file's bytes as much as the writer does
+    h = hashlib.sha256()
+    for mod in (writer, kquants, recipe):
+        h.update(Path(mod.__file__).read_bytes())  # type: ignore[arg-type]
+    return "src-" + h.hexdigest()[:12]
 
 
 def cache_key(card: Card, quant: str, seed: int) -> str:
@@ -127,7 +132,7 @@ def ensure_model(card: Card, quant: str, seed: int = 0, *, verify: bool = False)
     if not card.runnable:
         raise ConfigError(f"{card.name}: no file is built for this card: {card.unsupported}")
     if quant not in QUANTS:
-        raise ConfigError(f"the zoo writes {', '.join(QUANTS)} (llama-quantize's --pure recipe), not {quant!r}")
+        raise ConfigError(f"the zoo writes {', '.join(QUANTS)}, not {quant!r}")
     key = cache_key(card, quant, seed)
     root = cache_dir("models")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", card.name).strip("_")

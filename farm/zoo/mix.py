@@ -13,8 +13,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.errors import ConfigError
+from farm.zoo.recipe import K_MIXES
+
+if TYPE_CHECKING:
+    from farm.zoo.arch import Architecture
 
 # llama-quantize's file types (llama.h LLAMA_FTYPE_*), as farm labels.
 FTYPE_LABELS: dict[int, str] = {
@@ -185,6 +190,14 @@ def read_gguf(path: str | Path) -> GGUFInfo:
                     file_type=int(ft) if isinstance(ft, int) else None, label=label, note=note)
 
 
-def recipe_types(label: str) -> frozenset[str]:
-    """The ggml types a zoo file of quant `label` holds (matrices in `label`, norms in f32)."""
+def recipe_types(label: str, arch: Architecture | None = None) -> frozenset[str]:
+    """The ggml types a zoo file of quant `label` holds: matrices in `label` and norms in f32 for the legacy
+    types; for a k-quant mix, the types llama-quantize's recipe gives `arch`'s tensors (q6_K output, q5_0
+    fallbacks, ...), or the base type and q6_K when no architecture is given."""
+    if arch is not None and label in K_MIXES:
+        from farm.zoo.writer import tensor_types
+
+        return frozenset(tensor_types(arch, label).values())
+    if label in K_MIXES:
+        return frozenset({base_type(label), "q6_k", "f32"})
     return frozenset({base_type(label), "f32"})

@@ -21,6 +21,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType, TokenType, quants
 
 from farm.errors import ConfigError
+from farm.zoo import kquants, recipe
 from farm.zoo.arch import QUANTS, Architecture
 
 _QTYPE = {
@@ -32,6 +33,11 @@ _QTYPE = {
     "q4_1": GGMLQuantizationType.Q4_1,
     "q5_0": GGMLQuantizationType.Q5_0,
     "q5_1": GGMLQuantizationType.Q5_1,
+    "q2_k": GGMLQuantizationType.Q2_K,
+    "q3_k": GGMLQuantizationType.Q3_K,
+    "q4_k": GGMLQuantizationType.Q4_K,
+    "q5_k": GGMLQuantizationType.Q5_K,
+    "q6_k": GGMLQuantizationType.Q6_K,
 }
 _FILE_TYPE = {
     "f32": LlamaFileType.ALL_F32,
@@ -42,10 +48,22 @@ _FILE_TYPE = {
     "q4_1": LlamaFileType.MOSTLY_Q4_1,
     "q5_0": LlamaFileType.MOSTLY_Q5_0,
     "q5_1": LlamaFileType.MOSTLY_Q5_1,
+    **{mix: LlamaFileType[f"MOSTLY_{mix.upper()}"] for mix in recipe.K_MIXES},
 }
 SYNTHETIC_NAME = "farm synthetic weights"
 RECIPE = "pure"  # llama-quantize --pure: every matrix in the one type (no q6_K output, no mixes)
-_BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24)}
+_BLOCK = {"q8_0": (32, 34), "q4_0": (32, 18), "q4_1": (32, 20), "q5_0": (32, 22), "q5_1": (32, 24),
+          **{t: (kquants.QK_K, size) for t, size in kquants.BLOCK_BYTES.items()}}
+RECIPE_KEY = "farm.quantize.recipe"  # the GGUF key naming the recipe a zoo file was written with
+
+
+def recipe_text(quant: str) -> str:
+    """Which recipe the zoo writes `quant` with (stored in the file under RECIPE_KEY)."""
+    if quant in recipe.K_MIXES:
+        return f"{quant}: {recipe.RECIPE_NAME}; k-quant blocks by ggml's reference quantizers"
+    if quant in ("f32", "f16", "bf16"):
+        return f"{quant}: every matrix in {quant}, norms and biases f32"
+    return f"{quant}: llama-quantize --pure (every matrix, the embedding included, in {quant}; norms f32)"
 ALIGNMENT = 32
 BOS_ID, EOS_ID, UNK_ID = 1, 2, 0
 HIDDEN_ACT_KEY = "farm.hidden_act"
@@ -93,8 +111,14 @@ def _tensor_plan(arch: Architecture) -> list[tuple[str, tuple[int, int] | tuple[
     return plan
 
 
-def _stored(kind: str, quant: str) -> str:
-    return quant if kind == "matrix" else "f32"
+def tensor_types(arch: Architecture, quant: str) -> dict[str, str]:
+    """{tensor name: ggml type} of the zoo's `quant` file of `arch`: the --pure recipe for the legacy
+    types (matrices in `quant`, the rest f32), llama-quantize's per-tensor recipe for the k-quant mixes."""
+    plan = _tensor_plan(arch)
+    if quant not in recipe.K_MIXES:
+        return {name: (quant if kind == "matrix" else "f32") for name, _shape, kind, _scale in plan}
+    return recipe.tensor_types([(name, tuple(reversed(shape)), "f32") for name, shape, _kind, _scale in plan],
+                               quant, arch.n_layers, arch.n_heads // arch.n_kv_heads)
 
 
 def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
@@ -110,6 +134,8 @@ def _encode(x: np.ndarray, qtype: str) -> np.ndarray:
         return x.astype(np.float32)
     if qtype == "f16":
         return x.astype(np.float16)
+    if qtype in kquants.BLOCK_BYTES:
+        return kquants.quantize(x, qtype)
     return quants.quantize(x.astype(np.float32), _QTYPE[qtype]).view(np.uint8)  # bf16 comes as uint16
 
 
@@ -155,6 +181,7 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
     w.add_file_type(int(_FILE_TYPE[quant]))
     w.add_custom_alignment(ALIGNMENT)
     w.add_quantization_version(2)
+    w.add_string(RECIPE_KEY, recipe_text(quant))
     w.add_block_count(arch.n_layers)
     w.add_context_length(arch.context_length)
     w.add_embedding_length(arch.d_model)
@@ -189,8 +216,9 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
         # is farm's own: the reference engine computes it, llama.cpp ignores it and runs SiLU.
         w.add_string(HIDDEN_ACT_KEY, arch.hidden_act)
 
-    for tname, shape, kind, _scale in plan:
-        qt = _stored(kind, quant)
+    types = tensor_types(arch, quant)
+    for tname, shape, _kind, _scale in plan:
+        qt = types[tname]
         if qt not in ("f32", "f16"):
             byte_shape = (shape[0], _nbytes(shape, qt) // shape[0])
             w.add_tensor_info(tname, byte_shape, np.dtype(np.uint8), _nbytes(shape, qt), raw_dtype=_QTYPE[qt])
@@ -201,24 +229,25 @@ def _write(w_path: Path, arch: Architecture, quant: str, seed: int, name: str, p
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for index, (_tname, shape, kind, scale) in enumerate(plan):
+    for index, (tname, shape, kind, scale) in enumerate(plan):
         if kind == "rope_freqs":
             w.write_tensor_data(np.asarray(arch.rope_freq_factors(), dtype=np.float32))
         else:
-            w.write_tensor_data(_generate(index, seed, shape, kind, scale, _stored(kind, quant)))
+            w.write_tensor_data(_generate(index, seed, shape, kind, scale, types[tname]))
     w.close()
 
 
 def write_gguf(arch: Architecture, path: Path, quant: str, seed: int = 0, name: str = "synthetic") -> Path:
     """Write a synthetic-weight GGUF v3 model of `arch` with matrices in `quant`; returns `path`.
 
-    Norm weights and biases are f32 (as llama.cpp stores them); every matrix, the token embedding
-    included, is in `quant`. Raises ConfigError for an unknown quant or a row length that is not a
-    multiple of the 32-element block of the q types.
+    Norm weights and biases are f32 (as llama.cpp stores them). For the legacy types every matrix, the
+    token embedding included, is in `quant` (--pure); the k-quant mixes (q4_k_m, ...) follow llama-quantize's
+    per-tensor recipe (`farm.zoo.recipe`), fallbacks for odd row lengths included. Raises ConfigError for an
+    unknown quant or a row length that is not a multiple of the 32-element block of the legacy q types.
     """
     if quant not in QUANTS:
         raise ConfigError(f"unknown quant {quant!r}; choose one of {', '.join(QUANTS)}")
-    if quant in _BLOCK:
+    if quant in _BLOCK and quant not in recipe.K_MIXES:
         shapes = [arch.layer_shape(i) for i in range(arch.n_layers)]
         for width in {arch.d_model} | {ff for _, _, ff in shapes} | {nh * arch.dim_head for nh, _, _ in shapes}:
             if width % 32:
