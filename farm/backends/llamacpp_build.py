@@ -1,4 +1,5 @@
-"""Build llama.cpp's ``llama-bench`` and cache it: from the PyPI sdist, or from any llama.cpp source tree.
+"""Build llama.cpp's ``llama-bench`` (and farm's logits program, from the same build) and cache it: from
+the PyPI sdist, or from any llama.cpp source tree.
 
 Owns the llama-bench binaries farm runs. Two sources:
 
@@ -148,28 +149,9 @@ def logits_program(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSI
     """farm-llama-logits built against the same llama.cpp as llama-bench (the sdist), on first use; its
     llama-quantize lies next to it (K-quant files with llama.cpp's own recipe)."""
     isa = isa or default_isa()
-    flags = _check_isa(isa)
-    final = cache_root() / version / f"{isa}-logits"
-    exe = final / "bin" / LOGITS
-    if exe.exists():
-        return exe
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="build-logits-", dir=final.parent))
-    try:
-        src = _sdist_tree(work, version)
-        build = _cmake_build(src, work, flags, target="llama llama-quantize")
-        staged = Path(tempfile.mkdtemp(prefix=".out-", dir=final.parent))
-        (staged / "bin").mkdir()
-        link_logits(src, build, staged / "bin" / LOGITS)
-        shutil.copy2(build / "bin" / "llama-quantize", staged / "bin" / "llama-quantize")
-        try:
-            staged.rename(final)
-        except OSError:
-            shutil.rmtree(staged, ignore_errors=True)
-            if not exe.exists():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    exe = cache_root() / version / f"{isa}-logits" / "bin" / LOGITS
+    if not exe.exists():
+        _build_sdist(isa, version)
     return exe
 
 
@@ -227,21 +209,46 @@ def from_sdist(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSION) 
     """llama-bench from the llama.cpp vendored in the ``llama-cpp-python`` sdist, building it on first use."""
     isa = isa or default_isa()
     flags = _check_isa(isa)
+    final = cache_root() / version / isa
+    if not (final / "bin" / TARGET).exists():
+        _build_sdist(isa, version)
+    return _load(final, isa, flags, f"llama-cpp-python=={version}")
+
+
+def _build_sdist(isa: str, version: str) -> None:
+    """One cmake build of the sdist's llama.cpp for every program farm takes from it: llama-bench (cached
+    in ``<isa>/``), and farm-llama-logits linked against the same static libraries with llama-quantize
+    beside it (``<isa>-logits/``). Whichever is missing is installed; a concurrent winner's copy is kept."""
+    flags = _check_isa(isa)
     root = cache_root() / version
-    final = root / isa
     source = f"llama-cpp-python=={version}"
-    if (final / "bin" / TARGET).exists():
-        return _load(final, isa, flags, source)
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
     try:
         src = _sdist_tree(work, version)
-        exe = _cmake_build(src, work, flags)
-        _install(exe, final, {"isa": isa, "flags": flags, "source": source, "commit": _reported_commit(exe),
-                              "sha256": _sha256(exe)})
+        build = _cmake_build(src, work, flags, target=f"{TARGET} llama-quantize")
+        exe = build / "bin" / TARGET
+        if not exe.exists():
+            raise InfraError(f"llama.cpp build produced no {exe}")
+        if not (root / isa / "bin" / TARGET).exists():
+            _install(exe, root / isa, {"isa": isa, "flags": flags, "source": source,
+                                       "commit": _reported_commit(exe), "sha256": _sha256(exe)})
+        final = root / f"{isa}-logits"
+        if not (final / "bin" / LOGITS).exists():
+            staged = Path(tempfile.mkdtemp(prefix=".out-", dir=root))
+            try:
+                (staged / "bin").mkdir()
+                link_logits(src, build, staged / "bin" / LOGITS)
+                shutil.copy2(build / "bin" / "llama-quantize", staged / "bin" / "llama-quantize")
+                try:
+                    staged.rename(final)
+                except OSError:
+                    if not (final / "bin" / LOGITS).exists():
+                        raise
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _load(final, isa, flags, source)
 
 
 def from_tree(source_dir: Path, commit: str, isa: str | None = None,
@@ -286,5 +293,7 @@ def llama_bench_path(isa: str = "avx2", version: str = LLAMA_CPP_PYTHON_VERSION)
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--where"]:  # where the builds are cached, without building anything
         print(cache_root())
-    else:
-        print(from_sdist(sys.argv[1] if len(sys.argv) > 1 else None).path)
+    else:  # build (once) and print llama-bench and farm-llama-logits: .ci/run does it before the tests
+        isa = sys.argv[1] if len(sys.argv) > 1 else None
+        print(from_sdist(isa).path)
+        print(logits_program(isa))
