@@ -231,3 +231,63 @@ def run_logits(exe: Path | list[str], model: Path, tokens: list[int], *extra: st
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     return np.asarray(out["logits"], dtype=np.float32)
+
+
+# ---- k-quant models (gguf-py has a k-quant dequantizer but no quantizer) ---------------------------------
+
+# type -> (block bytes, f16 fields (byte offset, value before scaling), int8 scales (offset, count) or None).
+# q4_K/q5_K: d, and dmin at ~E[q] * d so the mins cancel the mean; q6_K: d, its int8 scales kept small so d
+# stays a normal f16 after scaling.
+_KQUANT = {
+    "q4_K": (144, ((0, 1.0), (2, 7.5)), None),
+    "q5_K": (176, ((0, 1.0), (2, 15.5)), None),
+    "q6_K": (210, ((208, 1.0),), (192, 16)),
+}
+
+
+def kquant_arch(arch: str):  # -> Architecture
+    """tiny_arch with every row length a multiple of 256 (the k-quant block): d_model 256, d_ff 512."""
+    return tiny_arch(arch).model_copy(update={"d_model": 256, "d_ff": 512})
+
+
+def write_kquant_gguf(arch, path: Path, quant: str, seed: int) -> Path:
+    """`arch`'s model with every matrix in `quant` (q4_K | q5_K | q6_K): random quant bits and sub-block scales,
+    one f16 block scale per tensor chosen so its values have the zoo writer's std (1/sqrt(n_in)). Any bytes are
+    a valid k-quant block, so this exercises every bit of the kernels; metadata and norms come from the writer."""
+    from gguf import GGUFValueType, GGUFWriter
+
+    from farm.zoo.writer import write_gguf
+
+    nbytes, f16s, i8 = _KQUANT[quant]
+    qtype = GGMLQuantizationType[quant.upper()]
+    base = write_gguf(arch, path.with_name(path.stem + ".f16.gguf"), "f16", seed=seed)
+    reader = GGUFReader(str(base))
+    w = GGUFWriter(str(path), arch.arch)
+    for f in reader.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
+        w.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+    rng = np.random.default_rng(seed)
+    for t in reader.tensors:
+        shape = tuple(reversed(t.shape.tolist()))
+        if len(shape) < 2 or min(shape) == 1:
+            w.add_tensor(t.name, np.asarray(t.data, dtype=np.float32).reshape(shape))
+            continue
+        rows, cols = shape
+        nb = cols // 256
+        raw = rng.integers(0, 256, (rows, nb, nbytes), dtype=np.uint8)
+        if i8 is not None:
+            raw[..., i8[0]:i8[0] + i8[1]] = rng.integers(-32, 32, (rows, nb, i8[1])).astype(np.int8).view(np.uint8)
+        factor = 1.0
+        for _ in range(2):  # unit block scales, then the factor that gives the target std
+            for off, v in f16s:
+                raw[..., off:off + 2] = np.full((rows, nb, 1), v * factor, np.float16).view(np.uint8)
+            factor = 1.0 / np.sqrt(cols) / float(quants.dequantize(raw.reshape(rows, -1), qtype).std())
+        w.add_tensor(t.name, raw.reshape(rows, -1), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    base.unlink()
+    return path

@@ -19,7 +19,7 @@ from farm.zoo.writer import write_gguf
 from tests import engine_ref
 from tests.engine_ref import TOKENS, run_logits, tiny_arch
 from tests.support import need
-from tests.test_engine_correctness import assert_close
+from tests.test_engine_correctness import MORE_QUANTS, assert_builds_close, assert_close, write_more_model
 
 QEMU = "qemu-aarch64-static"
 
@@ -49,6 +49,15 @@ def test_aarch64_logits_match_host_and_reference(arm_engine, models, key) -> Non
     ref = engine_ref.forward(engine_ref.RefModel(models[key]), TOKENS)
     assert_close(arm, host, quant)
     assert_close(arm, ref, quant)
+
+
+@pytest.mark.parametrize("quant", MORE_QUANTS)
+def test_aarch64_more_types_match_host(arm_engine, tmp_path, quant) -> None:
+    """NEON kernels of q4_1 ... q6_K against the host's AVX2 ones (tolerances: test_engine_correctness)."""
+    model = write_more_model("qwen2" if quant in ("q5_0", "q4_K", "q6_K") else "llama", quant,
+                             tmp_path / f"{quant}.gguf", 11)
+    arm = run_logits(arm_engine, model, TOKENS, "--all", "-t", "2")
+    assert_builds_close(arm, run_logits(build().path, model, TOKENS, "--all", "-t", "2"))
 
 
 def test_aarch64_bench(arm_engine, models) -> None:

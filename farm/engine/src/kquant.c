@@ -1,9 +1,11 @@
 /* The other GGML weight types farm runs: q4_1, q5_0, q5_1 (32-blocks) and the k-quants q4_K, q5_K, q6_K
  * (256-blocks), with the activation formats llama.cpp pairs them with (ggml-cpu type_traits vec_dot_type):
- * q5_0 -> q8_0, q4_1 / q5_1 -> q8_1, k-quants -> q8_K. The code follows ggml's reference and generic
- * kernels (ggml-quants.c, ggml-cpu/quants.c) operation by operation, so the integer sums are the same and
- * float results differ from llama.cpp only by summation order. Portable C in every build: the compiler
- * vectorises the inner loops (the per-lane accumulators of the k-quant dots are ggml's own layout). */
+ * q5_0 -> q8_0, q4_1 / q5_1 -> q8_1, k-quants -> q8_K. The scalar code follows ggml's reference and generic
+ * kernels (ggml-quants.c, ggml-cpu/quants.c) operation by operation; the AVX2 and NEON bodies follow
+ * ggml-cpu/arch/x86/quants.c and arch/arm/quants.c (named at each function). All of them compute the same
+ * integer sums per block (no int16 step can saturate: the bounds are noted where it is close), so the
+ * builds differ from each other and from llama.cpp only in float summation order. FARM_SCALAR builds and
+ * other targets use the portable C bodies. */
 #include <math.h>
 #include <string.h>
 
@@ -11,21 +13,22 @@
 #include "gguf.h"
 #include "quant.h"
 
+#if defined(FARM_AVX2)
+#include <immintrin.h>
+#elif defined(FARM_NEON)
+#include <arm_neon.h>
+#endif
+
 /* ---- activations ---------------------------------------------------------------------------------- */
 
+/* As llama.cpp's quantize_row_q8_1 of each arch: the 32-block quantizer of q8_0 (quant.c: AVX2 id = 127 / amax,
+ * NEON and scalar 1 / d, half-to-even rounding), plus s = d * sum(qs) from the unrounded d. */
 void quantize_row_q8_1(const float *x, block_q8_1 *y, int n) {
     for (int b = 0; b < n / QK; b++, x += QK) {
-        float amax = 0.0f;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-#if defined(FARM_AVX2) /* as llama.cpp's x86 quantize_row_q8_1; its ARM one takes 1 / d (quant.c, q8_0) */
-        const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
-#else
-        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-#endif
-        y[b].d = f32_to_fp16(d);
+        const float d = quantize_block_q8(x, y[b].qs);
         int sum = 0;
-        /* half to even, as ggml's AVX2 (_MM_ROUND_NEAREST) and NEON (vcvtnq) quantizers round */
-        for (int j = 0; j < QK; j++) sum += (y[b].qs[j] = (int8_t)lrintf(x[j] * id));
+        for (int j = 0; j < QK; j++) sum += y[b].qs[j];
+        y[b].d = f32_to_fp16(d);
         y[b].s = f32_to_fp16(sum * d);
     }
 }
@@ -37,6 +40,9 @@ static inline int nearest_int(float fval) { /* ggml-quants.c: round half to even
     return (i & 0x007fffff) - 0x00400000;
 }
 
+/* llama.cpp's x86 and ARM builds both use the reference quantize_row_q8_K_ref, so every build here does too
+ * (it is O(n) per row against the O(n * n_out) matmul it feeds). |qs| <= 127: the element of largest
+ * magnitude maps to exactly -127. */
 void quantize_row_q8_K(const float *x, block_q8_K *y, int n) {
     for (int b = 0; b < n / QK_K; b++, x += QK_K) {
         float max = 0.0f, amax = 0.0f;
@@ -149,9 +155,89 @@ int dequant_row_more(int type, const void *src, float *y, int n) {
     }
 }
 
+/* ---- SIMD helpers ------------------------------------------------------------------------------- */
+
+#if defined(FARM_AVX2)
+static inline float hsum_f8(__m256 x) { /* ggml's hsum_float_8 */
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+/* ggml's bytes_from_nibbles_32: low nibbles to bytes 0..15, high nibbles to 16..31, each 0..15. */
+static inline __m256i nibbles_32(const uint8_t *qs) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    const __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0f));
+}
+/* ggml's bytes_from_bits_32: bit j of the 32-bit word -> byte j = 0xFF if set, else 0x00. */
+static inline __m256i bits_32(const uint8_t *qh) {
+    uint32_t x32;
+    memcpy(&x32, qh, sizeof x32);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x32), shuf);
+    return _mm256_cmpeq_epi8(_mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi64x(-1));
+}
+/* ggml's mul_sum_us8_pairs_float: unsigned x signed bytes -> 8 int32 lane sums as floats. The int16 pair sums
+ * stay below 2 * 31 * 127 for the 5-bit types here, far from saturation. */
+static inline __m256 dot_us8(__m256i ax, __m256i sy) {
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1)));
+}
+/* ggml's mul_sum_i8_pairs_float: signed x signed via the sign trick (|x| <= 16 here). */
+static inline __m256 dot_s8(__m256i x, __m256i y) { return dot_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)); }
+/* ggml's get_scale_shuffle_k4 / get_scale_shuffle: broadcast int16 scale i (of 8) / int8 scales 2i, 2i+1 (of 16). */
+static inline __m256i scale_shuffle_k4(int i) {
+    return _mm256_set1_epi16((short)(((2 * i + 1) << 8) | (2 * i)));
+}
+static inline __m128i scale_shuffle_k6(int i) {
+    return _mm_set_epi64x((long long)(0x0101010101010101ULL * (2 * i + 1)), (long long)(0x0101010101010101ULL * (2 * i)));
+}
+#elif defined(FARM_NEON)
+static inline int32x4_t dot_s8(int32x4_t acc, int8x16_t a, int8x16_t b) { /* ggml_vdotq_s32, as quant.c's dot_i8 */
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, a, b);
+#else
+    const int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    const int16x8_t hi = vmull_s8(vget_high_s8(a), vget_high_s8(b));
+    return vpadalq_s16(vpadalq_s16(acc, lo), hi);
+#endif
+}
+/* Bits at..at+15 of qh -> bytes 0xFF if set, else 0x00: what llama.cpp's table_b2b_0 / table_b2b_1 lookups
+ * give (times 0x10), by one compare instead of four table loads. */
+static inline uint8x16_t bits_16(uint32_t qh, int at) {
+    static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t b = vcombine_u8(vdup_n_u8((uint8_t)(qh >> at)), vdup_n_u8((uint8_t)(qh >> (at + 8))));
+    return vtstq_u8(b, vld1q_u8(bit));
+}
+#endif
+
 /* ---- dot products ------------------------------------------------------------------------------- */
 
+/* llama.cpp ggml_vec_dot_q4_1_q8_1 (x86 AVX2, ARM NEON without i8mm, generic). */
 static float dot_q4_1(int n, const block_q4_1 *x, const block_q8_1 *y) {
+#if defined(FARM_AVX2)
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int ib = 0; ib < n / QK; ++ib) {
+        summs += fp16_to_f32(x[ib].m) * fp16_to_f32(y[ib].s);
+        const __m256 d = _mm256_set1_ps(fp16_to_f32(x[ib].d) * fp16_to_f32(y[ib].d));
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[ib].qs);
+        acc = _mm256_fmadd_ps(d, dot_us8(nibbles_32(x[ib].qs), qy), acc);
+    }
+    return hsum_f8(acc) + summs;
+#elif defined(FARM_NEON)
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float summs = 0;
+    for (int ib = 0; ib < n / QK; ++ib) {
+        summs += fp16_to_f32(x[ib].m) * fp16_to_f32(y[ib].s);
+        const uint8x16_t v = vld1q_u8(x[ib].qs);
+        const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+        const int8x16_t hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        const int32x4_t p = dot_s8(dot_s8(vdupq_n_s32(0), lo, vld1q_s8(y[ib].qs)), hi, vld1q_s8(y[ib].qs + 16));
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16_to_f32(x[ib].d) * fp16_to_f32(y[ib].d));
+    }
+    return vaddvq_f32(acc) + summs;
+#else
     float sumf = 0;
     for (int ib = 0; ib < n / QK; ++ib) {
         int sumi0 = 0, sumi1 = 0;
@@ -163,9 +249,35 @@ static float dot_q4_1(int n, const block_q4_1 *x, const block_q8_1 *y) {
                 fp16_to_f32(x[ib].m) * fp16_to_f32(y[ib].s);
     }
     return sumf;
+#endif
 }
 
+/* llama.cpp ggml_vec_dot_q5_0_q8_0 (x86 AVX2, ARM NEON, generic): the 5th bit clear means q - 16. */
 static float dot_q5_0(int n, const block_q5_0 *x, const block_q8_0 *y) {
+#if defined(FARM_AVX2)
+    __m256 acc = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / QK; ++ib) {
+        const __m256 d = _mm256_set1_ps(fp16_to_f32(x[ib].d) * fp16_to_f32(y[ib].d));
+        const __m256i hi = _mm256_andnot_si256(bits_32(x[ib].qh), _mm256_set1_epi8((char)0xF0));
+        const __m256i qx = _mm256_or_si256(nibbles_32(x[ib].qs), hi); /* 0xF0 | q == q - 16 as int8 */
+        acc = _mm256_fmadd_ps(d, dot_s8(qx, _mm256_loadu_si256((const __m256i *)y[ib].qs)), acc);
+    }
+    return hsum_f8(acc);
+#elif defined(FARM_NEON)
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int ib = 0; ib < n / QK; ++ib) {
+        uint32_t qh;
+        memcpy(&qh, x[ib].qh, sizeof qh);
+        const uint8x16_t v = vld1q_u8(x[ib].qs), m16 = vdupq_n_u8(0x10);
+        const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F))),
+                                      vreinterpretq_s8_u8(vbicq_u8(m16, bits_16(qh, 0))));
+        const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)),
+                                      vreinterpretq_s8_u8(vbicq_u8(m16, bits_16(qh, 16))));
+        const int32x4_t p = dot_s8(dot_s8(vdupq_n_s32(0), lo, vld1q_s8(y[ib].qs)), hi, vld1q_s8(y[ib].qs + 16));
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16_to_f32(x[ib].d) * fp16_to_f32(y[ib].d));
+    }
+    return vaddvq_f32(acc);
+#else
     float sumf = 0;
     for (int ib = 0; ib < n / QK; ++ib) {
         uint32_t qh;
@@ -182,9 +294,37 @@ static float dot_q5_0(int n, const block_q5_0 *x, const block_q8_0 *y) {
         sumf += (fp16_to_f32(x[ib].d) * fp16_to_f32(y[ib].d)) * (sumi0 + sumi1);
     }
     return sumf;
+#endif
 }
 
+/* llama.cpp ggml_vec_dot_q5_1_q8_1 (x86 AVX2, ARM NEON, generic). */
 static float dot_q5_1(int n, const block_q5_1 *x, const block_q8_1 *y) {
+#if defined(FARM_AVX2)
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int ib = 0; ib < n / QK; ++ib) {
+        summs += fp16_to_f32(x[ib].m) * fp16_to_f32(y[ib].s);
+        const __m256i hi = _mm256_and_si256(bits_32(x[ib].qh), _mm256_set1_epi8(0x10));
+        const __m256i qx = _mm256_or_si256(nibbles_32(x[ib].qs), hi);
+        const __m256 q = dot_us8(qx, _mm256_loadu_si256((const __m256i *)y[ib].qs));
+        acc = _mm256_fmadd_ps(q, _mm256_set1_ps(fp16_to_f32(x[ib].d) * fp16_to_f32(y[ib].d)), acc);
+    }
+    return hsum_f8(acc) + summs;
+#elif defined(FARM_NEON)
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    float summs = 0;
+    for (int ib = 0; ib < n / QK; ++ib) {
+        summs += fp16_to_f32(x[ib].m) * fp16_to_f32(y[ib].s);
+        uint32_t qh;
+        memcpy(&qh, x[ib].qh, sizeof qh);
+        const uint8x16_t v = vld1q_u8(x[ib].qs), m16 = vdupq_n_u8(0x10);
+        const int8x16_t lo = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(v, vdupq_n_u8(0x0F)), vandq_u8(m16, bits_16(qh, 0))));
+        const int8x16_t hi = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(v, 4), vandq_u8(m16, bits_16(qh, 16))));
+        const int32x4_t p = dot_s8(dot_s8(vdupq_n_s32(0), lo, vld1q_s8(y[ib].qs)), hi, vld1q_s8(y[ib].qs + 16));
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16_to_f32(x[ib].d) * fp16_to_f32(y[ib].d));
+    }
+    return vaddvq_f32(acc) + summs;
+#else
     float sumf = 0;
     for (int ib = 0; ib < n / QK; ++ib) {
         uint32_t qh;
@@ -200,9 +340,10 @@ static float dot_q5_1(int n, const block_q5_1 *x, const block_q8_1 *y) {
                 fp16_to_f32(x[ib].m) * fp16_to_f32(y[ib].s);
     }
     return sumf;
+#endif
 }
 
-static void unpack_scales_k4(const uint8_t *src, uint32_t utmp[4]) {
+static void unpack_scales_k4(const uint8_t *src, uint32_t utmp[4]) { /* utmp[0..1]: 8 scales, [2..3]: 8 mins */
     const uint32_t kmask1 = 0x3f3f3f3f, kmask2 = 0x0f0f0f0f, kmask3 = 0x03030303;
     memcpy(utmp, src, 12);
     utmp[3] = ((utmp[2] >> 4) & kmask2) | (((utmp[1] >> 6) & kmask3) << 4);
@@ -212,9 +353,94 @@ static void unpack_scales_k4(const uint8_t *src, uint32_t utmp[4]) {
     utmp[0] &= kmask1;
 }
 
-/* q4_K and q5_K: 8 sub-blocks of 32 with 6-bit scales and mins (qh == NULL for q4_K). */
+/* q4_K and q5_K: 8 sub-blocks of 32 with 6-bit scales and mins (qh == NULL for q4_K). llama.cpp
+ * ggml_vec_dot_q4_K_q8_K / ggml_vec_dot_q5_K_q8_K (x86 AVX2, ARM NEON without i8mm/SVE, generic); the SIMD
+ * bodies are q4_K's with q5_K's fifth bit ORed in. Values <= 31 times |q8| <= 127: the maddubs pairs stay
+ * below 7874 and the scale products (<= 63) fit int32. */
 static float dot_q45_K(int nb, const uint8_t *const *qs, const uint8_t *const *qh, const uint8_t *const *scales,
                        const f16_t *d, const f16_t *dmin, size_t stride, const block_q8_K *y) {
+#if defined(FARM_AVX2)
+    const __m256i m4 = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int i = 0; i < nb; ++i) {
+        const uint8_t *q4 = qs[0] + i * stride, *hm = qh ? qh[0] + i * stride : NULL;
+        const int8_t *q8 = y[i].qs;
+        const float dd = y[i].d * fp16_to_f32(*(const f16_t *)((const char *)d + i * stride));
+        const float dm = -y[i].d * fp16_to_f32(*(const f16_t *)((const char *)dmin + i * stride));
+        uint32_t utmp[4];
+        unpack_scales_k4(scales[0] + i * stride, utmp);
+        const __m256i mins_and_scales =
+            _mm256_cvtepu8_epi16(_mm_set_epi32((int)utmp[3], (int)utmp[2], (int)utmp[1], (int)utmp[0]));
+        const __m256i q8sums = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+        const __m128i q8s = _mm_hadd_epi16(_mm256_extracti128_si256(q8sums, 0), _mm256_extracti128_si256(q8sums, 1));
+        const __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dm), _mm_cvtepi32_ps(prod), acc_m);
+        const __m128i sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
+        const __m256i sc = _mm256_set_m128i(sc128, sc128);
+        const __m256i hbits = hm ? _mm256_loadu_si256((const __m256i *)hm) : _mm256_setzero_si256();
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < QK_K / 64; ++j, q4 += 32, q8 += 64) {
+            const __m256i q4bits = _mm256_loadu_si256((const __m256i *)q4);
+            __m256i q4l = _mm256_and_si256(q4bits, m4);
+            __m256i q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+            if (hm) { /* bit 2j (2j+1) of each qh byte -> 0x10 */
+                const __m128i s0 = _mm_cvtsi32_si128(2 * j), s1 = _mm_cvtsi32_si128(2 * j + 1);
+                q4l = _mm256_or_si256(q4l, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, s0), one), 4));
+                q4h = _mm256_or_si256(q4h, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hbits, s1), one), 4));
+            }
+            const __m256i p16l = _mm256_madd_epi16(_mm256_shuffle_epi8(sc, scale_shuffle_k4(2 * j)),
+                                                   _mm256_maddubs_epi16(q4l, _mm256_loadu_si256((const __m256i *)q8)));
+            const __m256i p16h =
+                _mm256_madd_epi16(_mm256_shuffle_epi8(sc, scale_shuffle_k4(2 * j + 1)),
+                                  _mm256_maddubs_epi16(q4h, _mm256_loadu_si256((const __m256i *)(q8 + 32))));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    return hsum_f8(acc) + _mm_cvtss_f32(acc_m);
+#elif defined(FARM_NEON)
+    const uint8x16_t m4b = vdupq_n_u8(0xf), mone = vdupq_n_u8(1), mtwo = vdupq_n_u8(2);
+    const int32x4_t mzero = vdupq_n_s32(0);
+    float sumf = 0;
+    for (int i = 0; i < nb; ++i) {
+        const uint8_t *q4 = qs[0] + i * stride, *hm = qh ? qh[0] + i * stride : NULL;
+        const int8_t *q8 = y[i].qs;
+        const float dd = y[i].d * fp16_to_f32(*(const f16_t *)((const char *)d + i * stride));
+        const float dm = y[i].d * fp16_to_f32(*(const f16_t *)((const char *)dmin + i * stride));
+        const int16x8_t q8sums = vpaddq_s16(vld1q_s16(y[i].bsums), vld1q_s16(y[i].bsums + 8));
+        uint32_t utmp[4];
+        unpack_scales_k4(scales[0] + i * stride, utmp);
+        const int16x8_t mins = vreinterpretq_s16_u16(vmovl_u8(vld1_u8((const uint8_t *)utmp + 8)));
+        const int32x4_t prod = vaddq_s32(vmull_s16(vget_low_s16(q8sums), vget_low_s16(mins)),
+                                         vmull_s16(vget_high_s16(q8sums), vget_high_s16(mins)));
+        const int32_t sumi_mins = vaddvq_s32(prod);
+        const uint8_t *sc = (const uint8_t *)utmp;
+        uint8x16_t qh0 = hm ? vld1q_u8(hm) : vdupq_n_u8(0), qh1 = hm ? vld1q_u8(hm + 16) : vdupq_n_u8(0);
+        int32_t sumi = 0;
+        for (int j = 0; j < QK_K / 64; ++j, q4 += 32, q8 += 64) {
+            const uint8x16_t b0 = vld1q_u8(q4), b1 = vld1q_u8(q4 + 16);
+            uint8x16_t l0 = vandq_u8(b0, m4b), l1 = vandq_u8(b1, m4b), h0 = vshrq_n_u8(b0, 4), h1 = vshrq_n_u8(b1, 4);
+            if (hm) {
+                l0 = vorrq_u8(l0, vshlq_n_u8(vandq_u8(mone, qh0), 4));
+                l1 = vorrq_u8(l1, vshlq_n_u8(vandq_u8(mone, qh1), 4));
+                h0 = vorrq_u8(h0, vshlq_n_u8(vandq_u8(mtwo, qh0), 3));
+                h1 = vorrq_u8(h1, vshlq_n_u8(vandq_u8(mtwo, qh1), 3));
+                qh0 = vshrq_n_u8(qh0, 2);
+                qh1 = vshrq_n_u8(qh1, 2);
+            }
+            const int32x4_t pl = dot_s8(dot_s8(mzero, vreinterpretq_s8_u8(l0), vld1q_s8(q8)), vreinterpretq_s8_u8(l1),
+                                        vld1q_s8(q8 + 16));
+            const int32x4_t ph = dot_s8(dot_s8(mzero, vreinterpretq_s8_u8(h0), vld1q_s8(q8 + 32)),
+                                        vreinterpretq_s8_u8(h1), vld1q_s8(q8 + 48));
+            sumi += vaddvq_s32(pl) * sc[2 * j] + vaddvq_s32(ph) * sc[2 * j + 1];
+        }
+        sumf += dd * sumi - dm * sumi_mins;
+    }
+    return sumf;
+#else
     float sums[8] = {0}, sumf = 0;
     for (int i = 0; i < nb; ++i) {
         const uint8_t *q4 = qs[0] + i * stride, *hm = qh ? qh[0] + i * stride : NULL;
@@ -246,9 +472,85 @@ static float dot_q45_K(int nb, const uint8_t *const *qs, const uint8_t *const *q
     }
     for (int l = 0; l < 8; ++l) sumf += sums[l];
     return sumf;
+#endif
 }
 
+/* llama.cpp ggml_vec_dot_q6_K_q8_K (x86 AVX2, ARM NEON without i8mm/SVE, generic): the SIMD bodies multiply the
+ * unsigned 6-bit q (<= 63: maddubs pairs <= 16002) and subtract 32 * sum(scale * bsums) per block. */
 static float dot_q6_K(int n, const block_q6_K *x, const block_q8_K *y) {
+#if defined(FARM_AVX2)
+    const __m256i m3 = _mm256_set1_epi8(3), m15 = _mm256_set1_epi8(15);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK_K; ++i) {
+        const float d = y[i].d * fp16_to_f32(x[i].d);
+        const uint8_t *q4 = x[i].ql, *qh = x[i].qh;
+        const int8_t *q8 = y[i].qs;
+        const __m256i q8sums = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+        const __m128i scales = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const __m256i q8sclsub = _mm256_slli_epi32(_mm256_madd_epi16(q8sums, _mm256_cvtepi8_epi16(scales)), 5);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0, is = 0; j < QK_K / 128; ++j, is += 4, q4 += 64, qh += 32, q8 += 128) {
+            const __m256i q4bits1 = _mm256_loadu_si256((const __m256i *)q4);
+            const __m256i q4bits2 = _mm256_loadu_si256((const __m256i *)(q4 + 32));
+            const __m256i q4bitsH = _mm256_loadu_si256((const __m256i *)qh);
+            const __m256i q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bitsH, m3), 4);
+            const __m256i q4h_1 = _mm256_slli_epi16(_mm256_and_si256(q4bitsH, _mm256_set1_epi8(12)), 2);
+            const __m256i q4h_2 = _mm256_and_si256(q4bitsH, _mm256_set1_epi8(48));
+            const __m256i q4h_3 = _mm256_srli_epi16(_mm256_and_si256(q4bitsH, _mm256_set1_epi8(-64)), 2);
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(q4bits1, m15), q4h_0),
+                _mm256_or_si256(_mm256_and_si256(q4bits2, m15), q4h_1),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m15), q4h_2),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m15), q4h_3),
+            };
+            for (int k = 0; k < 4; k++) {
+                const __m256i p16 = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(q8 + 32 * k)));
+                const __m256i s16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, scale_shuffle_k6(is + k)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(s16, p16));
+            }
+        }
+        sumi = _mm256_sub_epi32(sumi, q8sclsub);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_f8(acc);
+#elif defined(FARM_NEON)
+    const uint8x16_t m4b = vdupq_n_u8(0xF), m3 = vdupq_n_u8(3);
+    const int32x4_t vzero = vdupq_n_s32(0);
+    float sum = 0;
+    for (int i = 0; i < n / QK_K; ++i) {
+        const uint8_t *q6 = x[i].ql, *qh = x[i].qh;
+        const int8_t *q8 = y[i].qs, *scale = x[i].scales;
+        const int8x16_t scales = vld1q_s8(scale);
+        const int16x8_t s0 = vmovl_s8(vget_low_s8(scales)), s1 = vmovl_s8(vget_high_s8(scales));
+        const int16x8_t b0 = vld1q_s16(y[i].bsums), b1 = vld1q_s16(y[i].bsums + 8);
+        const int32x4_t prod = vaddq_s32(vaddq_s32(vmull_s16(vget_low_s16(b0), vget_low_s16(s0)),
+                                                   vmull_s16(vget_high_s16(b0), vget_high_s16(s0))),
+                                         vaddq_s32(vmull_s16(vget_low_s16(b1), vget_low_s16(s1)),
+                                                   vmull_s16(vget_high_s16(b1), vget_high_s16(s1))));
+        const int32_t isum_mins = vaddvq_s32(prod);
+        int32_t isum = 0;
+        for (int j = 0; j < QK_K / 128; ++j, qh += 32, q6 += 64) {
+            const uint8x16_t qh0 = vld1q_u8(qh), qh1 = vld1q_u8(qh + 16);
+            const uint8x16_t ql[4] = {vld1q_u8(q6), vld1q_u8(q6 + 16), vld1q_u8(q6 + 32), vld1q_u8(q6 + 48)};
+            for (int half = 0; half < 2; half++, q8 += 64, scale += 4) { /* low nibbles + qh bits 0-3, then high + 4-7 */
+                const int sh = 4 * half;
+                const uint8x16_t h[4] = {
+                    vshlq_n_u8(vandq_u8(m3, vshlq_u8(qh0, vdupq_n_s8((int8_t)-sh))), 4),
+                    vshlq_n_u8(vandq_u8(m3, vshlq_u8(qh1, vdupq_n_s8((int8_t)-sh))), 4),
+                    vshlq_n_u8(vandq_u8(m3, vshlq_u8(qh0, vdupq_n_s8((int8_t)(-sh - 2)))), 4),
+                    vshlq_n_u8(vandq_u8(m3, vshlq_u8(qh1, vdupq_n_s8((int8_t)(-sh - 2)))), 4),
+                };
+                for (int k = 0; k < 4; k++) {
+                    const uint8x16_t lo = half ? vshrq_n_u8(ql[k], 4) : vandq_u8(ql[k], m4b);
+                    const int8x16_t q = vreinterpretq_s8_u8(vorrq_u8(lo, h[k]));
+                    isum += vaddvq_s32(dot_s8(vzero, q, vld1q_s8(q8 + 16 * k))) * scale[k];
+                }
+            }
+        }
+        sum += fp16_to_f32(x[i].d) * y[i].d * (isum - 32 * isum_mins);
+    }
+    return sum;
+#else
     float sums[8] = {0}, sumf = 0;
     for (int i = 0; i < n / QK_K; ++i) {
         const uint8_t *q4 = x[i].ql, *qh = x[i].qh;
@@ -274,6 +576,7 @@ static float dot_q6_K(int n, const block_q6_K *x, const block_q8_K *y) {
     }
     for (int l = 0; l < 8; ++l) sumf += sums[l];
     return sumf;
+#endif
 }
 
 float vec_dot_more(int type, int n, const void *w, const void *x) {

@@ -100,55 +100,58 @@ void f32_to_f16_row(const float *x, f16_t *y, int n) {
 
 /* ---- q8_0 activations ---------------------------------------------------------------------------- */
 
-void quantize_row_q8_0(const float *x, block_q8_0 *y, int n) {
-    for (int b = 0; b < n / QK; b++, x += QK) {
-        float amax = 0.0f;
+/* One 32-block of activations to int8 (q8_0 and q8_1 share it): returns the unrounded d = amax / 127. */
+float quantize_block_q8(const float *x, int8_t qs[QK]) {
+    float amax = 0.0f;
 #if defined(FARM_AVX2)
-        const __m256 signbit = _mm256_set1_ps(-0.0f);
-        __m256 v[4], m = _mm256_setzero_ps();
-        for (int k = 0; k < 4; k++) {
-            v[k] = _mm256_loadu_ps(x + 8 * k);
-            m = _mm256_max_ps(m, _mm256_andnot_ps(signbit, v[k]));
-        }
-        __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        amax = _mm_cvtss_f32(m4);
-        /* llama.cpp's x86 quantizer takes id = 127 / amax (its ARM and generic ones 1 / d): the last ulp of
-         * id decides the rounding of values near .5, so each build follows its own llama.cpp counterpart */
-        const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
-        y[b].d = f32_to_fp16(d);
-        const __m256 vid = _mm256_set1_ps(id);
-        __m256i q[4];
-        for (int k = 0; k < 4; k++)
-            q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], vid), _MM_FROUND_TO_NEAREST_INT));
-        /* pack 32 int32 -> 32 int8 and undo the lane interleave of the pack instructions */
-        __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
-        __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-        p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)y[b].qs, p8);
-#elif defined(FARM_NEON)
-        float32x4_t v[8];
-        float32x4_t m = vdupq_n_f32(0.0f);
-        for (int k = 0; k < 8; k++) {
-            v[k] = vld1q_f32(x + 4 * k);
-            m = vmaxq_f32(m, vabsq_f32(v[k]));
-        }
-        amax = vmaxvq_f32(m);
-        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[b].d = f32_to_fp16(d);
-        for (int k = 0; k < 4; k++) { /* round half to even; |q| <= 127 so narrowing is exact */
-            const int32x4_t a = vcvtnq_s32_f32(vmulq_n_f32(v[2 * k], id));
-            const int32x4_t c = vcvtnq_s32_f32(vmulq_n_f32(v[2 * k + 1], id));
-            vst1_s8(y[b].qs + 8 * k, vmovn_s16(vcombine_s16(vmovn_s32(a), vmovn_s32(c))));
-        }
-#else
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[b].d = f32_to_fp16(d);
-        for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)lrintf(x[j] * id); /* default mode: half-even */
-#endif
+    const __m256 signbit = _mm256_set1_ps(-0.0f);
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        m = _mm256_max_ps(m, _mm256_andnot_ps(signbit, v[k]));
     }
+    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    amax = _mm_cvtss_f32(m4);
+    /* llama.cpp's x86 quantizer takes id = 127 / amax (its ARM and generic ones 1 / d): the last ulp of
+     * id decides the rounding of values near .5, so each build follows its own llama.cpp counterpart */
+    const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++)
+        q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], vid), _MM_FROUND_TO_NEAREST_INT));
+    /* pack 32 int32 -> 32 int8 and undo the lane interleave of the pack instructions */
+    __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, p8);
+    return d;
+#elif defined(FARM_NEON)
+    float32x4_t v[8];
+    float32x4_t m = vdupq_n_f32(0.0f);
+    for (int k = 0; k < 8; k++) {
+        v[k] = vld1q_f32(x + 4 * k);
+        m = vmaxq_f32(m, vabsq_f32(v[k]));
+    }
+    amax = vmaxvq_f32(m);
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int k = 0; k < 4; k++) { /* round half to even; |q| <= 127 so narrowing is exact */
+        const int32x4_t a = vcvtnq_s32_f32(vmulq_n_f32(v[2 * k], id));
+        const int32x4_t c = vcvtnq_s32_f32(vmulq_n_f32(v[2 * k + 1], id));
+        vst1_s8(qs + 8 * k, vmovn_s16(vcombine_s16(vmovn_s32(a), vmovn_s32(c))));
+    }
+    return d;
+#else
+    for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < QK; j++) qs[j] = (int8_t)lrintf(x[j] * id); /* default mode: half-even */
+    return d;
+#endif
+}
+
+void quantize_row_q8_0(const float *x, block_q8_0 *y, int n) {
+    for (int b = 0; b < n / QK; b++, x += QK) y[b].d = f32_to_fp16(quantize_block_q8(x, y[b].qs));
 }
 
 void dequant_row(int type, const void *src, float *dst, int n) {

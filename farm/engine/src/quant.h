@@ -75,6 +75,7 @@ f16_t f32_to_fp16(float f);
 /* Activations for q4_0/q8_0 matmuls are quantized to q8_0 per 32-block: d = amax/127 (stored as f16),
  * q = round-half-even(x * (1/d)), the rounding tests' numpy reference reproduces exactly. n % 32 == 0. */
 void quantize_row_q8_0(const float *x, block_q8_0 *y, int n);
+float quantize_block_q8(const float *x, int8_t qs[QK]); /* one block; returns d before its f16 rounding */
 void dequant_row(int type, const void *src, float *dst, int n);
 void f32_to_f16_row(const float *x, f16_t *y, int n);
 

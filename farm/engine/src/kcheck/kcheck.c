@@ -1,0 +1,100 @@
+/* farm-kcheck: the engine's quantized dot-product kernels on fixed pseudo-random data, one line per case, so two
+ * builds (scalar, AVX2, NEON on a device or under qemu) can be compared kernel by kernel.
+ *
+ *   farm-kcheck     prints "<simd> <type> <trial> <mode> <dot> <sum |w_i x_i|>" lines (floats as %a), then
+ *                   "acts <checksum>"; the second figure bounds float summation-order differences
+ *
+ * Weights are random bytes (every bit pattern is a valid block) with finite f16 scales; activations go
+ * through the engine's own quantizers (q8_0, q8_1, q8_K). Mode "exact": integer activations with one 127
+ * per 32-block and unit weight scales, so every product and partial sum is an integer below 2^24 and every
+ * correct build prints the same bits. Mode "float": random scales and activations, where builds may differ
+ * by float summation order only. "acts" checksums the q8_K activations and, in exact mode, the q8_1 ones
+ * (the same in every build). Exit 0, or 2 on bad usage. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common.h"
+#include "../gguf.h"
+#include "../quant.h"
+
+#define N 1024 /* elements per row: 4 k-quant blocks, 32 small blocks */
+#define TRIALS 64
+
+void farm_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("farm-kcheck: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(2);
+}
+
+static uint64_t rng_state = 88172645463325252ULL;
+static uint32_t rnd(void) { /* xorshift64: the same stream on every target */
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+
+static const struct {
+    int type, block_bytes, block_len, d_off, m_off; /* m_off: second f16 (m / dmin), -1 if none */
+} TYPES[] = {
+    {GT_Q4_1, 20, QK, 0, 2},     {GT_Q5_0, 22, QK, 0, -1},    {GT_Q5_1, 24, QK, 0, 2},
+    {GT_Q4_K, 144, QK_K, 0, 2},  {GT_Q5_K, 176, QK_K, 0, 2},  {GT_Q6_K, 210, QK_K, 208, -1},
+};
+
+int main(int argc, char **argv) {
+    (void)argv;
+    if (argc != 1) farm_fail("usage: farm-kcheck (no arguments)");
+    quant_init();
+    static float x[N];
+    static uint8_t w[N * 2];
+    static block_q8_0 a0[N / QK];
+    static block_q8_1 a1[N / QK];
+    static block_q8_K ak[N / QK_K];
+    long long acts = 0;
+    for (int trial = 0; trial < 2 * TRIALS; trial++) {
+        const int exact = trial < TRIALS;
+        for (int i = 0; i < N; i++)
+            x[i] = exact ? (float)((int)(rnd() % 7) - 3) : ((float)(rnd() % 2000001) / 1e6f - 1.0f) * (1 + trial % 3 * 40);
+        if (exact)
+            for (int i = 0; i < N; i += QK) x[i + rnd() % QK] = 127.0f; /* d = 1 for q8_0/q8_1, d = -1 for q8_K */
+        quantize_row_q8_0(x, a0, N);
+        quantize_row_q8_1(x, a1, N);
+        quantize_row_q8_K(x, ak, N);
+        for (int b = 0; b < (exact ? N / QK : 0); b++) { /* float mode: x86 rounds x * (127 / amax), the others
+                                                            x * (1 / d), which may differ by one near .5 */
+            acts += a1[b].d * 7 + a1[b].s * 3;
+            for (int j = 0; j < QK; j++) acts += a1[b].qs[j] * (j + 1);
+        }
+        for (int b = 0; b < N / QK_K; b++)
+            for (int j = 0; j < QK_K; j++) acts += ak[b].qs[j] * (j % 13 + 1) + ak[b].bsums[j / 16];
+        for (size_t t = 0; t < sizeof TYPES / sizeof TYPES[0]; t++) {
+            const int nb = N / TYPES[t].block_len;
+            for (int i = 0; i < nb * TYPES[t].block_bytes; i++) w[i] = (uint8_t)rnd();
+            for (int b = 0; b < nb; b++) { /* float mode: |scale| in [2^-10, 2^-3), d of either sign */
+                uint8_t *blk = w + b * TYPES[t].block_bytes;
+                const f16_t one = 0x3C00, d = (f16_t)((rnd() & 0x8000) | ((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
+                const f16_t m = (f16_t)(((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
+                memcpy(blk + TYPES[t].d_off, exact ? &one : &d, 2);
+                if (TYPES[t].m_off >= 0) memcpy(blk + TYPES[t].m_off, exact ? &one : &m, 2);
+            }
+            const int ty = TYPES[t].type;
+            const void *act = ty == GT_Q5_0 ? (const void *)a0
+                              : ty == GT_Q4_1 || ty == GT_Q5_1 ? (const void *)a1 : (const void *)ak;
+            static float wf[N];
+            dequant_row(ty, w, wf, N);
+            double mag = 0;
+            for (int i = 0; i < N; i++) mag += fabs((double)wf[i] * x[i]);
+            printf("%s %s %d %s %a %a\n", FARM_SIMD, gguf_type_name((uint32_t)ty), trial, exact ? "exact" : "float",
+                   (double)vec_dot_more(ty, N, w, act), mag);
+        }
+    }
+    printf("acts %lld\n", acts);
+    return 0;
+}
