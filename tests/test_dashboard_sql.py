@@ -172,3 +172,36 @@ def test_compose_grafana_service_matches_the_provisioning() -> None:
     assert (env["FARM_PG_USER"], env["FARM_PG_PASSWORD"], env["FARM_PG_DB"]) == (
         pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"])
     assert all(str(p).startswith("127.0.0.1:") for p in grafana_svc["ports"])
+
+
+
+@pytest.mark.postgres
+def test_grafana_energy_bars_never_draw_a_value_below_resolution(pg_url: str) -> None:
+    """Grafana cannot grey one bar: the energy query splits each phase into the measured mean (outside the
+    idle noise) and the bound (inside it); the panel draws both columns and names the grey one."""
+    from tests.web_support import store_with_pairs
+
+    board = json.loads((REPO / "dashboards" / "farm-performance.json").read_text())
+    panel = next(p for p in board["panels"] if p["targets"][0]["rawSql"] == grafana.grafana_sql(BY_NAME["energy"]))
+    drawn = panel["transformations"][-1]["options"]["include"]["names"]
+    assert "decode_mj_per_tok" not in drawn and {"decode_mj_measured", "decode_mj_below"} <= set(drawn)
+    shown = {o["matcher"]["options"]: o["properties"][0]["value"] for o in panel["fieldConfig"]["overrides"]}
+    assert "below resolution" in shown["decode_mj_below"]
+    # two cells; on the "big" cores one the decode energy is within the idle noise (bound 2x the value,
+    # as a fuel gauge's coarse steps give), through the UPDATE trigger path of the rollup
+    store = store_with_pairs(pg_url, "cpus", "big", runs=1)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE results SET decode_j_per_tok_bound = 2 * ABS(decode_j_per_tok), "
+                          "prefill_j_per_tok_bound = 0.01 * prefill_j_per_tok WHERE cpus = 'big'"))
+        conn.execute(text("UPDATE results SET decode_j_per_tok_bound = 0.01 * decode_j_per_tok, "
+                          "prefill_j_per_tok_bound = 0.01 * prefill_j_per_tok WHERE cpus <> 'big'"))
+    span = (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))  # store_with_pairs' dates
+    with store.engine.connect() as conn:
+        variables = {v["name"]: [r[0] for r in conn.execute(text(grafana_expand(v["query"], {}, span)))]
+                     for v in board["templating"]["list"]}
+        rows = {r.cpus: dict(r._mapping)
+                for r in conn.execute(text(grafana_expand(panel["targets"][0]["rawSql"], variables, span)))}
+    big, all_ = rows["big"], rows["all"]
+    assert big["decode_mj_measured"] is None and big["decode_mj_below"] == pytest.approx(big["decode_mj_bound"])
+    assert big["prefill_mj_below"] is None and big["prefill_mj_measured"] == pytest.approx(big["prefill_mj_per_tok"])
+    assert all_["decode_mj_below"] is None and all_["decode_mj_measured"] == pytest.approx(all_["decode_mj_per_tok"])

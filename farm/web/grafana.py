@@ -71,6 +71,26 @@ def _bars() -> dict[str, Any]:
             "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}
 
 
+def _energy_panel() -> dict[str, Any]:
+    """Energy bars; a phase whose net energy is within the idle baseline's noise is a grey bar of the bound,
+    named "below resolution", never a (possibly negative) value: as the table, the report and farm's page."""
+    panel = _panel(3, "Energy per token (mJ) — $device", "barchart", "energy", (0, 24, 12, 12),
+                   fields=["label", "prefill_mj_measured", "decode_mj_measured", "prefill_mj_below",
+                           "decode_mj_below"], options={**_bars(), "stacking": "none"}, repeat="device",
+                   description="Net energy per token (idle power subtracted). Grey: below resolution, the net "
+                               "energy is within the idle baseline's noise; the bar is that bound, the raw "
+                               "value is in the table and in farm results --raw.")
+    names = {"prefill_mj_measured": ("prefill mJ/tok", None), "decode_mj_measured": ("decode mJ/tok", None),
+             "prefill_mj_below": ("prefill: below resolution (< bound)", "#c8c8c8"),
+             "decode_mj_below": ("decode: below resolution (< bound)", "#8f8f8f")}
+    panel["fieldConfig"]["overrides"] = [
+        {"matcher": {"id": "byName", "options": field},
+         "properties": [{"id": "displayName", "value": name},
+                        *([{"id": "color", "value": {"mode": "fixed", "fixedColor": grey}}] if grey else [])]}
+        for field, (name, grey) in names.items()]
+    return panel
+
+
 def dashboards() -> dict[str, dict[str, Any]]:
     """File name → dashboard JSON."""
     perf = [
@@ -78,8 +98,7 @@ def dashboards() -> dict[str, dict[str, Any]]:
                fields=["label", "decode_tps"], unit="short", options=_bars(), repeat="device"),
         _panel(2, "Prefill vs decode tokens/s — $device", "barchart", "phases", (0, 12, 12, 12),
                fields=["label", "prefill_tps", "decode_tps"], unit="short", options=_bars(), repeat="device"),
-        _panel(3, "Energy per token (mJ) — $device", "barchart", "energy", (0, 24, 12, 12),
-               fields=["label", "prefill_mj_per_tok", "decode_mj_per_tok"], options=_bars(), repeat="device"),
+        _energy_panel(),
         _panel(4, "Peak memory (MiB) — $device", "barchart", "memory", (0, 36, 12, 12),
                fields=["label", "peak_rss_mib"], unit="mbytes", options=_bars(), repeat="device"),
         _panel(5, "Time to first token (ms) — $device", "barchart", "ttft", (0, 48, 12, 12),

@@ -67,6 +67,15 @@ _CELL = f"device, model, quant, backend, test, threads, {_AXES}"
 _LABEL = f"model || ' ' || quant || ' ' || test || {_DEPTH} || ' t' || CAST(threads AS VARCHAR(8)) || {_CORES_POWER}"
 
 
+def _resolved(phase: str) -> str:
+    """A phase's energy split for charts that cannot grey a bar (Grafana): ``<phase>_mj_measured`` is the mean
+    when it is outside the idle noise, ``<phase>_mj_below`` the bound when it is not (never a negative bar)."""
+    v, b = f"{phase}_mj_per_tok", f"{phase}_mj_bound"
+    below = f"{b} IS NOT NULL AND ABS({v}) <= {b}"
+    return (f"CASE WHEN {below} THEN NULL ELSE {v} END AS {phase}_mj_measured, "
+            f"CASE WHEN {below} THEN {b} END AS {phase}_mj_below")
+
+
 def _cells(metrics: str) -> str:
     return (f"SELECT {_CELL}, {_LABEL} AS label, {metrics}, SUM(n_ok) AS reps FROM result_rollup [[where]] "
             f"GROUP BY {_CELL} ORDER BY {_CELL}")
@@ -85,13 +94,14 @@ QUERIES: list[Query] = [
         f"{mean('prefill_tps')} AS prefill_tps, {mean('decode_tps')} AS decode_tps"), "bars", "tok/s"),
     Query("phases", "Prefill vs decode tokens/s", _cells(
         f"{mean('prefill_tps')} AS prefill_tps, {mean('decode_tps')} AS decode_tps"), "phases", "tok/s"),
-    Query("energy", "Energy per token (mJ)", _cells(
+    Query("energy", "Energy per token (mJ)", f"SELECT e.*, {_resolved('prefill')}, {_resolved('decode')} FROM ("
+          + _cells(
         f"1000 * {mean('prefill_j_per_tok')} AS prefill_mj_per_tok, 1000 * {mean('decode_j_per_tok')} "
         f"AS decode_mj_per_tok, {mean('decode_avg_w')} AS decode_avg_w, "
         # resolution of the means above: |value| ≤ bound is within the idle baseline's noise (farm.power.energy)
         f"1000 * {mean('prefill_j_per_tok_bound')} AS prefill_mj_bound, "
         f"1000 * {mean('decode_j_per_tok_bound')} AS decode_mj_bound, "
-        "1.0 * SUM(n_modelled) / SUM(n_rows) AS modelled_share"), "bars", "mJ/tok"),
+        f"1.0 * SUM(n_modelled) / SUM(n_rows) AS modelled_share") + f") AS e ORDER BY {_CELL}", "bars", "mJ/tok"),
     Query("memory", "Peak memory (MiB)", _cells(
         f"{mean('peak_rss_bytes')} / 1048576.0 AS peak_rss_mib"), "bars", "MiB"),
     Query("ttft", "Time to first token (ms)", _cells(f"1000 * {mean('ttft_s')} AS ttft_ms"), "bars", "ms"),
