@@ -175,11 +175,22 @@ def test_logits_as_close_to_f32_as_llama_cpp_and_same_top1(quant, files, engine,
 @pytest.mark.realmodel
 @pytest.mark.parametrize("quant", ["f32", "f16"])
 def test_greedy_32_tokens_identical(quant, files, engine, llama_logits, tokens) -> None:
-    ours, theirs = tokens[:16], tokens[:16]
-    for _ in range(32):
-        ours = [*ours, int(run_logits(engine, files[quant], ours, "-t", "2").argmax())]
-        theirs = [*theirs, int(llama(llama_logits, files[quant], theirs, "last")[-1].argmax())]
+    """Generation as each engine decodes: the 16-token prompt in one batch, then 32 tokens one forward pass
+    (llama_decode) at a time through the KV cache, each the argmax of the last logits."""
+    import subprocess
+
+    prompt = tokens[:16]
+    res = subprocess.run([str(engine), "logits", "-m", str(files[quant]), "--tokens", ",".join(map(str, prompt)),
+                          "-t", "2", "--greedy", "32"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ours = json.loads(res.stdout)["greedy"]
+    res = subprocess.run([str(llama_logits), str(files[quant]), ",".join(map(str, prompt)), "2", "f16", "greedy:32"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    theirs = json.loads(res.stdout)["greedy"]
+    assert len(ours) == len(theirs) == 32
     assert ours == theirs
+    assert len(set(ours)) > 4  # a real continuation, not one token repeated
 
 
 @pytest.mark.slow

@@ -125,6 +125,12 @@ LOGITS = "farm-llama-logits"
 LOGITS_SOURCE = Path(__file__).with_name("llamacpp_logits.c")
 
 
+def _logits_dir(root: Path, isa: str) -> Path:
+    """Where farm-llama-logits of `isa` is cached: keyed by its source, so an edit of llamacpp_logits.c
+    rebuilds it rather than running a stale program."""
+    return root / f"{isa}-logits-{hashlib.sha256(LOGITS_SOURCE.read_bytes()).hexdigest()[:12]}"
+
+
 def link_logits(src: Path, build: Path, out: Path) -> Path:
     """Compile farm's logits program (llamacpp_logits.c) against a built llama.cpp tree's static libraries."""
     libs = [str(p) for p in sorted(build.rglob("*.a")) if p.name.startswith(("libllama", "libggml"))]
@@ -141,18 +147,46 @@ def link_logits(src: Path, build: Path, out: Path) -> Path:
 
 def logits_cached(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSION) -> Path | None:
     """farm-llama-logits if it is already built (tests skip instead of building)."""
-    exe = cache_root() / version / f"{isa or default_isa()}-logits" / "bin" / LOGITS
+    exe = _logits_dir(cache_root() / version, isa or default_isa()) / "bin" / LOGITS
     return exe if exe.exists() else None
 
 
 def logits_program(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
     """farm-llama-logits built against the same llama.cpp as llama-bench (the sdist), on first use; its
-    llama-quantize lies next to it (K-quant files with llama.cpp's own recipe)."""
+    llama-quantize lies next to it (K-quant files with llama.cpp's own recipe). The build's static libraries
+    are kept (``<isa>-lib/``), so an edit of llamacpp_logits.c costs a link, not a llama.cpp build."""
     isa = isa or default_isa()
-    exe = cache_root() / version / f"{isa}-logits" / "bin" / LOGITS
-    if not exe.exists():
+    root = cache_root() / version
+    final = _logits_dir(root, isa)
+    exe = final / "bin" / LOGITS
+    if exe.exists():
+        return exe
+    lib = _lib_dir(root, isa)
+    if not (lib / "bin" / "llama-quantize").exists():
         _build_sdist(isa, version)
+    staged = Path(tempfile.mkdtemp(prefix=".out-", dir=root))
+    try:
+        (staged / "bin").mkdir()
+        link_logits(lib, lib / "lib", staged / "bin" / LOGITS)
+        shutil.copy2(lib / "bin" / "llama-quantize", staged / "bin" / "llama-quantize")
+        _publish(staged, final, exe)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     return exe
+
+
+def _lib_dir(root: Path, isa: str) -> Path:
+    """A build's static libraries (lib/), headers (include/, ggml/include/) and llama-quantize (bin/)."""
+    return root / f"{isa}-lib"
+
+
+def _publish(staged: Path, final: Path, marker: Path) -> None:
+    """Rename a staged directory into place; a concurrent winner's copy (with `marker`) is kept."""
+    try:
+        staged.rename(final)
+    except OSError:
+        if not marker.exists():
+            raise
 
 
 def _install(exe: Path, final: Path, info: dict) -> None:
@@ -217,8 +251,8 @@ def from_sdist(isa: str | None = None, version: str = LLAMA_CPP_PYTHON_VERSION) 
 
 def _build_sdist(isa: str, version: str) -> None:
     """One cmake build of the sdist's llama.cpp for every program farm takes from it: llama-bench (cached
-    in ``<isa>/``), and farm-llama-logits linked against the same static libraries with llama-quantize
-    beside it (``<isa>-logits/``). Whichever is missing is installed; a concurrent winner's copy is kept."""
+    in ``<isa>/``), and the static libraries, headers and llama-quantize (``<isa>-lib/``) that
+    farm-llama-logits is linked against. Whichever is missing is installed; a concurrent winner's is kept."""
     flags = _check_isa(isa)
     root = cache_root() / version
     source = f"llama-cpp-python=={version}"
@@ -233,18 +267,19 @@ def _build_sdist(isa: str, version: str) -> None:
         if not (root / isa / "bin" / TARGET).exists():
             _install(exe, root / isa, {"isa": isa, "flags": flags, "source": source,
                                        "commit": _reported_commit(exe), "sha256": _sha256(exe)})
-        final = root / f"{isa}-logits"
-        if not (final / "bin" / LOGITS).exists():
-            staged = Path(tempfile.mkdtemp(prefix=".out-", dir=root))
+        lib = _lib_dir(root, isa)
+        if not (lib / "bin" / "llama-quantize").exists():
+            staged = Path(tempfile.mkdtemp(prefix=".lib-", dir=root))
             try:
+                shutil.copytree(src / "include", staged / "include")
+                shutil.copytree(src / "ggml" / "include", staged / "ggml" / "include")
+                (staged / "lib").mkdir()
+                for a in build.rglob("*.a"):
+                    if a.name.startswith(("libllama", "libggml")):
+                        shutil.copy2(a, staged / "lib" / a.name)
                 (staged / "bin").mkdir()
-                link_logits(src, build, staged / "bin" / LOGITS)
                 shutil.copy2(build / "bin" / "llama-quantize", staged / "bin" / "llama-quantize")
-                try:
-                    staged.rename(final)
-                except OSError:
-                    if not (final / "bin" / LOGITS).exists():
-                        raise
+                _publish(staged, lib, lib / "bin" / "llama-quantize")
             finally:
                 shutil.rmtree(staged, ignore_errors=True)
     finally:

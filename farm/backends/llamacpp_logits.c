@@ -1,6 +1,8 @@
 /* farm-llama-logits: every position's logits from llama.cpp's library, for farm's correctness tests.
- *   farm-llama-logits MODEL.gguf ID,ID,... [THREADS] [f16|f32] [last]
- * prints {"n_vocab":V,"n_tokens":N,"kv_type":"f16","logits":[[...],...]} like `farm-engine logits --all`.
+ *   farm-llama-logits MODEL.gguf ID,ID,... [THREADS] [f16|f32] [last|greedy:G]
+ * prints {"n_vocab":V,"n_tokens":N,"kv_type":"f16","logits":[[...],...]} like `farm-engine logits --all`;
+ * greedy:G then generates G tokens one llama_decode at a time (argmax), printed as "greedy":[...], like
+ * `farm-engine logits --greedy G` (the last position's logits only).
  * The prompt goes in as one batch (one ubatch), flash attention off, KV cache type as asked: the settings
  * farm-engine uses, so the two differ only where their kernels do. Linked against the llama.cpp farm builds
  * (farm.backends.llamacpp_build.logits_program). */
@@ -21,7 +23,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     int threads = argc > 3 ? atoi(argv[3]) : 1;
-    const int kv_f32 = argc > 4 && !strcmp(argv[4], "f32"), last_only = argc > 5 && !strcmp(argv[5], "last");
+    const int kv_f32 = argc > 4 && !strcmp(argv[4], "f32");
+    const int greedy = argc > 5 && !strncmp(argv[5], "greedy:", 7) ? atoi(argv[5] + 7) : 0;
+    const int last_only = greedy > 0 || (argc > 5 && !strcmp(argv[5], "last"));
     int n = 0, cap = 16;
     llama_token *toks = malloc(sizeof *toks * cap);
     for (char *p = argv[2]; *p;) {
@@ -44,7 +48,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = (uint32_t)(n < 64 ? 64 : n);
+    cp.n_ctx = (uint32_t)(n + greedy < 64 ? 64 : n + greedy);
     cp.n_batch = cp.n_ubatch = (uint32_t)n;
     cp.n_threads = cp.n_threads_batch = threads;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -76,7 +80,24 @@ int main(int argc, char **argv) {
         for (int v = 0; v < n_vocab; v++) printf("%s%.9g", v ? "," : "", lg[v]);
         printf("]");
     }
-    printf("]}\n");
+    printf("]");
+    if (greedy > 0) {
+        printf(",\"greedy\":[");
+        for (int g = 0; g < greedy; g++) {
+            const float *lg = llama_get_logits_ith(ctx, -1);
+            llama_token tok = 0;
+            for (int v = 1; v < n_vocab; v++) tok = lg[v] > lg[tok] ? v : tok; /* first maximum, as farm's argmax */
+            printf("%s%d", g ? "," : "", tok);
+            if (g + 1 == greedy) break;
+            struct llama_batch one = llama_batch_get_one(&tok, 1);
+            if (llama_decode(ctx, one) != 0) {
+                fprintf(stderr, "llama_decode failed at generated token %d\n", g);
+                return 3;
+            }
+        }
+        printf("]");
+    }
+    printf("}\n");
     llama_batch_free(batch);
     llama_free(ctx);
     llama_model_free(model);

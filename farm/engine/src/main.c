@@ -23,8 +23,9 @@
  * then the sum of the steps (the waits between them are not the engine's time); without --lockstep the
  * steps are back to back and the sum equals the wall time, so the two definitions agree.
  *
- * logits -m M --tokens 1,2,3 [-t T] [--kv f16|f32] [--all] [--ubatch N]: the last (or every) token's
- * logits after the prompt path; --ubatch 1 feeds the tokens one at a time through the decode path. */
+ * logits -m M --tokens 1,2,3 [-t T] [--kv f16|f32] [--all] [--ubatch N] [--greedy G]: the last (or every)
+ * token's logits after the prompt path; --ubatch 1 feeds the tokens one at a time through the decode path;
+ * --greedy G then generates G tokens through the decode path (argmax, KV cache), printed as "greedy". */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -55,7 +56,7 @@ static void usage(void) {
 
 typedef struct {
     const char *model, *tokens;
-    int n_prompt, n_gen, n_depth, threads, reps, warmup, kv_f16, all, seed, ubatch;
+    int n_prompt, n_gen, n_depth, threads, reps, warmup, kv_f16, all, seed, ubatch, greedy;
     int sync_in, sync_out; /* --lockstep R,W; -1 = free running */
 } opts_t;
 
@@ -88,6 +89,7 @@ static void parse(int argc, char **argv, opts_t *o) {
         else if (!strcmp(a, "--seed")) o->seed = parse_int(a, v, 0);
         else if (!strcmp(a, "--tokens")) o->tokens = v;
         else if (!strcmp(a, "--ubatch")) o->ubatch = parse_int(a, v, 1);
+        else if (!strcmp(a, "--greedy")) o->greedy = parse_int(a, v, 0);
         else if (!strcmp(a, "--lockstep")) {
             if (sscanf(v, "%d,%d", &o->sync_in, &o->sync_out) != 2 || o->sync_in < 0 || o->sync_out < 0 ||
                 fcntl(o->sync_in, F_GETFD) < 0 || fcntl(o->sync_out, F_GETFD) < 0)
@@ -285,7 +287,7 @@ static int cmd_logits(const opts_t *o) {
     if (k == 0) farm_fail("logits needs --tokens ID,ID,...");
     ctx_t c;
     /* --ubatch 1 runs the prompt token by token: the decode (GEMV + KV cache) path, testable on logits */
-    ctx_init(&c, &m, k, o->ubatch, o->threads, o->kv_f16, o->all);
+    ctx_init(&c, &m, k + o->greedy, o->ubatch, o->threads, o->kv_f16, o->all);
     forward(&c, toks, k, 0, o->all);
     printf("{\"n_vocab\":%d,\"n_tokens\":%d,\"kv_type\":\"%s\",\"simd\":\"%s\",\"logits\":[", m.n_vocab, k,
            o->kv_f16 ? "f16" : "f32", FARM_SIMD);
@@ -296,7 +298,18 @@ static int cmd_logits(const opts_t *o) {
         for (int i = 0; i < m.n_vocab; i++) printf("%s%.9g", i ? "," : "", lg[i]);
         if (o->all) printf("]");
     }
-    printf("]}\n");
+    printf("]");
+    if (o->greedy > 0) { /* generation as bench decodes: one token per forward pass, the next is the argmax */
+        int tok = argmax(c.logits + (size_t)(rows - 1) * m.n_vocab, m.n_vocab);
+        printf(",\"greedy\":[%d", tok);
+        for (int g = 1; g < o->greedy; g++) {
+            forward(&c, &tok, 1, k + g - 1, 0);
+            tok = argmax(c.logits, m.n_vocab);
+            printf(",%d", tok);
+        }
+        printf("]");
+    }
+    printf("}\n");
     free(toks);
     ctx_free(&c);
     model_free(&m);
