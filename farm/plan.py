@@ -27,8 +27,7 @@ from farm.devices import DeviceEntry, DeviceProfile, Inventory, load_profile, se
 from farm.errors import ConfigError
 from farm.jobs import Job, ModelRef, job_id_for
 from farm.spec import Sweep
-from farm.zoo.arch import BYTES_PER_WEIGHT, Architecture
-from farm.zoo.mix import base_type
+from farm.zoo.arch import Architecture
 
 SCRATCH_BYTES = 64 * 1024 * 1024  # activations, logits and runtime, beyond weights and KV cache
 LOAD_S = 1.0  # per job: process start, mmap, staging check
@@ -148,7 +147,7 @@ def estimate_s(arch: Architecture | None, quant: str, profile: DeviceProfile, n_
     share = min(1.0, threads / profile.cpus.count)
     flops_per_tok = 2.0 * arch.n_params()
     prefill = (n_prompt + depth) * flops_per_tok / (profile.est_gflops * 1e9 * share)
-    weight_bytes = file_bytes or arch.n_params() * BYTES_PER_WEIGHT.get(base_type(quant), 2.0)
+    weight_bytes = file_bytes or arch.weight_bytes(quant)
     decode = n_gen * weight_bytes / (profile.mem_bw_gbs * 1e9 * min(1.0, 0.5 + share / 2))
     return LOAD_S + (reps + warmup) * (prefill + decode)
 

@@ -212,3 +212,12 @@ thermal_gate: false
     assert len(built) == 1
     info = read_gguf(built[0])
     assert info.label == "q4_k_m" and info.types == {"q4_k", "q6_k", "f32"}
+
+
+@pytest.mark.parametrize("quant", ["q4_0", "q4_k_m", "q3_k_m", "q6_k"])
+def test_sizes_shown_and_planned_are_the_written_files(quant: str, tmp_path: Path) -> None:
+    """`farm zoo show` and the planner's memory fit use Architecture.weight_bytes: for a mix it is the recipe's
+    types (q6_K output, fallbacks), not the base type times the parameters."""
+    arch = load_card("farm-tiny").architecture
+    path = write_gguf(arch, tmp_path / f"{quant}.gguf", quant)
+    assert arch.weight_bytes(quant) == sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors)

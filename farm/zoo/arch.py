@@ -163,10 +163,11 @@ class Architecture(BaseModel):
         return total + emb + out + d + freqs
 
     def weight_bytes(self, quant: str) -> int:
-        """Approximate file size: matrices in `quant` (a mix counts as its base type), norms and biases in f32."""
-        from farm.zoo.mix import base_type
+        """Tensor bytes of the zoo's `quant` file: each tensor in the type its recipe gives it (--pure for the
+        legacy types; llama-quantize's per-tensor recipe for the k-quant mixes, fallbacks included)."""
+        from farm.zoo.writer import tensor_bytes
 
-        return int(self.n_params() * BYTES_PER_WEIGHT.get(base_type(quant), 2.0))
+        return tensor_bytes(self, quant)
 
     def kv_cache_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         """KV cache for `n_ctx` tokens: 2 (K and V) x layers x kv heads x head_dim x bytes."""

@@ -121,6 +121,12 @@ def tensor_types(arch: Architecture, quant: str) -> dict[str, str]:
                                quant, arch.n_layers, arch.n_heads // arch.n_kv_heads)
 
 
+def tensor_bytes(arch: Architecture, quant: str) -> int:
+    """The bytes of tensor data in the zoo's `quant` file of `arch` (its size less the metadata)."""
+    types = tensor_types(arch, quant)
+    return sum(_nbytes(shape, types[name]) for name, shape, _kind, _scale in _tensor_plan(arch))
+
+
 def _nbytes(shape: tuple[int, ...], qtype: str) -> int:
     n = int(np.prod(shape))
     if qtype in _BLOCK:
