@@ -25,10 +25,14 @@ TYPES = {"q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K"}
 
 
 def kcheck(cmd: list[str], simd: str) -> tuple[dict[tuple[str, int, str], tuple[float, float]], str]:
-    """farm-kcheck's cases {(type, trial, mode): (dot, sum |w_i x_i|)} and its activation checksum line."""
+    """farm-kcheck's cases {(type, trial, mode): (dot, sum |w_i x_i|)} and its activation checksum line.
+
+    Also checks its "tiles" line: gemm_more's multi-token tiles gave the single-row kernel's bits everywhere."""
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()
+    tiles = out[-2].split()
+    assert tiles[0] == "tiles" and int(tiles[1]) == 2 * 64 * len(TYPES) * 20 and tiles[2] == "0", out[-2]
     rows = {}
-    for line in out[:-1]:
+    for line in out[:-2]:
         kind, qtype, trial, mode, dot, mag = line.split()
         assert kind == simd, line  # the build really runs the kernels under test
         rows[(qtype, int(trial), mode)] = (float.fromhex(dot), float.fromhex(mag))

@@ -223,6 +223,17 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
                 }
             }
         }
+        if (kind == ACT_Q8_1 || (kind == ACT_Q8_0 && !is_quant(w->type)) || kind == ACT_Q8_K) {
+            for (; r < r1; r++) { /* gemm_more's tiles: one weight row, up to 4 tokens per call */
+                const void *wr = wd + (size_t)r * w->row_bytes;
+                for (int t = t0; t < t1; t += 4) {
+                    const int nt = t1 - t < 4 ? t1 - t : 4;
+                    float o[4];
+                    gemm_more(w->type, n, wr, xa + t * xas, xas, nt, o);
+                    for (int k = 0; k < nt; k++) put(&y[(size_t)(t + k) * n_out + r], o[k], acc);
+                }
+            }
+        }
         for (; r < r1; r++) {
             const void *wr = wd + (size_t)r * w->row_bytes;
             for (int t = t0; t < t1; t++) {
