@@ -19,6 +19,20 @@
 #include <arm_neon.h>
 #endif
 
+/* quant.c's fp16_to_f32 inlined here: the kernels convert 2-4 scales per 32-block, a call each was a fifth of
+ * q4_1 decode. Same conversion (F16C / NEON fcvt, the lookup table otherwise). */
+#if defined(FARM_AVX2)
+static inline float h2f(f16_t h) { return _cvtsh_ss(h); }
+#define fp16_to_f32 h2f
+#elif defined(FARM_NEON)
+static inline float h2f(f16_t h) {
+    __fp16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+#define fp16_to_f32 h2f
+#endif
+
 /* ---- activations ---------------------------------------------------------------------------------- */
 
 /* As llama.cpp's quantize_row_q8_1 of each arch: the 32-block quantizer of q8_0 (quant.c: AVX2 id = 127 / amax,
@@ -220,6 +234,11 @@ static inline uint8x16_t bits_16(uint32_t qh, int at) {
 #define TILE_MAX 4
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 #define YT(T, t) ((const T *)((const char *)y + (size_t)(t) * ys))
+/* Software prefetch of the weight stream, as quant.c's GEMV (decode is bound by cache misses in flight). */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 4096
+#endif
+#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PREFETCH_BYTES)
 
 /* llama.cpp ggml_vec_dot_q4_1_q8_1 (x86 AVX2, ARM NEON without i8mm, generic). */
 ALWAYS_INLINE void dot_q4_1(int n, const block_q4_1 *x, const block_q8_1 *y, size_t ys, int nt, float *out) {
@@ -228,6 +247,7 @@ ALWAYS_INLINE void dot_q4_1(int n, const block_q4_1 *x, const block_q8_1 *y, siz
     float summs[TILE_MAX];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps(), summs[t] = 0;
     for (int ib = 0; ib < n / QK; ++ib) {
+        PREFETCH(x + ib);
         const float dx = fp16_to_f32(x[ib].d), mx = fp16_to_f32(x[ib].m);
         const __m256i qx = nibbles_32(x[ib].qs);
         for (int t = 0; t < nt; t++) {
@@ -244,6 +264,7 @@ ALWAYS_INLINE void dot_q4_1(int n, const block_q4_1 *x, const block_q8_1 *y, siz
     float summs[TILE_MAX];
     for (int t = 0; t < nt; t++) acc[t] = vdupq_n_f32(0.0f), summs[t] = 0;
     for (int ib = 0; ib < n / QK; ++ib) {
+        PREFETCH(x + ib);
         const float dx = fp16_to_f32(x[ib].d), mx = fp16_to_f32(x[ib].m);
         const uint8x16_t v = vld1q_u8(x[ib].qs);
         const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
@@ -282,6 +303,7 @@ ALWAYS_INLINE void dot_q5_0(int n, const block_q5_0 *x, const block_q8_0 *y, siz
     __m256 acc[TILE_MAX];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
     for (int ib = 0; ib < n / QK; ++ib) {
+        PREFETCH(x + ib);
         const float dx = fp16_to_f32(x[ib].d);
         const __m256i hi = _mm256_andnot_si256(bits_32(x[ib].qh), _mm256_set1_epi8((char)0xF0));
         const __m256i qx = _mm256_or_si256(nibbles_32(x[ib].qs), hi); /* 0xF0 | q == q - 16 as int8 */
@@ -298,6 +320,7 @@ ALWAYS_INLINE void dot_q5_0(int n, const block_q5_0 *x, const block_q8_0 *y, siz
     float32x4_t acc[TILE_MAX];
     for (int t = 0; t < nt; t++) acc[t] = vdupq_n_f32(0.0f);
     for (int ib = 0; ib < n / QK; ++ib) {
+        PREFETCH(x + ib);
         const float dx = fp16_to_f32(x[ib].d);
         uint32_t qh;
         memcpy(&qh, x[ib].qh, sizeof qh);
@@ -345,6 +368,7 @@ ALWAYS_INLINE void dot_q5_1(int n, const block_q5_1 *x, const block_q8_1 *y, siz
     float summs[TILE_MAX];
     for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps(), summs[t] = 0;
     for (int ib = 0; ib < n / QK; ++ib) {
+        PREFETCH(x + ib);
         const float dx = fp16_to_f32(x[ib].d), mx = fp16_to_f32(x[ib].m);
         const __m256i hi = _mm256_and_si256(bits_32(x[ib].qh), _mm256_set1_epi8(0x10));
         const __m256i qx = _mm256_or_si256(nibbles_32(x[ib].qs), hi);
@@ -361,6 +385,7 @@ ALWAYS_INLINE void dot_q5_1(int n, const block_q5_1 *x, const block_q8_1 *y, siz
     float summs[TILE_MAX];
     for (int t = 0; t < nt; t++) acc[t] = vdupq_n_f32(0.0f), summs[t] = 0;
     for (int ib = 0; ib < n / QK; ++ib) {
+        PREFETCH(x + ib);
         const float dx = fp16_to_f32(x[ib].d), mx = fp16_to_f32(x[ib].m);
         uint32_t qh;
         memcpy(&qh, x[ib].qh, sizeof qh);
@@ -443,6 +468,7 @@ ALWAYS_INLINE void dot_q45_K(int nb, const uint8_t *qs, const uint8_t *qh, const
         const __m256i sc = _mm256_set_m128i(sc128, sc128);
         const __m256i hbits = hm ? _mm256_loadu_si256((const __m256i *)hm) : _mm256_setzero_si256();
         for (int j = 0; j < QK_K / 64; ++j, q4 += 32) {
+            PREFETCH(q4);
             const __m256i q4bits = _mm256_loadu_si256((const __m256i *)q4);
             __m256i q4l = _mm256_and_si256(q4bits, m4);
             __m256i q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
@@ -496,6 +522,7 @@ ALWAYS_INLINE void dot_q45_K(int nb, const uint8_t *qs, const uint8_t *qh, const
         const uint8_t *sc = (const uint8_t *)utmp;
         uint8x16_t qh0 = hm ? vld1q_u8(hm) : vdupq_n_u8(0), qh1 = hm ? vld1q_u8(hm + 16) : vdupq_n_u8(0);
         for (int j = 0; j < QK_K / 64; ++j, q4 += 32) {
+            PREFETCH(q4);
             const uint8x16_t b0 = vld1q_u8(q4), b1 = vld1q_u8(q4 + 16);
             uint8x16_t l0 = vandq_u8(b0, m4b), l1 = vandq_u8(b1, m4b), h0 = vshrq_n_u8(b0, 4), h1 = vshrq_n_u8(b1, 4);
             if (hm) {
@@ -576,6 +603,8 @@ ALWAYS_INLINE void dot_q6_K(int n, const block_q6_K *x, const block_q8_K *y, siz
         __m256i sumi[TILE_MAX];
         for (int t = 0; t < nt; t++) sumi[t] = _mm256_setzero_si256();
         for (int j = 0, is = 0; j < QK_K / 128; ++j, is += 4, q4 += 64, qh += 32) {
+            PREFETCH(q4);
+            PREFETCH(qh);
             const __m256i q4bits1 = _mm256_loadu_si256((const __m256i *)q4);
             const __m256i q4bits2 = _mm256_loadu_si256((const __m256i *)(q4 + 32));
             const __m256i q4bitsH = _mm256_loadu_si256((const __m256i *)qh);
@@ -629,6 +658,8 @@ ALWAYS_INLINE void dot_q6_K(int n, const block_q6_K *x, const block_q8_K *y, siz
             isum[t] = 0;
         }
         for (int j = 0, o = 0; j < QK_K / 128; ++j, qh += 32, q6 += 64) {
+            PREFETCH(q6);
+            PREFETCH(qh);
             const uint8x16_t qh0 = vld1q_u8(qh), qh1 = vld1q_u8(qh + 16);
             const uint8x16_t ql[4] = {vld1q_u8(q6), vld1q_u8(q6 + 16), vld1q_u8(q6 + 32), vld1q_u8(q6 + 48)};
             for (int half = 0; half < 2; half++, o += 64, scale += 4) { /* low nibbles + qh bits 0-3, then high + 4-7 */
