@@ -751,3 +751,151 @@ void gemm_more(int type, int n, const void *w, const void *x, size_t xs, int nt,
     default: farm_fail("gemm_more: tile of %d tokens", nt);
     }
 }
+
+/* ---- multi-row tiles (q4_1, q5_0) --------------------------------------------------------------- */
+
+/* nr weight rows `ws` bytes apart x nt activation rows: out[r * nt + t], nr * nt <= 8. The activation block is
+ * loaded and its scales converted once for all rows (decode: 4 rows, 4 independent accumulator chains); every
+ * output keeps dot_q4_1's / dot_q5_0's operation sequence, so the results are those of the one-row kernels. */
+#define XR(T, r) ((const T *)((const char *)w + (size_t)(r) * ws))
+#if defined(FARM_AVX2) || defined(FARM_NEON)
+ALWAYS_INLINE void rows_q4_1(int n, const void *w, size_t ws, int nr, const void *y, size_t ys, int nt, float *out) {
+#if defined(FARM_AVX2)
+    __m256 acc[8];
+    float summs[8];
+    for (int k = 0; k < nr * nt; k++) acc[k] = _mm256_setzero_ps(), summs[k] = 0;
+    for (int ib = 0; ib < n / QK; ++ib) {
+        float dx[4], mx[4];
+        __m256i qx[4];
+        for (int r = 0; r < nr; r++) {
+            const block_q4_1 *xb = XR(block_q4_1, r) + ib;
+            PREFETCH(xb);
+            dx[r] = fp16_to_f32(xb->d), mx[r] = fp16_to_f32(xb->m), qx[r] = nibbles_32(xb->qs);
+        }
+        for (int t = 0; t < nt; t++) {
+            const block_q8_1 *yb = YT(block_q8_1, t) + ib;
+            const float dy = fp16_to_f32(yb->d), sy = fp16_to_f32(yb->s);
+            const __m256i qy = _mm256_loadu_si256((const __m256i *)yb->qs);
+            for (int r = 0; r < nr; r++) {
+                summs[r * nt + t] += mx[r] * sy;
+                acc[r * nt + t] = _mm256_fmadd_ps(_mm256_set1_ps(dx[r] * dy), dot_us8(qx[r], qy), acc[r * nt + t]);
+            }
+        }
+    }
+    for (int k = 0; k < nr * nt; k++) out[k] = hsum_f8(acc[k]) + summs[k];
+#else
+    float32x4_t acc[8];
+    float summs[8];
+    for (int k = 0; k < nr * nt; k++) acc[k] = vdupq_n_f32(0.0f), summs[k] = 0;
+    for (int ib = 0; ib < n / QK; ++ib) {
+        float dx[4], mx[4];
+        int8x16_t lo[4], hi[4];
+        for (int r = 0; r < nr; r++) {
+            const block_q4_1 *xb = XR(block_q4_1, r) + ib;
+            PREFETCH(xb);
+            dx[r] = fp16_to_f32(xb->d), mx[r] = fp16_to_f32(xb->m);
+            const uint8x16_t v = vld1q_u8(xb->qs);
+            lo[r] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+            hi[r] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        }
+        for (int t = 0; t < nt; t++) {
+            const block_q8_1 *yb = YT(block_q8_1, t) + ib;
+            const float dy = fp16_to_f32(yb->d), sy = fp16_to_f32(yb->s);
+            const int8x16_t y0 = vld1q_s8(yb->qs), y1 = vld1q_s8(yb->qs + 16);
+            for (int r = 0; r < nr; r++) {
+                summs[r * nt + t] += mx[r] * sy;
+                const int32x4_t p = dot_s8(dot_s8(vdupq_n_s32(0), lo[r], y0), hi[r], y1);
+                acc[r * nt + t] = vmlaq_n_f32(acc[r * nt + t], vcvtq_f32_s32(p), dx[r] * dy);
+            }
+        }
+    }
+    for (int k = 0; k < nr * nt; k++) out[k] = vaddvq_f32(acc[k]) + summs[k];
+#endif
+}
+
+ALWAYS_INLINE void rows_q5_0(int n, const void *w, size_t ws, int nr, const void *y, size_t ys, int nt, float *out) {
+#if defined(FARM_AVX2)
+    __m256 acc[8];
+    for (int k = 0; k < nr * nt; k++) acc[k] = _mm256_setzero_ps();
+    for (int ib = 0; ib < n / QK; ++ib) {
+        float dx[4];
+        __m256i qx[4], ax[4];
+        for (int r = 0; r < nr; r++) {
+            const block_q5_0 *xb = XR(block_q5_0, r) + ib;
+            PREFETCH(xb);
+            dx[r] = fp16_to_f32(xb->d);
+            const __m256i hi = _mm256_andnot_si256(bits_32(xb->qh), _mm256_set1_epi8((char)0xF0));
+            qx[r] = _mm256_or_si256(nibbles_32(xb->qs), hi);
+            ax[r] = _mm256_sign_epi8(qx[r], qx[r]);
+        }
+        for (int t = 0; t < nt; t++) {
+            const block_q8_0 *yb = YT(block_q8_0, t) + ib;
+            const float dy = fp16_to_f32(yb->d);
+            const __m256i qy = _mm256_loadu_si256((const __m256i *)yb->qs);
+            for (int r = 0; r < nr; r++) {
+                const __m256 d = _mm256_set1_ps(dx[r] * dy);
+                acc[r * nt + t] = _mm256_fmadd_ps(d, dot_us8(ax[r], _mm256_sign_epi8(qy, qx[r])), acc[r * nt + t]);
+            }
+        }
+    }
+    for (int k = 0; k < nr * nt; k++) out[k] = hsum_f8(acc[k]);
+#else
+    float32x4_t acc[8];
+    for (int k = 0; k < nr * nt; k++) acc[k] = vdupq_n_f32(0.0f);
+    for (int ib = 0; ib < n / QK; ++ib) {
+        float dx[4];
+        int8x16_t lo[4], hi[4];
+        for (int r = 0; r < nr; r++) {
+            const block_q5_0 *xb = XR(block_q5_0, r) + ib;
+            PREFETCH(xb);
+            dx[r] = fp16_to_f32(xb->d);
+            uint32_t qh;
+            memcpy(&qh, xb->qh, sizeof qh);
+            const uint8x16_t v = vld1q_u8(xb->qs), m16 = vdupq_n_u8(0x10);
+            lo[r] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F))),
+                             vreinterpretq_s8_u8(vbicq_u8(m16, bits_16(qh, 0))));
+            hi[r] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vreinterpretq_s8_u8(vbicq_u8(m16, bits_16(qh, 16))));
+        }
+        for (int t = 0; t < nt; t++) {
+            const block_q8_0 *yb = YT(block_q8_0, t) + ib;
+            const float dy = fp16_to_f32(yb->d);
+            const int8x16_t y0 = vld1q_s8(yb->qs), y1 = vld1q_s8(yb->qs + 16);
+            for (int r = 0; r < nr; r++) {
+                const int32x4_t p = dot_s8(dot_s8(vdupq_n_s32(0), lo[r], y0), hi[r], y1);
+                acc[r * nt + t] = vmlaq_n_f32(acc[r * nt + t], vcvtq_f32_s32(p), dx[r] * dy);
+            }
+        }
+    }
+    for (int k = 0; k < nr * nt; k++) out[k] = vaddvq_f32(acc[k]);
+#endif
+}
+
+ALWAYS_INLINE void rows_tile(int type, int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nt,
+                             float *out) {
+    if (type == GT_Q4_1) rows_q4_1(n, w, ws, nr, x, xs, nt, out);
+    else rows_q5_0(n, w, ws, nr, x, xs, nt, out);
+}
+#endif
+
+int gemm_rows_more_ok(int type) {
+#if defined(FARM_AVX2) || defined(FARM_NEON)
+    return type == GT_Q4_1 || type == GT_Q5_0;
+#else
+    (void)type;
+    return 0;
+#endif
+}
+
+void gemm_rows_more(int type, int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nt, float *out) {
+#if defined(FARM_AVX2) || defined(FARM_NEON)
+    if (gemm_rows_more_ok(type)) {
+        switch (nr * 16 + nt) {
+        case 0x41: rows_tile(type, n, w, ws, 4, x, xs, 1, out); return;
+        case 0x22: rows_tile(type, n, w, ws, 2, x, xs, 2, out); return;
+        case 0x24: rows_tile(type, n, w, ws, 2, x, xs, 4, out); return;
+        default: break;
+        }
+    }
+#endif
+    for (int r = 0; r < nr; r++) gemm_more(type, n, (const char *)w + (size_t)r * ws, x, xs, nt, out + r * nt);
+}

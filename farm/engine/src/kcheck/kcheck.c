@@ -10,8 +10,8 @@
  * correct build prints the same bits. Mode "float": random scales and activations, where builds may differ
  * by float summation order only. "acts" checksums the q8_K activations and, in exact mode, the q8_1 ones
  * (the same in every build). Then "tiles <checked> <mismatches>": every case again through gemm_more's
- * multi-token tiles (1..4 activation rows, the row under test and rotations of it), each output compared bit for
- * bit with vec_dot_more on that row (the tiles promise the same operations per output). Exit 0, or 2 on bad usage. */
+ * multi-token tiles (1..4 activation rows, the row under test and rotations of it) and gemm_rows_more's
+ * multi-row ones (up to 4 weight rows, rotations of the row under test), each output compared bit for bit with vec_dot_more on that row (the tiles promise the same operations per output). Exit 0, or 2 on bad usage. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -107,6 +107,22 @@ int main(int argc, char **argv) {
                    (double)vec_dot_more(ty, N, w, act), mag);
             const void *tact = ty == GT_Q5_0 ? (const void *)t0 : ty == GT_Q4_1 || ty == GT_Q5_1 ? (const void *)t1 : (const void *)tk;
             const size_t ts = ty == GT_Q5_0 ? sizeof t0[0] : ty == GT_Q4_1 || ty == GT_Q5_1 ? sizeof t1[0] : sizeof tk[0];
+            static uint8_t wr[4][N * 2]; /* gemm_rows_more: 4 weight rows, the row under test rotated by k blocks */
+            const size_t rb = (size_t)nb * TYPES[t].block_bytes;
+            for (int k = 0; k < 4; k++)
+                for (size_t i = 0; i < rb; i++) wr[k][i] = w[(i + (size_t)k * TYPES[t].block_bytes) % rb];
+            static const int shapes[][2] = {{4, 1}, {2, 2}, {2, 4}, {1, 3}, {3, 1}};
+            for (int sh = 0; sh < 5; sh++) {
+                const int nr = shapes[sh][0], nt = shapes[sh][1];
+                float out[16];
+                gemm_rows_more(ty, N, wr, sizeof wr[0], nr, tact, ts, nt, out);
+                for (int r = 0; r < nr; r++)
+                    for (int k = 0; k < nt; k++) {
+                        const float want = vec_dot_more(ty, N, wr[r], (const char *)tact + k * ts);
+                        tiles++;
+                        tile_bad += memcmp(&want, &out[r * nt + k], sizeof want) != 0;
+                    }
+            }
             for (int nt = 1; nt <= 4; nt++) {
                 for (int first = 0; first + nt <= 4; first++) {
                     float out[4];
