@@ -25,10 +25,15 @@ TYPES = {"q4_1", "q5_0", "q5_1", "q4_K", "q5_K", "q6_K"}
 
 
 def kcheck(cmd: list[str], simd: str) -> tuple[dict[tuple[str, int, str], tuple[float, float]], str]:
-    """farm-kcheck's cases {(type, trial, mode): (dot, sum |w_i x_i|)} and its activation checksum line."""
+    """farm-kcheck's cases {(type, trial, mode): (dot, sum |w_i x_i|)} and its activation checksum line.
+
+    Also checks its "tiles" line: gemm_more's / gemm_rows_more's tiles gave the single-row kernel's bits everywhere."""
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()
+    tiles = out[-2].split()
+    per_case = 20 + 4 + 4 + 8 + 3 + 3  # gemm_more: nt 1..4 at each start; gemm_rows_more: 4x1 2x2 2x4 1x3 3x1
+    assert tiles[0] == "tiles" and int(tiles[1]) == 2 * 64 * len(TYPES) * per_case and tiles[2] == "0", out[-2]
     rows = {}
-    for line in out[:-1]:
+    for line in out[:-2]:
         kind, qtype, trial, mode, dot, mag = line.split()
         assert kind == simd, line  # the build really runs the kernels under test
         rows[(qtype, int(trial), mode)] = (float.fromhex(dot), float.fromhex(mag))

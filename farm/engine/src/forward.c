@@ -19,6 +19,9 @@
 #ifndef TOKEN_TILE
 #define TOKEN_TILE 32 /* tokens per GEMM tile: their q8_0 activations stay in L1/L2 */
 #endif
+#ifndef ROWS_TOKENS
+#define ROWS_TOKENS 4 /* tokens per gemm_rows_more prefill tile (2 rows x this) */
+#endif
 #ifndef PREFILL_ROWS
 #define PREFILL_ROWS 16 /* rows per work item in prefill, see matmul() */
 #endif
@@ -220,6 +223,38 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
                     const int q4 = w->type == GT_Q4_0;
                     put(&y[(size_t)t * n_out + r], q4 ? vec_dot_q4_0(n, w0, x0) : vec_dot_q8_0(n, w0, x0), acc);
                     put(&y[(size_t)t * n_out + r + 1], q4 ? vec_dot_q4_0(n, w1, x0) : vec_dot_q8_0(n, w1, x0), acc);
+                }
+            }
+        }
+        if (gemm_rows_more_ok(w->type) && t1 - t0 == 1) { /* decode: 4 rows per call */
+            for (; r + 4 <= r1; r += 4) {
+                float o[4];
+                gemm_rows_more(w->type, n, wd + (size_t)r * w->row_bytes, w->row_bytes, 4, xa + t0 * xas, xas, 1, o);
+                for (int k = 0; k < 4; k++) put(&y[(size_t)t0 * n_out + r + k], o[k], acc);
+            }
+        }
+        if (gemm_rows_more_ok(w->type) && t1 - t0 >= 2) { /* prefill: 2 rows x up to ROWS_TOKENS tokens */
+            for (; r + 2 <= r1; r += 2) {
+                for (int t = t0; t < t1;) {
+                    const int nt = t1 - t >= ROWS_TOKENS ? ROWS_TOKENS : t1 - t >= 2 ? 2 : 1;
+                    float o[8];
+                    gemm_rows_more(w->type, n, wd + (size_t)r * w->row_bytes, w->row_bytes, 2, xa + t * xas, xas, nt, o);
+                    for (int k = 0; k < nt; k++) {
+                        put(&y[(size_t)(t + k) * n_out + r], o[k], acc);
+                        put(&y[(size_t)(t + k) * n_out + r + 1], o[nt + k], acc);
+                    }
+                    t += nt;
+                }
+            }
+        }
+        if (kind == ACT_Q8_1 || (kind == ACT_Q8_0 && !is_quant(w->type)) || kind == ACT_Q8_K) {
+            for (; r < r1; r++) { /* gemm_more's tiles: one weight row, up to 4 tokens per call */
+                const void *wr = wd + (size_t)r * w->row_bytes;
+                for (int t = t0; t < t1; t += 4) {
+                    const int nt = t1 - t < 4 ? t1 - t : 4;
+                    float o[4];
+                    gemm_more(w->type, n, wr, xa + t * xas, xas, nt, o);
+                    for (int k = 0; k < nt; k++) put(&y[(size_t)(t + k) * n_out + r], o[k], acc);
                 }
             }
         }

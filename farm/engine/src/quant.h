@@ -104,6 +104,14 @@ void quantize_row_q8_1(const float *x, block_q8_1 *y, int n);
 void quantize_row_q8_K(const float *x, block_q8_K *y, int n);
 int dequant_row_more(int type, const void *src, float *dst, int n); /* 0: not one of these types */
 float vec_dot_more(int type, int n, const void *w, const void *x);
+/* One weight row against nt (1..4) activation rows `xs` bytes apart: out[t] = w . x_t, each weight block decoded
+ * once for all nt tokens. Bit-identical to nt vec_dot_more calls (same operations per output). */
+void gemm_more(int type, int n, const void *w, const void *x, size_t xs, int nt, float *out);
+/* nr weight rows `ws` bytes apart x nt activation rows: out[r * nt + t]. Real multi-row kernels (the activation
+ * block shared by the rows) where gemm_rows_more_ok(type) for (nr, nt) = (4, 1), (2, 2), (2, 4); else rows of
+ * gemm_more. Bit-identical to vec_dot_more per output either way. */
+int gemm_rows_more_ok(int type);
+void gemm_rows_more(int type, int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nt, float *out);
 
 /* out += a * v, for attention's weighted sum of V rows (KV cache f16 or f32). */
 void axpy_f16(int n, float a, const f16_t *v, float *out);

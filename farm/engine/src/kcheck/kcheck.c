@@ -9,7 +9,9 @@
  * per 32-block and unit weight scales, so every product and partial sum is an integer below 2^24 and every
  * correct build prints the same bits. Mode "float": random scales and activations, where builds may differ
  * by float summation order only. "acts" checksums the q8_K activations and, in exact mode, the q8_1 ones
- * (the same in every build). Exit 0, or 2 on bad usage. */
+ * (the same in every build). Then "tiles <checked> <mismatches>": every case again through gemm_more's
+ * multi-token tiles (1..4 activation rows, the row under test and rotations of it) and gemm_rows_more's
+ * multi-row ones (up to 4 weight rows, rotations of the row under test), each output compared bit for bit with vec_dot_more on that row (the tiles promise the same operations per output). Exit 0, or 2 on bad usage. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,7 +59,11 @@ int main(int argc, char **argv) {
     static block_q8_0 a0[N / QK];
     static block_q8_1 a1[N / QK];
     static block_q8_K ak[N / QK_K];
-    long long acts = 0;
+    long long acts = 0, tiles = 0, tile_bad = 0;
+    static float xr[N];
+    static block_q8_0 t0[4][N / QK];
+    static block_q8_1 t1[4][N / QK];
+    static block_q8_K tk[4][N / QK_K];
     for (int trial = 0; trial < 2 * TRIALS; trial++) {
         const int exact = trial < TRIALS;
         for (int i = 0; i < N; i++)
@@ -67,6 +73,12 @@ int main(int argc, char **argv) {
         quantize_row_q8_0(x, a0, N);
         quantize_row_q8_1(x, a1, N);
         quantize_row_q8_K(x, ak, N);
+        for (int k = 0; k < 4; k++) { /* tile rows: x rotated by 37k elements */
+            for (int i = 0; i < N; i++) xr[i] = x[(i + 37 * k) % N];
+            quantize_row_q8_0(xr, t0[k], N);
+            quantize_row_q8_1(xr, t1[k], N);
+            quantize_row_q8_K(xr, tk[k], N);
+        }
         for (int b = 0; b < (exact ? N / QK : 0); b++) { /* float mode: x86 rounds x * (127 / amax), the others
                                                             x * (1 / d), which may differ by one near .5 */
             acts += a1[b].d * 7 + a1[b].s * 3;
@@ -93,8 +105,39 @@ int main(int argc, char **argv) {
             for (int i = 0; i < N; i++) mag += fabs((double)wf[i] * x[i]);
             printf("%s %s %d %s %a %a\n", FARM_SIMD, gguf_type_name((uint32_t)ty), trial, exact ? "exact" : "float",
                    (double)vec_dot_more(ty, N, w, act), mag);
+            const void *tact = ty == GT_Q5_0 ? (const void *)t0 : ty == GT_Q4_1 || ty == GT_Q5_1 ? (const void *)t1 : (const void *)tk;
+            const size_t ts = ty == GT_Q5_0 ? sizeof t0[0] : ty == GT_Q4_1 || ty == GT_Q5_1 ? sizeof t1[0] : sizeof tk[0];
+            static uint8_t wr[4][N * 2]; /* gemm_rows_more: 4 weight rows, the row under test rotated by k blocks */
+            const size_t rb = (size_t)nb * TYPES[t].block_bytes;
+            for (int k = 0; k < 4; k++)
+                for (size_t i = 0; i < rb; i++) wr[k][i] = w[(i + (size_t)k * TYPES[t].block_bytes) % rb];
+            static const int shapes[][2] = {{4, 1}, {2, 2}, {2, 4}, {1, 3}, {3, 1}};
+            for (int sh = 0; sh < 5; sh++) {
+                const int nr = shapes[sh][0], nt = shapes[sh][1];
+                float out[16];
+                gemm_rows_more(ty, N, wr, sizeof wr[0], nr, tact, ts, nt, out);
+                for (int r = 0; r < nr; r++)
+                    for (int k = 0; k < nt; k++) {
+                        const float want = vec_dot_more(ty, N, wr[r], (const char *)tact + k * ts);
+                        tiles++;
+                        tile_bad += memcmp(&want, &out[r * nt + k], sizeof want) != 0;
+                    }
+            }
+            for (int nt = 1; nt <= 4; nt++) {
+                for (int first = 0; first + nt <= 4; first++) {
+                    float out[4];
+                    const char *base = (const char *)tact + first * ts;
+                    gemm_more(ty, N, w, base, ts, nt, out);
+                    for (int k = 0; k < nt; k++) {
+                        const float want = vec_dot_more(ty, N, w, base + k * ts);
+                        tiles++;
+                        tile_bad += memcmp(&want, &out[k], sizeof want) != 0;
+                    }
+                }
+            }
         }
     }
+    printf("tiles %lld %lld\n", tiles, tile_bad);
     printf("acts %lld\n", acts);
     return 0;
 }
