@@ -69,3 +69,30 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'farm.db'}"
     return request.getfixturevalue("pg_url")
+
+
+# ---- programs several test modules run (built once per session, cached across sessions) ----------------
+
+@pytest.fixture(scope="session")
+def engine() -> Path:
+    """farm-engine, the host build (AVX2 where the CPU has it)."""
+    from farm.engine.build import build
+
+    return build().path
+
+
+@pytest.fixture(scope="session")
+def llama_logits() -> Path:
+    """farm-llama-logits against the llama.cpp farm builds; llama-quantize lies beside it. .ci/run builds it
+    before the tests; a developer machine without the build skips (CI never does)."""
+    from farm.backends import llamacpp_build as lb
+    from tests.support import IN_CI
+
+    if lb.logits_cached() is None and not IN_CI:
+        pytest.skip("llama.cpp's library not built yet (python -m farm.backends.llamacpp_build, ~4 min)")
+    return lb.logits_program()
+
+
+@pytest.fixture(scope="session")
+def llama_quantize(llama_logits: Path) -> Path:
+    return llama_logits.with_name("llama-quantize")

@@ -29,26 +29,9 @@ import pytest
 
 from farm.zoo.writer import write_gguf
 from tests.engine_ref import TOKENS, run_logits, tiny_arch
-from tests.support import IN_CI
 from tests.test_engine_correctness import gemma2_arch, openelm_arch
 
 TOL = 0.01
-
-
-@pytest.fixture(scope="module")
-def llama_logits() -> Path:
-    from farm.backends import llamacpp_build as lb
-
-    if lb.logits_cached() is None and not IN_CI:
-        pytest.skip("llama.cpp's library not built yet (farm.backends.llamacpp_build.logits_program, ~4 min)")
-    return lb.logits_program()
-
-
-@pytest.fixture(scope="module")
-def engine() -> Path:
-    from farm.engine.build import build
-
-    return build().path
 
 
 def llama(exe: Path, model: Path, tokens: list[int]) -> np.ndarray:

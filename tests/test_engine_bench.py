@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 
-from farm.engine import build, build_info
+from farm.engine import build_info
 from farm.zoo.writer import write_gguf
 from tests.engine_ref import tiny_arch
 
@@ -20,11 +20,6 @@ TOP_KEYS = {"engine", "version", "build_flags", "simd", "model_filename", "model
             "model_n_params", "n_threads", "n_prompt", "n_gen", "n_depth", "kv_type", "clock", "load_ns",
             "peak_rss_bytes",
             "lockstep", "repetitions"}
-
-
-@pytest.fixture(scope="module")
-def engine() -> Path:
-    return build().path
 
 
 @pytest.fixture(scope="module")

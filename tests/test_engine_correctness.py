@@ -41,11 +41,6 @@ ARCHES = ["llama", "qwen2"]
 
 
 @pytest.fixture(scope="session")
-def engine() -> Path:
-    return build().path
-
-
-@pytest.fixture(scope="session")
 def scalar_engine() -> Path:
     return build(flags=["-DFARM_SCALAR"]).path
 

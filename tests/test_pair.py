@@ -20,11 +20,6 @@ P, G, REPS, WARMUP = 8, 6, 3, 1
 
 
 @pytest.fixture(scope="module")
-def engine() -> Path:
-    return build().path
-
-
-@pytest.fixture(scope="module")
 def pair() -> Path:
     return build(program="farm-pair").path
 

@@ -99,22 +99,6 @@ K_MIXES = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "q6_k": "Q6_K"}
 
 
 @pytest.fixture(scope="module")
-def llama_logits() -> Path:
-    from farm.backends import llamacpp_build as lb
-
-    if lb.logits_cached() is None and not IN_CI:
-        pytest.skip("llama.cpp's library not built yet (farm.backends.llamacpp_build.logits_program, ~4 min)")
-    return lb.logits_program()
-
-
-@pytest.fixture(scope="module")
-def engine() -> Path:
-    from farm.engine.build import build
-
-    return build().path
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, llama_logits: Path) -> dict[str, Path]:
     from farm.zoo.convert import requantize
     from farm.zoo.mix import read_gguf

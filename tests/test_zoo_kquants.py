@@ -19,7 +19,6 @@ from farm.zoo.cards import load_card
 from farm.zoo.mix import read_gguf
 from farm.zoo.recipe import K_MIXES, tensor_types, use_more_bits
 from farm.zoo.writer import write_gguf
-from tests.support import IN_CI
 from tests.test_gguf_labels import farm, smollm2_path
 
 # Bytes per block of each type llama-quantize writes here (ggml-common.h).
@@ -74,15 +73,6 @@ def test_recipe_follows_llama_quantize_for_a_30_layer_model() -> None:
 
 
 # ---- against llama.cpp's llama-quantize ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def llama_quantize() -> Path:
-    from farm.backends import llamacpp_build as lb
-
-    if lb.logits_cached() is None and not IN_CI:
-        pytest.skip("llama.cpp's llama-quantize not built yet (farm.backends.llamacpp_build.logits_program, ~5 min)")
-    return lb.logits_program().with_name("llama-quantize")
 
 
 def _llama_quantize(exe: Path, src: Path, dst: Path, mix: str) -> Path:
