@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab_fixtures import lab, lab_transport  # noqa: F401  (registered here, once: see lab_fixtures)
 from tests.support import need, throwaway_database
 
 # One FARM_HOME for the whole session: engine builds and zoo models are cached across tests,

@@ -1,8 +1,10 @@
-"""Session fixtures for tests that need virtual devices (import them into a test module).
+"""Session fixtures for tests that need virtual devices, registered once in tests/conftest.py.
 
-    from tests.lab_fixtures import lab, lab_transport  # noqa: F401  (pytest fixtures)
+Never import `lab` into a test module: pytest makes every module that imports a session fixture its own
+definition, so each such module started (and kept until the session ended) a lab of its own; three labs,
+nine virtual devices and their power feeders, were seen slowing the rest of a CI run to a crawl.
 
-    def test_x(lab, lab_transport):  # noqa: F811
+    def test_x(lab, lab_transport):
         phone = lab_transport("phone1")            # an AdbTransport through the lab's adb server
         board = lab_transport("board1")            # an SshTransport to the lab's real sshd
         inventory = lab.inventory_path             # devices.yaml for farm.devices.load_inventory

@@ -22,7 +22,6 @@ from farm.agent.artifacts import read_manifest, stage
 from farm.backends.base import Artifact
 from farm.store import Store
 from farm.transports.local import LocalTransport
-from tests.lab_fixtures import lab  # noqa: F401  (pytest fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 WORKDIRS = {"phone1": "/data/local/tmp/farm", "board1": "/var/tmp/farm"}
@@ -81,7 +80,7 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_damaged_copy_on_a_phone_and_a_board_is_pushed_again(lab, tmp_path: Path) -> None:  # noqa: F811
+def test_a_damaged_copy_on_a_phone_and_a_board_is_pushed_again(lab, tmp_path: Path) -> None:
     devices = sorted(WORKDIRS)
     roots = {d: lab.sandbox_file(d, WORKDIRS[d]) for d in devices}
     sweep = tmp_path / "sweep.yaml"

@@ -20,7 +20,6 @@ from farm.executors.local import LocalExecutor
 from farm.plan import make_plan
 from farm.spec import loads_sweep
 from farm.store import Store
-from tests.lab_fixtures import lab, lab_transport  # noqa: F401
 from tests.support import need
 
 DATA = Path(__file__).parent / "data" / "engines"
@@ -90,7 +89,7 @@ thermal_gate: false
 """
 
 
-def test_stand_in_engines_through_real_adb_and_ssh(lab, tmp_path: Path) -> None:  # noqa: F811
+def test_stand_in_engines_through_real_adb_and_ssh(lab, tmp_path: Path) -> None:
     models = model_dir(tmp_path)
     extra = {"mllm": "model_name: qwen3-w4a32-kai, ", "ortgenai": "threads: 1, "}
     backends = "\n".join(
@@ -155,7 +154,7 @@ thermal_gate: false
 """
 
 
-def test_depth_sweep_on_the_virtual_phones(lab, tmp_path: Path) -> None:  # noqa: F811
+def test_depth_sweep_on_the_virtual_phones(lab, tmp_path: Path) -> None:
     inv = load_inventory(lab.inventory_path)
     store = Store(f"sqlite:///{tmp_path / 'farm.db'}")
     sweep = loads_sweep(DEPTH_SWEEP)

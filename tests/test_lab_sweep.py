@@ -22,7 +22,6 @@ from farm.plan import make_plan
 from farm.power import Phase, open_session
 from farm.spec import loads_sweep
 from farm.store import Store
-from tests.lab_fixtures import lab, lab_transport  # noqa: F401
 
 DEVICES = ("phone1", "phone2", "board1")
 WORKDIRS = {"phone1": "/data/local/tmp/farm", "phone2": "/data/local/tmp/farm", "board1": "/var/tmp/farm"}
@@ -62,7 +61,7 @@ def run_sweep(store: Store, inv: Inventory, run_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def swept(lab, tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Inventory]:  # noqa: F811
+def swept(lab, tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Inventory]:
     """The sweep once, on devices whose farm workdir is empty (a first sweep on new devices)."""
     for name in DEVICES:
         workdir = lab.sandbox_file(name, WORKDIRS[name])
@@ -76,7 +75,7 @@ def swept(lab, tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, Invento
     return store, inv
 
 
-def test_sweep_on_two_phones_and_a_board(lab, swept):  # noqa: F811 - pytest fixture
+def test_sweep_on_two_phones_and_a_board(lab, swept):
     store, _ = swept
     jobs = store.job_rows("lab1")
     assert all(j.status == "done" for j in jobs), [(j.device, j.status, j.error) for j in jobs]
@@ -92,7 +91,7 @@ def test_sweep_on_two_phones_and_a_board(lab, swept):  # noqa: F811 - pytest fix
         assert elves, f"no aarch64 engine staged under {WORKDIRS[name]} on {name}"
 
 
-def test_energy_per_token_per_phase(lab, swept):  # noqa: F811 - pytest fixture
+def test_energy_per_token_per_phase(lab, swept):
     store, _ = swept
     jobs = {j.device: j for j in store.job_rows("lab1")}
     df = store.results_frame("lab1")
@@ -128,7 +127,7 @@ def test_energy_per_token_per_phase(lab, swept):  # noqa: F811 - pytest fixture
             assert r.decode_j_per_tok > 0
 
 
-def test_repeated_sweep_pushes_nothing(lab, swept):  # noqa: F811 - pytest fixture
+def test_repeated_sweep_pushes_nothing(lab, swept):
     store, inv = swept
     run_sweep(store, inv, "lab2")
     first = {j.device: j.bytes_pushed for j in store.job_rows("lab1")}
@@ -139,7 +138,7 @@ def test_repeated_sweep_pushes_nothing(lab, swept):  # noqa: F811 - pytest fixtu
     assert all(second[d] == 0 for d in DEVICES), second
 
 
-def test_board_tegrastats_on_its_path_follows_the_load(lab, lab_transport):  # noqa: F811 - pytest fixtures
+def test_board_tegrastats_on_its_path_follows_the_load(lab, lab_transport):
     """The board's other power view: NVIDIA's tegrastats (the lab's stand-in on the board's PATH),
     read over ssh by farm's tegrastats source, rises while the board's CPUs are busy."""
     board = lab_transport("board1")
@@ -163,7 +162,7 @@ def test_board_tegrastats_on_its_path_follows_the_load(lab, lab_transport):  # n
     assert busy.avg_w > report.idle_w
 
 
-def test_lock_step_pair_runs_on_a_phone(lab, swept):  # noqa: F811 - pytest fixture
+def test_lock_step_pair_runs_on_a_phone(lab, swept):
     """`farm regress --interleave step` on a phone: farm-pair and both engines staged (aarch64, run under
     qemu there), one job per pair, each repetition stored under its own variant and commit, no energy
     attributed to either side (their phases overlap in time)."""

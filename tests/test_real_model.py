@@ -40,6 +40,10 @@ from tests.test_gguf_labels import smollm2_path
 
 REPO = Path(__file__).resolve().parent.parent
 N_POS = 128
+# The first comparison's time includes the module fixture: the real model re-encoded in seven types (numpy,
+# ~15 s each on 2 quiet cores) and three llama-quantize runs. 600 s holds on a quiet host; 1200 s leaves room
+# for a loaded one without hiding a hang.
+pytestmark = pytest.mark.timeout(1200)
 TEXT = ("The old lighthouse keeper climbed the stairs every evening to light the lamp . He had done this for "
         "forty years , through storms and calm nights alike . The ships that passed the rocky coast trusted "
         "his light to guide them safely home . One night , a young girl knocked on his door and asked if she "

@@ -10,11 +10,10 @@ import pytest
 
 from farm.errors import InfraError
 from farm.transports.ssh import SshTransport
-from tests.lab_fixtures import lab  # noqa: F401
 
 
 @pytest.fixture
-def board(lab):  # noqa: F811 - pytest fixture
+def board(lab):
     return lab.boards["board1"].transport
 
 

@@ -13,7 +13,6 @@ import pytest
 from farm.errors import InfraError, JobError
 from farm.transports import Transport, open_transport
 from farm.transports.base import quote_argv
-from tests.lab_fixtures import lab, lab_transport  # noqa: F401
 
 HOSTILE = ["a b", "'", '"', "$(touch /tmp/farm-pwned)", ";rm -rf x", "new\nline", "ünïcødé ☃", "`id`",
            "*", "-n", "\\", ""]
@@ -139,7 +138,7 @@ def test_concurrent_commands(dev):
     assert sorted(out) == ["0", "1", "2", "3"]
 
 
-def test_lab_devices_answer_real_paths(lab, lab_transport):  # noqa: F811 - pytest fixtures
+def test_lab_devices_answer_real_paths(lab, lab_transport):
     phone, board = lab_transport("phone1"), lab_transport("board1")
     assert phone.info().model == "Pixel 8" and phone.info().abi == "arm64-v8a"
     assert int(phone.read_text("/sys/class/power_supply/battery/voltage_now")) > 3_000_000
@@ -167,7 +166,7 @@ def test_wait_exited_returns_the_status_and_times_out() -> None:
         slow.wait()
 
 
-def test_more_concurrent_commands_than_sshd_allows_sessions(lab_transport):  # noqa: F811 - pytest fixture
+def test_more_concurrent_commands_than_sshd_allows_sessions(lab_transport):
     # sshd's MaxSessions is 10 per connection (the SFTP channel counts): 14 commands at once on one
     # board must all run, waiting for a session rather than failing.
     t = lab_transport("board1")

@@ -81,6 +81,7 @@ class LoadModel:
     window_s: float = 0.1
     _last: tuple[float, _Snapshot] | None = None
     _cores: float = 0.0
+    _in_ns: dict[tuple[int, int], bool] = field(default_factory=dict)  # (pid, start time) -> in namespace_of's
 
     def _snapshot(self) -> _Snapshot:
         procs: dict[int, tuple[int, int, int, int]] = {}  # pid -> (ppid, start, own, children)
@@ -93,7 +94,11 @@ class LoadModel:
                 except (OSError, IndexError, ValueError):
                     continue
         ns = _mnt_ns(self.namespace_of) if self.namespace_of else None
-        chosen = {p for p in procs if p in self.pids or (ns and _mnt_ns(p) == ns) or self._in_root(p)}
+        if ns:  # a process's namespace is read once, when it is first seen (not 10 readlinks a second each)
+            seen = {key: self._in_ns.get(key) for key in ((p, v[1]) for p, v in procs.items())}
+            self._in_ns = {key: (_mnt_ns(key[0]) == ns) if hit is None else hit for key, hit in seen.items()}
+        chosen = {p for p, v in procs.items()
+                  if p in self.pids or (ns and self._in_ns.get((p, v[1]))) or self._in_root(p)}
         grew = True
         while grew:  # descendants of chosen processes
             extra = {p for p, (parent, *_) in procs.items() if parent in chosen and p not in chosen}
