@@ -61,7 +61,11 @@ def seeded(request: pytest.FixtureRequest) -> Seeded:
     return request.getfixturevalue("seeded_sqlite" if request.param == "sqlite" else "seeded_pg")
 
 
-GRAFANA_RANGE = (datetime.now(UTC) - timedelta(days=30), datetime.now(UTC) + timedelta(minutes=5))
+def grafana_range() -> tuple[datetime, datetime]:
+    """The dashboards' default range (now-30d .. now, plus a margin), read at call time: a constant taken at
+    import ended before stores seeded later in a long session, and dropped their newest run."""
+    now = datetime.now(UTC)
+    return now - timedelta(days=30), now + timedelta(minutes=5)
 
 
 def _iso(t: datetime) -> str:
@@ -69,10 +73,10 @@ def _iso(t: datetime) -> str:
 
 
 def grafana_expand(sql: str, variables: Mapping[str, Sequence[str]],
-                   time_range: tuple[datetime, datetime] = GRAFANA_RANGE) -> str:
+                   time_range: tuple[datetime, datetime] | None = None) -> str:
     """What Grafana sends to Postgres: time macros as quoted RFC 3339 literals and multi-value
     variables as comma-separated single-quoted strings (quotes doubled)."""
-    t0, t1 = time_range
+    t0, t1 = time_range or grafana_range()
     sql = re.sub(r"\$__timeFilter\((\w+)\)", lambda m: f"{m[1]} BETWEEN '{_iso(t0)}' AND '{_iso(t1)}'", sql)
     sql = sql.replace("$__timeFrom()", f"'{_iso(t0)}'").replace("$__timeTo()", f"'{_iso(t1)}'")
     for var, values in variables.items():
