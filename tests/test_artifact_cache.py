@@ -40,7 +40,7 @@ gen_tokens: [8]
 threads: [1]
 repetitions: 1
 warmup: 0
-thermal_gate: false
+thermal_gate: false   # the artifact cache is judged here; the gate with its defaults: test_lab_profiles
 """
 
 

@@ -85,7 +85,7 @@ threads: [2]
 repetitions: 2
 warmup: 0
 idle_s: 0
-thermal_gate: false
+thermal_gate: false   # the file's type and run are judged here; the gate with its defaults: test_lab_profiles
 """)  # the gate and power defaults: test_lab_profiles; here the real file's type and run are judged
     db = f"sqlite:///{tmp_path / 'farm.db'}"
     proc = farm("submit", str(sweep), "--db", db, home=tmp_path)
