@@ -86,4 +86,7 @@ def test_aarch64_gemma2_and_openelm(arm_engine, arch, tmp_path) -> None:
                        seed=2)
     arm = run_logits(arm_engine, model, TOKENS, "--all", "-t", "2")
     assert_close(arm, run_logits(build().path, model, TOKENS, "--all", "-t", "2"), "q8_0")
-    assert_close(arm, engine_ref.forward(engine_ref.RefModel(model), TOKENS), "q8_0")
+    # Against numpy, one rounding flip of a q8_0 activation on these d_model-128 models moves the logits' rms by
+    # up to 0.0112 (measured: 8 seeds x gemma2/openelm x q4_0/q8_0, host build, before and after pack.c), so the
+    # 0.01 of assert_close is within one flip's reach; the build-vs-build bound (rms 0.02) is the one that holds.
+    assert_builds_close(arm, engine_ref.forward(engine_ref.RefModel(model), TOKENS))

@@ -31,10 +31,10 @@ from farm.errors import ConfigError, InfraError
 SOURCE_DIR = Path(__file__).resolve().parent / "src"
 
 # Sources an older engine checkout (an A/B base) may not have yet.
-NEWER_SOURCES = frozenset({"kquant.c"})
+NEWER_SOURCES = frozenset({"kquant.c", "pack.c"})
 # Program name -> sources. A second small program (e.g. a power sampler) is one more entry here.
 PROGRAMS: dict[str, list[str]] = {
-    "farm-engine": ["main.c", "gguf.c", "model.c", "forward.c", "quant.c", "kquant.c", "threadpool.c"],
+    "farm-engine": ["main.c", "gguf.c", "model.c", "forward.c", "quant.c", "kquant.c", "pack.c", "threadpool.c"],
     "farm-sampler": ["sampler/sampler.c"],  # farm.power's on-device sampler (CLOCK_MONOTONIC)
     "farm-pair": ["pair/pair.c"],  # runs two engine builds in lock step, one timed phase each (farm regress)
     # the quantized dot-product kernels on fixed data, to compare builds (scalar, AVX2, NEON) kernel by kernel

@@ -78,6 +78,7 @@ void ctx_init(ctx_t *c, const model_t *m, int n_ctx, int n_ubatch, int n_threads
     c->hb2 = xalloc(U * ff * 4);
     const int wq = (int)((widest + QK_K - 1) / QK_K * QK_K);
     for (int k = ACT_Q8_0; k <= ACT_Q8_K; k++) c->xq[k] = xalloc(U * act_row_bytes(k, wq));
+    c->xsum = xalloc(U * (wq / QK) * sizeof(q8_0_sum));
     c->scores = xalloc((size_t)pool_size(c->pool) * c->n_ctx * 4);
     c->rope_cs = xalloc(U * m->head_dim * 4);
     c->n_logits = all_logits ? c->n_ctx : 1;
@@ -87,7 +88,7 @@ void ctx_init(ctx_t *c, const model_t *m, int n_ctx, int n_ubatch, int n_threads
 void ctx_free(ctx_t *c) {
     pool_destroy(c->pool);
     void *bufs[] = {c->kcache, c->vcache, c->x,     c->xb,     c->q,      c->k,      c->v,       c->att,
-                    c->hb,     c->hb2,    c->xq[1], c->xq[2], c->xq[3], c->scores, c->rope_cs, c->logits};
+                    c->hb,     c->hb2,    c->xq[1], c->xq[2], c->xq[3], c->xsum, c->scores, c->rope_cs, c->logits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     memset(c, 0, sizeof *c);
 }
@@ -106,6 +107,7 @@ typedef struct {
     float *dst;        /* NORM: normalised rows; ADDNORM: rows the normalised ones are added to */
     float eps;
     void *const *xq;
+    q8_0_sum *xsum; /* per q8_0 block: scale and sum of quants (packed matrices' kernels) */
     _Atomic int next;
 } prep_job;
 
@@ -147,9 +149,11 @@ static void prep_task(void *arg, int ith, int nth) {
             out = j->src + (size_t)t * j->n;
             if (j->mode == PREP_GLU) glu(j->ffn_act, out + lo, j->src2 + (size_t)t * j->n + lo, hi - lo);
         }
-        if (j->quant & (1 << ACT_Q8_0))
-            quantize_row_q8_0(out + lo, (block_q8_0 *)((char *)j->xq[ACT_Q8_0] + t * q8_row_bytes(j->n)) + lo / QK,
-                              hi - lo);
+        if (j->quant & (1 << ACT_Q8_0)) {
+            block_q8_0 *y = (block_q8_0 *)((char *)j->xq[ACT_Q8_0] + t * q8_row_bytes(j->n)) + lo / QK;
+            quantize_row_q8_0(out + lo, y, hi - lo);
+            q8_0_sums(y, j->xsum + (size_t)t * (j->n / QK) + lo / QK, (hi - lo) / QK);
+        }
         if (j->quant & (1 << ACT_Q8_1))
             quantize_row_q8_1(out + lo, (block_q8_1 *)((char *)j->xq[ACT_Q8_1] +
                                                        t * act_row_bytes(ACT_Q8_1, j->n)) + lo / QK, hi - lo);
@@ -163,7 +167,7 @@ static void prep(ctx_t *c, int mode, int quant, float *src, const float *src2, c
                  int n_tok) {
     if (mode == PREP_QUANT && !quant) return;
     prep_job j = {.mode = mode, .n = n, .n_tok = n_tok, .quant = quant, .src = src, .src2 = src2, .w = w,
-                  .dst = dst, .eps = c->m->rms_eps, .xq = c->xq, .ffn_act = c->m->ffn_act};
+                  .dst = dst, .eps = c->m->rms_eps, .xq = c->xq, .xsum = c->xsum, .ffn_act = c->m->ffn_act};
     pool_run(c->pool, prep_task, &j);
 }
 
@@ -175,6 +179,7 @@ typedef struct {
     int nw, n_tok, accumulate, rows_total, chunk;
     const float *xf; /* f32/f16 weights: f32 activations */
     void *const *xq; /* quantized weights: activations by ACT_* kind */
+    const q8_0_sum *xsum;
     _Atomic int next;
 } mm_job;
 
@@ -183,7 +188,33 @@ static inline void put(float *y, float v, int acc) {
     else *y = v;
 }
 
+/* Packed matrices (pack.c): groups of PACK_ROWS rows from r0 (a multiple of PACK_ROWS) x up to 4 tokens per call.
+ * Every output gets the same operations whatever the tile, so no tail path is needed for rows or tokens. */
+static void mm_packed(const mm_job *j, const tensor_t *w, float *y, int r0, int r1) {
+    const int n = w->n_in, n_out = w->n_out, nb = n / QK;
+    const size_t xs = q8_row_bytes(n), gb = pack_group_bytes(w->type, n);
+    for (int t0 = 0; t0 < j->n_tok; t0 += TOKEN_TILE) {
+        const int t1 = t0 + TOKEN_TILE < j->n_tok ? t0 + TOKEN_TILE : j->n_tok;
+        for (int r = r0; r < r1; r += PACK_ROWS) {
+            const int nr = n_out - r < PACK_ROWS ? n_out - r : PACK_ROWS;
+            for (int t = t0; t < t1; t += 4) {
+                const int nt = t1 - t < 4 ? t1 - t : 4;
+                float o[4 * PACK_ROWS];
+                gemm_packed(w->type, n, (const char *)w->data + (size_t)(r / PACK_ROWS) * gb,
+                            (const block_q8_0 *)((const char *)j->xq[ACT_Q8_0] + t * xs), xs, j->xsum + (size_t)t * nb,
+                            nb, nt, o);
+                for (int k = 0; k < nt; k++)
+                    for (int i = 0; i < nr; i++) put(&y[(size_t)(t + k) * n_out + r + i], o[k * PACK_ROWS + i], j->accumulate);
+            }
+        }
+    }
+}
+
 static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1) {
+    if (w->packed) {
+        mm_packed(j, w, y, r0, r1);
+        return;
+    }
     const int n = w->n_in, n_out = w->n_out, acc = j->accumulate;
     const size_t xs = q8_row_bytes(n);
     const char *wd = w->data;
@@ -275,6 +306,10 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
     }
 }
 
+/* Rows a weight takes in a matmul's row space: packed ones are padded to whole groups, so that every chunk
+ * (a multiple of PACK_ROWS) starts on a group. */
+static int span(const tensor_t *w) { return w->packed ? (w->n_out + PACK_ROWS - 1) / PACK_ROWS * PACK_ROWS : w->n_out; }
+
 static void mm_task(void *arg, int ith, int nth) {
     (void)ith, (void)nth;
     mm_job *j = arg;
@@ -285,10 +320,10 @@ static void mm_task(void *arg, int ith, int nth) {
         int r1 = r0 + j->chunk < j->rows_total ? r0 + j->chunk : j->rows_total;
         int base = 0; /* split the chunk at weight boundaries */
         for (int k = 0; k < j->nw && r0 < r1; k++) {
-            const int end = base + j->w[k]->n_out;
+            const int end = base + span(j->w[k]);
             if (r0 < end) {
                 const int e = r1 < end ? r1 : end;
-                mm_rows(j, j->w[k], j->y[k], r0 - base, e - base);
+                mm_rows(j, j->w[k], j->y[k], r0 - base, e - base < j->w[k]->n_out ? e - base : j->w[k]->n_out);
                 r0 = e;
             }
             base = end;
@@ -299,13 +334,17 @@ static void mm_task(void *arg, int ith, int nth) {
 static void matmul(ctx_t *c, const tensor_t *w0, float *y0, const tensor_t *w1, float *y1, const tensor_t *w2,
                    float *y2, const float *xf, int n_tok, int accumulate) {
     mm_job j = {.w = {w0, w1, w2}, .y = {y0, y1, y2}, .nw = w2 ? 3 : w1 ? 2 : 1, .n_tok = n_tok,
-                .accumulate = accumulate, .xf = xf, .xq = c->xq};
-    for (int k = 0; k < j.nw; k++) j.rows_total += j.w[k]->n_out;
+                .accumulate = accumulate, .xf = xf, .xq = c->xq, .xsum = c->xsum};
+    int min_chunk = 2; /* even for the 2x2 tiles, whole groups for packed matrices */
+    for (int k = 0; k < j.nw; k++) {
+        j.rows_total += span(j.w[k]);
+        if (j.w[k]->packed) min_chunk = PACK_ROWS;
+    }
     /* Decode: big chunks amortise the atomic; prefill: 16 rows (~80 KB of q8_0 weights at d_ff) stay in L2
-     * while every token tile passes over them. Keep it even for the 2x2 tiles. */
+     * while every token tile passes over them. */
     j.chunk = n_tok > 1 ? PREFILL_ROWS : 64;
     const int nth = pool_size(c->pool);
-    while (j.chunk > 2 && j.rows_total / j.chunk < 4 * nth) j.chunk /= 2;
+    while (j.chunk > min_chunk && j.rows_total / j.chunk < 4 * nth) j.chunk /= 2;
     pool_run(c->pool, mm_task, &j);
 }
 
@@ -429,8 +468,7 @@ static void forward_ubatch(ctx_t *c, const int *tokens, int n_tok, int pos0, flo
     const model_t *m = c->m;
     const int d = m->d_model, hd = m->head_dim;
     for (int t = 0; t < n_tok; t++)
-        dequant_row(m->tok_embd.type, (const char *)m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
-                    c->x + (size_t)t * d, d);
+        tensor_row(&m->tok_embd, tokens[t], c->x + (size_t)t * d);
     if (m->emb_scale != 1.0f)
         for (size_t i = 0; i < (size_t)n_tok * d; i++) c->x[i] *= m->emb_scale;
     for (int t = 0; t < n_tok; t++) { /* theta_i = pos * base^(-2i/hd), computed directly (no running product) */

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "common.h"
 
@@ -109,6 +111,30 @@ static void load_gemma2(model_t *m) {
     m->final_softcap = key_float(m, "final_logit_softcapping", 30.0);
 }
 
+void tensor_row(const tensor_t *t, int r, float *dst) {
+    if (t->packed) pack_row(t->type, t->data, t->n_in, r, dst);
+    else dequant_row(t->type, (const char *)t->data + (size_t)r * t->row_bytes, dst, t->n_in);
+}
+
+/* A matrix in pack.c's layout, in memory the model owns; the file's pages it was read from leave the
+ * process's resident set (MAP_PRIVATE and never written: a later read would fault them in again). */
+static void pack(model_t *m, tensor_t *t) {
+    if (!t->data || t->packed || !pack_type(t->type)) return;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, pack_bytes(t->type, t->n_in, t->n_out)) != 0)
+        farm_fail("%s: out of memory packing a %dx%d matrix", g_path, t->n_out, t->n_in);
+    pack_matrix(t->type, t->data, t->row_bytes, t->n_in, t->n_out, p);
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)t->data;
+    const uintptr_t lo = (a + page - 1) & ~(page - 1), hi = (a + (size_t)t->n_out * t->row_bytes) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    void **owned = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *owned);
+    if (!owned) farm_fail("out of memory");
+    m->owned = owned;
+    m->owned[m->n_owned++] = p;
+    t->data = p;
+    t->packed = 1;
+}
+
 void model_load(model_t *m, const char *path) {
     memset(m, 0, sizeof *m);
     g_path = path;
@@ -192,6 +218,13 @@ void model_load(model_t *m, const char *path) {
     }
 #undef T
 #undef V
+    for (int l = 0; l < m->n_layers; l++) {
+        layer_t *L = &m->layers[l];
+        tensor_t *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wgate, &L->wup, &L->wdown};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++) pack(m, mats[i]);
+    }
+    pack(m, &m->output);
+    if (m->tied) m->tok_embd = m->output; /* one copy: the lookup reads rows of the packed matrix */
     m->main_type = m->layers[0].wq.type;
     for (uint64_t i = 0; i < m->gg.n_tensors; i++) {
         const gguf_tensor *t = &m->gg.tensors[i];
@@ -200,6 +233,8 @@ void model_load(model_t *m, const char *path) {
 }
 
 void model_free(model_t *m) {
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
     free(m->layers);
     gguf_close(&m->gg);
 }

@@ -12,9 +12,13 @@ typedef struct {
     int type;      /* GT_* */
     int n_in;      /* row length (ggml ne[0]) */
     int n_out;     /* rows (ggml ne[1]) */
-    size_t row_bytes;
+    size_t row_bytes; /* ggml layout; packed tensors: see pack.c */
     const void *data;
+    int packed;       /* data is pack.c's layout (PACK_ROWS rows interleaved), in memory the model owns */
 } tensor_t;
+
+/* Row r of a matrix as f32 (embedding lookup), whatever its layout. */
+void tensor_row(const tensor_t *t, int r, float *dst);
 
 typedef struct {
     tensor_t attn_norm, wq, wk, wv, bq, bk, bv, wo, ffn_norm, wgate, wup, wdown;
@@ -41,6 +45,8 @@ typedef struct {
     tensor_t tok_embd, out_norm, output;
     const float *rope_freqs; /* llama3 rope scaling: angle i is divided by rope_freqs[i] (NULL: none) */
     layer_t *layers;
+    void **owned; /* packed weights */
+    int n_owned;
 } model_t;
 
 void model_load(model_t *m, const char *path);
@@ -54,6 +60,7 @@ typedef struct {
     /* scratch, sized for n_ubatch tokens */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope_cs;
     void *xq[4]; /* activations converted for the matmul, by ACT_* kind: q8_0, q8_1 or q8_K blocks */
+    q8_0_sum *xsum; /* per q8_0 activation block: its scale as f32 and the sum of its quants */
     float *logits; /* [n_logits][n_vocab] */
     int n_logits;
 } ctx_t;

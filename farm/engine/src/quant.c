@@ -191,18 +191,6 @@ static inline float hsum256(__m256 x) {
     r = _mm_add_ss(r, _mm_movehdup_ps(r));
     return _mm_cvtss_f32(r);
 }
-/* 32 nibbles -> 32 bytes: low nibbles to lanes 0..15, high nibbles to 16..31, minus 8. */
-static inline __m256i unpack_q4(const uint8_t *qs) {
-    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
-    const __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
-    return _mm256_sub_epi8(_mm256_and_si256(b, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
-}
-/* Signed int8 dot in 8 int32 lanes -> float. |x| <= 127 by construction so the sign trick is exact
- * and maddubs' int16 pair sums (<= 2*127*128) cannot saturate. */
-static inline __m256 dot_i8(__m256i ax, __m256i x, __m256i y) {
-    const __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, x));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
 #elif defined(FARM_NEON)
 static inline int32x4_t dot_i8(int32x4_t acc, int8x16_t a, int8x16_t b) {
 #if defined(__ARM_FEATURE_DOTPROD)
@@ -268,25 +256,20 @@ float vec_dot_f16(int n, const f16_t *w, const float *x) {
     return s;
 }
 
+/* Every q4_0/q8_0 kernel in every build computes an output the same way: the block's exact integer dot, then
+ * acc = fma(d_w * d_x, dot, acc) block after block (pack.c's kernels too), so NEON and AVX2 builds agree bit for
+ * bit on these matmuls. */
 float vec_dot_q4_0(int n, const block_q4_0 *w, const block_q8_0 *x) {
     const int nb = n / QK;
-#if defined(FARM_AVX2)
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m256 d = _mm256_set1_ps(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
-        const __m256i q = unpack_q4(w[b].qs), y = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        acc = _mm256_fmadd_ps(d, dot_i8(_mm256_sign_epi8(q, q), q, y), acc);
-    }
-    return hsum256(acc);
-#elif defined(FARM_NEON)
-    float32x4_t acc = vdupq_n_f32(0);
+#if defined(FARM_NEON)
+    float acc = 0.0f;
     for (int b = 0; b < nb; b++) {
         int8x16_t lo, hi;
         unpack_q4(w[b].qs, &lo, &hi);
         const int32x4_t p = dot_i8(dot_i8(vdupq_n_s32(0), lo, vld1q_s8(x[b].qs)), hi, vld1q_s8(x[b].qs + 16));
-        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
+        acc = fmaf(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d), (float)vaddvq_s32(p), acc);
     }
-    return vaddvq_f32(acc);
+    return acc;
 #else
     float s = 0.0f;
     for (int b = 0; b < nb; b++) {
@@ -295,7 +278,7 @@ float vec_dot_q4_0(int n, const block_q4_0 *w, const block_q8_0 *x) {
             sum += ((w[b].qs[j] & 0x0f) - 8) * x[b].qs[j];
             sum += ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + QK / 2];
         }
-        s += (float)sum * (fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
+        s = fmaf(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d), (float)sum, s);
     }
     return s;
 #endif
@@ -303,29 +286,20 @@ float vec_dot_q4_0(int n, const block_q4_0 *w, const block_q8_0 *x) {
 
 float vec_dot_q8_0(int n, const block_q8_0 *w, const block_q8_0 *x) {
     const int nb = n / QK;
-#if defined(FARM_AVX2)
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const __m256 d = _mm256_set1_ps(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
-        const __m256i q = _mm256_loadu_si256((const __m256i *)w[b].qs);
-        const __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        acc = _mm256_fmadd_ps(d, dot_i8(_mm256_sign_epi8(q, q), q, y), acc);
-    }
-    return hsum256(acc);
-#elif defined(FARM_NEON)
-    float32x4_t acc = vdupq_n_f32(0);
+#if defined(FARM_NEON)
+    float acc = 0.0f;
     for (int b = 0; b < nb; b++) {
         const int32x4_t p = dot_i8(dot_i8(vdupq_n_s32(0), vld1q_s8(w[b].qs), vld1q_s8(x[b].qs)),
                                    vld1q_s8(w[b].qs + 16), vld1q_s8(x[b].qs + 16));
-        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
+        acc = fmaf(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d), (float)vaddvq_s32(p), acc);
     }
-    return vaddvq_f32(acc);
+    return acc;
 #else
     float s = 0.0f;
     for (int b = 0; b < nb; b++) {
         int32_t sum = 0;
         for (int j = 0; j < QK; j++) sum += w[b].qs[j] * x[b].qs[j];
-        s += (float)sum * (fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
+        s = fmaf(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d), (float)sum, s);
     }
     return s;
 #endif
@@ -333,83 +307,30 @@ float vec_dot_q8_0(int n, const block_q8_0 *w, const block_q8_0 *x) {
 
 /* ---- 2x2 GEMM tiles ------------------------------------------------------------------------------ */
 
-#if defined(FARM_AVX2)
-static inline void tile_avx2(__m256i q0, __m256i q1, f16_t d0, f16_t d1, const block_q8_0 *x0,
-                             const block_q8_0 *x1, __m256 acc[4]) {
-    const __m256i y0 = _mm256_loadu_si256((const __m256i *)x0->qs);
-    const __m256i y1 = _mm256_loadu_si256((const __m256i *)x1->qs);
-    const __m256i a0 = _mm256_sign_epi8(q0, q0), a1 = _mm256_sign_epi8(q1, q1);
-    /* the four scale products in one vector op: [w0 w1 s0 s1] -> [w0s0 w0s1 w1s0 w1s1], then lane broadcasts
-     * (same single f32 products as vec_dot, so results stay bit-identical to the 1-row paths) */
-    const __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)d0, (short)d1, (short)x0->d, (short)x1->d, 0, 0, 0, 0));
-    const __m128 p = _mm_mul_ps(_mm_shuffle_ps(d, d, _MM_SHUFFLE(1, 1, 0, 0)), _mm_shuffle_ps(d, d, _MM_SHUFFLE(3, 2, 3, 2)));
-    const __m256 pp = _mm256_set_m128(p, p);
-    acc[0] = _mm256_fmadd_ps(_mm256_permute_ps(pp, 0x00), dot_i8(a0, q0, y0), acc[0]);
-    acc[1] = _mm256_fmadd_ps(_mm256_permute_ps(pp, 0x55), dot_i8(a0, q0, y1), acc[1]);
-    acc[2] = _mm256_fmadd_ps(_mm256_permute_ps(pp, 0xaa), dot_i8(a1, q1, y0), acc[2]);
-    acc[3] = _mm256_fmadd_ps(_mm256_permute_ps(pp, 0xff), dot_i8(a1, q1, y1), acc[3]);
-}
-#endif
 
 void gemm2x2_q4_0(int n, const block_q4_0 *w0, const block_q4_0 *w1, const block_q8_0 *x0,
                   const block_q8_0 *x1, float out[4]) {
-#if defined(FARM_AVX2)
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < n / QK; b++)
-        tile_avx2(unpack_q4(w0[b].qs), unpack_q4(w1[b].qs), w0[b].d, w1[b].d, x0 + b, x1 + b, acc);
-    for (int k = 0; k < 4; k++) out[k] = hsum256(acc[k]);
-#else
     out[0] = vec_dot_q4_0(n, w0, x0);
     out[1] = vec_dot_q4_0(n, w0, x1);
     out[2] = vec_dot_q4_0(n, w1, x0);
     out[3] = vec_dot_q4_0(n, w1, x1);
-#endif
 }
 
 void gemm2x2_q8_0(int n, const block_q8_0 *w0, const block_q8_0 *w1, const block_q8_0 *x0,
                   const block_q8_0 *x1, float out[4]) {
-#if defined(FARM_AVX2)
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < n / QK; b++)
-        tile_avx2(_mm256_loadu_si256((const __m256i *)w0[b].qs), _mm256_loadu_si256((const __m256i *)w1[b].qs),
-                  w0[b].d, w1[b].d, x0 + b, x1 + b, acc);
-    for (int k = 0; k < 4; k++) out[k] = hsum256(acc[k]);
-#else
     out[0] = vec_dot_q8_0(n, w0, x0);
     out[1] = vec_dot_q8_0(n, w0, x1);
     out[2] = vec_dot_q8_0(n, w1, x0);
     out[3] = vec_dot_q8_0(n, w1, x1);
-#endif
 }
 
 /* ---- 4-row GEMV ---------------------------------------------------------------------------------- */
 
-/* Software prefetch distance of the GEMV weight streams. Decode reads each weight once per token, so it
- * is bound by how many cache misses are in flight; measured on a 2-core x86 VM (q4_0, 0.5B model, 1
- * thread): 144 B ahead 12.6 tok/s, 1.7 KB 18 tok/s, 4.6 KB 20 tok/s. Rows are contiguous, so this also
- * runs ahead into the rows of the next call. */
-#ifndef PREFETCH_BYTES
-#define PREFETCH_BYTES 4096
-#endif
-
 void gemv4_q4_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]) {
     const block_q4_0 *r[4];
     for (int k = 0; k < 4; k++) r[k] = (const block_q4_0 *)((const char *)w + k * ws);
-#if defined(FARM_AVX2)
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < n / QK; b++) {
-        const __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        const float dy = fp16_to_f32(x[b].d);
-        for (int k = 0; k < 4; k++) {
-            _mm_prefetch((const char *)(r[k] + b) + PREFETCH_BYTES, _MM_HINT_T0);
-            const __m256i q = unpack_q4(r[k][b].qs);
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_f32(r[k][b].d) * dy), dot_i8(_mm256_sign_epi8(q, q), q, y),
-                                     acc[k]);
-        }
-    }
-    for (int k = 0; k < 4; k++) out[k] = hsum256(acc[k]);
-#elif defined(FARM_NEON)
-    float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+#if defined(FARM_NEON)
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int b = 0; b < n / QK; b++) {
         const int8x16_t y0 = vld1q_s8(x[b].qs), y1 = vld1q_s8(x[b].qs + 16);
         const float dy = fp16_to_f32(x[b].d);
@@ -417,10 +338,10 @@ void gemv4_q4_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[
             int8x16_t lo, hi;
             unpack_q4(r[k][b].qs, &lo, &hi);
             const int32x4_t p = dot_i8(dot_i8(vdupq_n_s32(0), lo, y0), hi, y1);
-            acc[k] = vmlaq_n_f32(acc[k], vcvtq_f32_s32(p), fp16_to_f32(r[k][b].d) * dy);
+            acc[k] = fmaf(fp16_to_f32(r[k][b].d) * dy, (float)vaddvq_s32(p), acc[k]);
         }
     }
-    for (int k = 0; k < 4; k++) out[k] = vaddvq_f32(acc[k]);
+    for (int k = 0; k < 4; k++) out[k] = acc[k];
 #else
     for (int k = 0; k < 4; k++) out[k] = vec_dot_q4_0(n, r[k], x);
 #endif
@@ -429,30 +350,17 @@ void gemv4_q4_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[
 void gemv4_q8_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]) {
     const block_q8_0 *r[4];
     for (int k = 0; k < 4; k++) r[k] = (const block_q8_0 *)((const char *)w + k * ws);
-#if defined(FARM_AVX2)
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < n / QK; b++) {
-        const __m256i y = _mm256_loadu_si256((const __m256i *)x[b].qs);
-        const float dy = fp16_to_f32(x[b].d);
-        for (int k = 0; k < 4; k++) {
-            _mm_prefetch((const char *)(r[k] + b) + PREFETCH_BYTES, _MM_HINT_T0);
-            const __m256i q = _mm256_loadu_si256((const __m256i *)r[k][b].qs);
-            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_f32(r[k][b].d) * dy), dot_i8(_mm256_sign_epi8(q, q), q, y),
-                                     acc[k]);
-        }
-    }
-    for (int k = 0; k < 4; k++) out[k] = hsum256(acc[k]);
-#elif defined(FARM_NEON)
-    float32x4_t acc[4] = {vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0), vdupq_n_f32(0)};
+#if defined(FARM_NEON)
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int b = 0; b < n / QK; b++) {
         const int8x16_t y0 = vld1q_s8(x[b].qs), y1 = vld1q_s8(x[b].qs + 16);
         const float dy = fp16_to_f32(x[b].d);
         for (int k = 0; k < 4; k++) {
             const int32x4_t p = dot_i8(dot_i8(vdupq_n_s32(0), vld1q_s8(r[k][b].qs), y0), vld1q_s8(r[k][b].qs + 16), y1);
-            acc[k] = vmlaq_n_f32(acc[k], vcvtq_f32_s32(p), fp16_to_f32(r[k][b].d) * dy);
+            acc[k] = fmaf(fp16_to_f32(r[k][b].d) * dy, (float)vaddvq_s32(p), acc[k]);
         }
     }
-    for (int k = 0; k < 4; k++) out[k] = vaddvq_f32(acc[k]);
+    for (int k = 0; k < 4; k++) out[k] = acc[k];
 #else
     for (int k = 0; k < 4; k++) out[k] = vec_dot_q8_0(n, r[k], x);
 #endif

@@ -80,7 +80,9 @@ void dequant_row(int type, const void *src, float *dst, int n);
 void f32_to_f16_row(const float *x, f16_t *y, int n);
 
 /* Dot products of one weight row with one activation row. For f32/f16 weights the activation is f32,
- * for q4_0/q8_0 weights it is q8_0 (integer dot per block, scaled by both block scales). */
+ * for q4_0/q8_0 weights it is q8_0 (integer dot per block, scaled by both block scales). The q4_0/q8_0
+ * kernels here (vec_dot, 2x2 tiles, 4-row GEMV) are ggml's row-major layout, which NEON builds run; the
+ * other builds run these matrices packed (pack.c, pack_type). */
 float vec_dot_f32(int n, const float *w, const float *x);
 float vec_dot_f16(int n, const f16_t *w, const float *x);
 float vec_dot_q4_0(int n, const block_q4_0 *w, const block_q8_0 *x);
@@ -112,6 +114,36 @@ void gemm_more(int type, int n, const void *w, const void *x, size_t xs, int nt,
  * gemm_more. Bit-identical to vec_dot_more per output either way. */
 int gemm_rows_more_ok(int type);
 void gemm_rows_more(int type, int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nt, float *out);
+
+/* pack.c: q4_0 / q8_0 matrices with PACK_ROWS rows interleaved per 32-block (see pack.c for why). In a
+ * block_q4_0x8, qs[32 j + 4 r + e] is row r's byte 4 j + e (low nibble: element 4 j + e, high: 16 + 4 j + e);
+ * in a block_q8_0x8, qs[32 c + 4 r + e] is row r's element 4 c + e. Rows are padded to a multiple of 8. */
+#define PACK_ROWS 8
+typedef struct {
+    f16_t d[PACK_ROWS];
+    uint8_t qs[PACK_ROWS * QK / 2];
+} block_q4_0x8;
+typedef struct {
+    f16_t d[PACK_ROWS];
+    int8_t qs[PACK_ROWS * QK];
+} block_q8_0x8;
+typedef struct {
+    float d; /* the block's scale */
+    int32_t s; /* sum of its quants */
+} q8_0_sum;
+_Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0) && sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0),
+               "packed blocks hold 8 ggml blocks");
+
+int pack_type(int type); /* 1: this build runs `type` matrices packed */
+size_t pack_bytes(int type, int n_in, int n_out);
+size_t pack_group_bytes(int type, int n_in); /* one group of PACK_ROWS rows */
+void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_out, void *dst);
+void pack_row(int type, const void *packed, int n_in, int row, float *dst); /* dequantize one row */
+void q8_0_sums(const block_q8_0 *x, q8_0_sum *s, int nb);
+/* One group of PACK_ROWS packed rows x nt (1..4) q8_0 activation rows `xs` bytes apart, their sums `xis` entries
+ * apart: out[t * PACK_ROWS + r]. */
+void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs, const q8_0_sum *xi, size_t xis,
+                 int nt, float *out);
 
 /* out += a * v, for attention's weighted sum of V rows (KV cache f16 or f32). */
 void axpy_f16(int n, float a, const f16_t *v, float *out);

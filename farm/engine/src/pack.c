@@ -1,0 +1,216 @@
+/* q4_0 and q8_0 matrices repacked at load time, eight rows interleaved per 32-block, and their matmul kernel.
+ *
+ * Why: with ggml's row-major blocks, an AVX2 dot product of one weight block and one activation block puts
+ * 8 partial sums of ONE output in a vector, so every block of every output pays its own int32->float
+ * conversion, scale multiply and FMA, and every weight block its own unpacking (the old 2x2 tiles: ~10
+ * vector ops per 32-element dot for q4_0, ~8 for q8_0). Here the 8 lanes of a vector are 8 different
+ * rows: vector c of a block holds elements 4c..4c+3 of the 8 rows, and is multiplied with one token's
+ * 4 activation bytes broadcast to all lanes. So one maddubs does 4 elements of 8 rows, the conversion, scale
+ * and FMA serve 8 outputs, and a weight block is unpacked once for up to 4 tokens. For q4_0 the nibbles
+ * enter maddubs unsigned (0..15, no sign trick) and the -8 offset is taken off once per block with the
+ * activation block's precomputed sum (8 * sum(q)); its eight 4-element products fit int16 (8 * 2*15*127 <
+ * 32767), so a block's 32 products are summed with 8 maddubs + 7 adds + 1 madd. Measured side by side on a
+ * 2-core x86 VM (SmolLM2-135M, pp512, 1 thread, the matmul share of the perf profile): see bench/ and the
+ * closing figures in the commit that added this file.
+ *
+ * Every output is computed with the same operations whatever the tile (1..4 tokens, any 8-row group):
+ * acc = fma(d_w * d_x, float(block's integer dot), acc) over the blocks in order. So results do not depend
+ * on thread count or on how tokens are tiled, and decode (1 token) gives prefill's numbers.
+ *
+ * NEON builds keep ggml's layout and quant.c's kernels (pack_type); the others repack, and the portable body of
+ * gemm_packed (scalar builds) is the definition the AVX2 kernels are tested against. */
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+#include "gguf.h"
+#include "quant.h"
+
+#if defined(FARM_AVX2)
+#include <immintrin.h>
+#endif
+
+int pack_type(int type) {
+#if defined(FARM_NEON)
+    (void)type;
+    return 0;
+#else
+    return type == GT_Q4_0 || type == GT_Q8_0;
+#endif
+}
+
+static size_t group_block_bytes(int type) { return type == GT_Q4_0 ? sizeof(block_q4_0x8) : sizeof(block_q8_0x8); }
+
+size_t pack_group_bytes(int type, int n_in) { return (size_t)(n_in / QK) * group_block_bytes(type); }
+
+size_t pack_bytes(int type, int n_in, int n_out) {
+    return (size_t)((n_out + PACK_ROWS - 1) / PACK_ROWS) * pack_group_bytes(type, n_in);
+}
+
+void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_out, void *dst) {
+    const int nb = n_in / QK, groups = (n_out + PACK_ROWS - 1) / PACK_ROWS;
+    memset(dst, 0, pack_bytes(type, n_in, n_out)); /* padding rows: zero scales, so zero outputs */
+    for (int g = 0; g < groups; g++)
+        for (int r = 0; r < PACK_ROWS && g * PACK_ROWS + r < n_out; r++) {
+            const char *row = (const char *)src + (size_t)(g * PACK_ROWS + r) * row_bytes;
+            for (int b = 0; b < nb; b++) {
+                if (type == GT_Q4_0) {
+                    const block_q4_0 *s = (const block_q4_0 *)row + b;
+                    block_q4_0x8 *d = (block_q4_0x8 *)dst + (size_t)g * nb + b;
+                    d->d[r] = s->d;
+                    for (int j = 0; j < 4; j++) memcpy(d->qs + 32 * j + 4 * r, s->qs + 4 * j, 4);
+                } else {
+                    const block_q8_0 *s = (const block_q8_0 *)row + b;
+                    block_q8_0x8 *d = (block_q8_0x8 *)dst + (size_t)g * nb + b;
+                    d->d[r] = s->d;
+                    for (int c = 0; c < 8; c++) memcpy(d->qs + 32 * c + 4 * r, s->qs + 4 * c, 4);
+                }
+            }
+        }
+}
+
+void pack_row(int type, const void *packed, int n_in, int row, float *dst) {
+    const int nb = n_in / QK, g = row / PACK_ROWS, r = row % PACK_ROWS;
+    for (int b = 0; b < nb; b++) {
+        float *y = dst + b * QK;
+        if (type == GT_Q4_0) {
+            const block_q4_0x8 *s = (const block_q4_0x8 *)packed + (size_t)g * nb + b;
+            const float d = fp16_to_f32(s->d[r]);
+            for (int j = 0; j < 4; j++)
+                for (int e = 0; e < 4; e++) {
+                    const uint8_t q = s->qs[32 * j + 4 * r + e];
+                    y[4 * j + e] = ((q & 0x0f) - 8) * d;
+                    y[16 + 4 * j + e] = ((q >> 4) - 8) * d;
+                }
+        } else {
+            const block_q8_0x8 *s = (const block_q8_0x8 *)packed + (size_t)g * nb + b;
+            const float d = fp16_to_f32(s->d[r]);
+            for (int c = 0; c < 8; c++)
+                for (int e = 0; e < 4; e++) y[4 * c + e] = s->qs[32 * c + 4 * r + e] * d;
+        }
+    }
+}
+
+void q8_0_sums(const block_q8_0 *x, q8_0_sum *s, int nb) {
+    for (int b = 0; b < nb; b++) {
+        int sum = 0;
+        for (int i = 0; i < QK; i++) sum += x[b].qs[i];
+        s[b].d = fp16_to_f32(x[b].d);
+        s[b].s = sum;
+    }
+}
+
+#if defined(FARM_AVX2)
+/* Software prefetch distance of the weight stream. Decode reads each weight once per token, so it is bound by
+ * how many cache misses are in flight; measured with the earlier row-major GEMV on a 2-core x86 VM (q4_0, 0.5B
+ * model, 1 thread): 144 B ahead 12.6 tok/s, 1.7 KB 18 tok/s, 4.6 KB 20 tok/s. Groups are contiguous, so this
+ * also runs ahead into the next group. */
+#define PACK_PREFETCH 4096
+
+static inline __m256i bcast4(const int8_t *p) { /* 4 activation bytes to every lane (qs is not 4-aligned) */
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* NT tokens (a compile-time constant after inlining, so acc[] stays in registers). */
+static inline __attribute__((always_inline)) void gemm_q4_0x8(int nb, const block_q4_0x8 *w, const block_q8_0 *x,
+                                                            size_t xs, const q8_0_sum *xi, size_t xis, const int NT,
+                                                            float *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) {
+        const char *pf = (const char *)(w + b) + PACK_PREFETCH;
+        _mm_prefetch(pf, _MM_HINT_T0);
+        _mm_prefetch(pf + 64, _MM_HINT_T0);
+        _mm_prefetch(pf + 128, _MM_HINT_T0);
+        __m256i q[8];
+        for (int j = 0; j < 4; j++) {
+            const __m256i p = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
+            q[j] = _mm256_and_si256(p, m4);                        /* elements 4j..4j+3 of the 8 rows */
+            q[j + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4); /* elements 16+4j.. */
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w[b].d));
+        for (int t = 0; t < NT; t++) {
+            const int8_t *y = ((const block_q8_0 *)((const char *)x + t * xs))[b].qs;
+            const q8_0_sum *yi = xi + t * xis + b;
+            __m256i s = _mm256_maddubs_epi16(q[0], bcast4(y));
+            for (int c = 1; c < 8; c++) s = _mm256_add_epi16(s, _mm256_maddubs_epi16(q[c], bcast4(y + 4 * c)));
+            const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s, ones), _mm256_set1_epi32(8 * yi->s));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(yi->d)), _mm256_cvtepi32_ps(dot), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
+}
+
+static inline __attribute__((always_inline)) void gemm_q8_0x8(int nb, const block_q8_0x8 *w, const block_q8_0 *x,
+                                                            size_t xs, const q8_0_sum *xi, size_t xis, const int NT,
+                                                            float *out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) {
+        const char *pf = (const char *)(w + b) + PACK_PREFETCH;
+        for (int k = 0; k < 5; k++) _mm_prefetch(pf + 64 * k, _MM_HINT_T0);
+        __m256i dot[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                          _mm256_setzero_si256()};
+        for (int c = 0; c < 8; c++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * c)), a = _mm256_sign_epi8(q, q);
+            for (int t = 0; t < NT; t++) { /* |q| * (y * sign q): maddubs needs one unsigned operand */
+                const int8_t *y = ((const block_q8_0 *)((const char *)x + t * xs))[b].qs + 4 * c;
+                const __m256i p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(bcast4(y), q));
+                dot[t] = _mm256_add_epi32(dot[t], _mm256_madd_epi16(p, ones));
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w[b].d));
+        for (int t = 0; t < NT; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(xi[t * xis + b].d)), _mm256_cvtepi32_ps(dot[t]),
+                                     acc[t]);
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
+}
+#endif
+
+void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs, const q8_0_sum *xi, size_t xis,
+                 int nt, float *out) {
+    const int nb = n / QK;
+#if defined(FARM_AVX2)
+#define CASE(NT)                                                                                                    \
+    case NT:                                                                                                        \
+        if (type == GT_Q4_0) gemm_q4_0x8(nb, w, x, xs, xi, xis, NT, out);                                           \
+        else gemm_q8_0x8(nb, w, x, xs, xi, xis, NT, out);                                                           \
+        return;
+    switch (nt) {
+        CASE(1)
+        CASE(2)
+        CASE(3)
+        CASE(4)
+    }
+#undef CASE
+#endif
+    /* The portable definition (what the AVX2 kernels compute, output by output). */
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < PACK_ROWS; r++) {
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const block_q8_0 *xb = (const block_q8_0 *)((const char *)x + t * xs) + b;
+                int32_t dot = 0;
+                float dw;
+                if (type == GT_Q4_0) {
+                    const block_q4_0x8 *s = (const block_q4_0x8 *)w + b;
+                    dw = fp16_to_f32(s->d[r]);
+                    for (int j = 0; j < 4; j++)
+                        for (int e = 0; e < 4; e++) {
+                            const uint8_t q = s->qs[32 * j + 4 * r + e];
+                            dot += ((q & 0x0f) - 8) * xb->qs[4 * j + e] + ((q >> 4) - 8) * xb->qs[16 + 4 * j + e];
+                        }
+                } else {
+                    const block_q8_0x8 *s = (const block_q8_0x8 *)w + b;
+                    dw = fp16_to_f32(s->d[r]);
+                    for (int c = 0; c < 8; c++)
+                        for (int e = 0; e < 4; e++) dot += s->qs[32 * c + 4 * r + e] * xb->qs[4 * c + e];
+                }
+                acc = fmaf(dw * xi[t * xis + b].d, (float)dot, acc);
+            }
+            out[8 * t + r] = acc;
+        }
+}
