@@ -1,4 +1,4 @@
-/* q4_0 and q8_0 matrices repacked at load time, eight rows interleaved per 32-block, and their matmul kernel.
+/* q4_0, q5_0 and q8_0 matrices repacked at load time, eight rows interleaved per 32-block, and their matmul kernel.
  *
  * Why: with ggml's row-major blocks, an AVX2 dot product of one weight block and one activation block puts
  * 8 partial sums of ONE output in a vector, so every block of every output pays its own int32->float
@@ -35,11 +35,15 @@ int pack_type(int type) {
     (void)type;
     return 0;
 #else
-    return type == GT_Q4_0 || type == GT_Q8_0;
+    return type == GT_Q4_0 || type == GT_Q5_0 || type == GT_Q8_0;
 #endif
 }
 
-static size_t group_block_bytes(int type) { return type == GT_Q4_0 ? sizeof(block_q4_0x8) : sizeof(block_q8_0x8); }
+static size_t group_block_bytes(int type) {
+    return type == GT_Q4_0 ? sizeof(block_q4_0x8) : type == GT_Q5_0 ? sizeof(block_q5_0x8) : sizeof(block_q8_0x8);
+}
+
+static inline int q5_bit(uint32_t qh, int i) { return (qh >> i) & 1; }
 
 size_t pack_group_bytes(int type, int n_in) { return (size_t)(n_in / QK) * group_block_bytes(type); }
 
@@ -59,6 +63,15 @@ void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_ou
                     block_q4_0x8 *d = (block_q4_0x8 *)dst + (size_t)g * nb + b;
                     d->d[r] = s->d;
                     for (int j = 0; j < 4; j++) memcpy(d->qs + 32 * j + 4 * r, s->qs + 4 * j, 4);
+                } else if (type == GT_Q5_0) {
+                    const block_q5_0 *s = (const block_q5_0 *)row + b;
+                    block_q5_0x8 *d = (block_q5_0x8 *)dst + (size_t)g * nb + b;
+                    uint32_t qh;
+                    memcpy(&qh, s->qh, 4);
+                    d->d[r] = s->d;
+                    for (int j = 0; j < 4; j++) memcpy(d->qs + 32 * j + 4 * r, s->qs + 4 * j, 4);
+                    for (int c = 0; c < 8; c++)
+                        for (int e = 0; e < 4; e++) d->qh[c] |= (uint32_t)q5_bit(qh, 4 * c + e) << (4 * r + e);
                 } else {
                     const block_q8_0 *s = (const block_q8_0 *)row + b;
                     block_q8_0x8 *d = (block_q8_0x8 *)dst + (size_t)g * nb + b;
@@ -81,6 +94,15 @@ void pack_row(int type, const void *packed, int n_in, int row, float *dst) {
                     const uint8_t q = s->qs[32 * j + 4 * r + e];
                     y[4 * j + e] = ((q & 0x0f) - 8) * d;
                     y[16 + 4 * j + e] = ((q >> 4) - 8) * d;
+                }
+        } else if (type == GT_Q5_0) {
+            const block_q5_0x8 *s = (const block_q5_0x8 *)packed + (size_t)g * nb + b;
+            const float d = fp16_to_f32(s->d[r]);
+            for (int j = 0; j < 4; j++)
+                for (int e = 0; e < 4; e++) {
+                    const uint8_t q = s->qs[32 * j + 4 * r + e];
+                    y[4 * j + e] = ((q & 0x0f) + 16 * q5_bit(s->qh[j], 4 * r + e) - 16) * d;
+                    y[16 + 4 * j + e] = ((q >> 4) + 16 * q5_bit(s->qh[j + 4], 4 * r + e) - 16) * d;
                 }
         } else {
             const block_q8_0x8 *s = (const block_q8_0x8 *)packed + (size_t)g * nb + b;
@@ -143,6 +165,48 @@ static inline __attribute__((always_inline)) void gemm_q4_0x8(int nb, const bloc
     for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
+/* q5_0: the q4_0 kernel with the 5th bits or-ed in (0..31 unsigned) and the offset 16; 8 * 2*31*127 overflows
+ * int16, so a block's products are summed in two halves of 4 maddubs. */
+static inline __m256i q5_high(uint32_t bits) { /* bit i -> byte i = 0x10 (ggml's bytes_from_bits_32) */
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    const __m256i b = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf),
+                                      _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+static inline __attribute__((always_inline)) void gemm_q5_0x8(int nb, const block_q5_0x8 *w, const block_q8_0 *x,
+                                                            size_t xs, const q8_0_sum *xi, size_t xis, const int NT,
+                                                            float *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int b = 0; b < nb; b++) {
+        const char *pf = (const char *)(w + b) + PACK_PREFETCH;
+        _mm_prefetch(pf, _MM_HINT_T0);
+        _mm_prefetch(pf + 64, _MM_HINT_T0);
+        _mm_prefetch(pf + 128, _MM_HINT_T0);
+        __m256i q[8];
+        for (int j = 0; j < 4; j++) {
+            const __m256i p = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
+            q[j] = _mm256_or_si256(_mm256_and_si256(p, m4), q5_high(w[b].qh[j]));
+            q[j + 4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 4), m4), q5_high(w[b].qh[j + 4]));
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w[b].d));
+        for (int t = 0; t < NT; t++) {
+            const int8_t *y = ((const block_q8_0 *)((const char *)x + t * xs))[b].qs;
+            const q8_0_sum *yi = xi + t * xis + b;
+            __m256i s0 = _mm256_maddubs_epi16(q[0], bcast4(y)), s1 = _mm256_maddubs_epi16(q[4], bcast4(y + 16));
+            for (int c = 1; c < 4; c++) {
+                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(q[c], bcast4(y + 4 * c)));
+                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(q[c + 4], bcast4(y + 16 + 4 * c)));
+            }
+            const __m256i dot = _mm256_sub_epi32(_mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones)),
+                                                 _mm256_set1_epi32(16 * yi->s));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(yi->d)), _mm256_cvtepi32_ps(dot), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
+}
+
 static inline __attribute__((always_inline)) void gemm_q8_0x8(int nb, const block_q8_0x8 *w, const block_q8_0 *x,
                                                             size_t xs, const q8_0_sum *xi, size_t xis, const int NT,
                                                             float *out) {
@@ -177,6 +241,7 @@ void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs,
 #define CASE(NT)                                                                                                    \
     case NT:                                                                                                        \
         if (type == GT_Q4_0) gemm_q4_0x8(nb, w, x, xs, xi, xis, NT, out);                                           \
+        else if (type == GT_Q5_0) gemm_q5_0x8(nb, w, x, xs, xi, xis, NT, out);                                      \
         else gemm_q8_0x8(nb, w, x, xs, xi, xis, NT, out);                                                           \
         return;
     switch (nt) {
@@ -202,6 +267,15 @@ void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs,
                         for (int e = 0; e < 4; e++) {
                             const uint8_t q = s->qs[32 * j + 4 * r + e];
                             dot += ((q & 0x0f) - 8) * xb->qs[4 * j + e] + ((q >> 4) - 8) * xb->qs[16 + 4 * j + e];
+                        }
+                } else if (type == GT_Q5_0) {
+                    const block_q5_0x8 *s = (const block_q5_0x8 *)w + b;
+                    dw = fp16_to_f32(s->d[r]);
+                    for (int j = 0; j < 4; j++)
+                        for (int e = 0; e < 4; e++) {
+                            const uint8_t q = s->qs[32 * j + 4 * r + e];
+                            dot += ((q & 0x0f) + 16 * q5_bit(s->qh[j], 4 * r + e) - 16) * xb->qs[4 * j + e] +
+                                   ((q >> 4) + 16 * q5_bit(s->qh[j + 4], 4 * r + e) - 16) * xb->qs[16 + 4 * j + e];
                         }
                 } else {
                     const block_q8_0x8 *s = (const block_q8_0x8 *)w + b;

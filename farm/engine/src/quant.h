@@ -115,7 +115,7 @@ void gemm_more(int type, int n, const void *w, const void *x, size_t xs, int nt,
 int gemm_rows_more_ok(int type);
 void gemm_rows_more(int type, int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nt, float *out);
 
-/* pack.c: q4_0 / q8_0 matrices with PACK_ROWS rows interleaved per 32-block (see pack.c for why). In a
+/* pack.c: q4_0 / q5_0 / q8_0 matrices with PACK_ROWS rows interleaved per 32-block (see pack.c for why). In a
  * block_q4_0x8, qs[32 j + 4 r + e] is row r's byte 4 j + e (low nibble: element 4 j + e, high: 16 + 4 j + e);
  * in a block_q8_0x8, qs[32 c + 4 r + e] is row r's element 4 c + e. Rows are padded to a multiple of 8. */
 #define PACK_ROWS 8
@@ -128,10 +128,16 @@ typedef struct {
     int8_t qs[PACK_ROWS * QK];
 } block_q8_0x8;
 typedef struct {
+    f16_t d[PACK_ROWS];
+    uint32_t qh[8]; /* qh[c] bit 4 r + e: the 5th bit of row r's element 4 c + e */
+    uint8_t qs[PACK_ROWS * QK / 2]; /* as block_q4_0x8 */
+} block_q5_0x8;
+typedef struct {
     float d; /* the block's scale */
     int32_t s; /* sum of its quants */
 } q8_0_sum;
-_Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0) && sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0),
+_Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0) && sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0) &&
+                   sizeof(block_q5_0x8) == 8 * sizeof(block_q5_0),
                "packed blocks hold 8 ggml blocks");
 
 int pack_type(int type); /* 1: this build runs `type` matrices packed */
