@@ -38,7 +38,7 @@ PROGRAMS: dict[str, list[str]] = {
     "farm-sampler": ["sampler/sampler.c"],  # farm.power's on-device sampler (CLOCK_MONOTONIC)
     "farm-pair": ["pair/pair.c"],  # runs two engine builds in lock step, one timed phase each (farm regress)
     # the quantized dot-product kernels on fixed data, to compare builds (scalar, AVX2, NEON) kernel by kernel
-    "farm-kcheck": ["kcheck/kcheck.c", "quant.c", "kquant.c", "gguf.c"],
+    "farm-kcheck": ["kcheck/kcheck.c", "quant.c", "kquant.c", "pack.c", "gguf.c"],
 }
 # Headers every program may include; they are part of the cache key.
 _LAYOUT = 2  # bump when build.json changes, so old cache entries are not read

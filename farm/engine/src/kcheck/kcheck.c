@@ -11,7 +11,10 @@
  * by float summation order only. "acts" checksums the q8_K activations and, in exact mode, the q8_1 ones
  * (the same in every build). Then "tiles <checked> <mismatches>": every case again through gemm_more's
  * multi-token tiles (1..4 activation rows, the row under test and rotations of it) and gemm_rows_more's
- * multi-row ones (up to 4 weight rows, rotations of the row under test), each output compared bit for bit with vec_dot_more on that row (the tiles promise the same operations per output). Exit 0, or 2 on bad usage. */
+ * multi-row ones (up to 4 weight rows, rotations of the row under test), each output compared bit for bit with vec_dot_more on that row (the tiles promise the same operations per output). Then "packed <checked>
+ * <mismatches>": q4_0, q5_0 and q8_0 rows packed 8 at a time (pack.c) through gemm_packed with 1..4 tokens, each
+ * output compared bit for bit with the row-major definition (exact block dot, then fma per block; vec_dot_q4_0 /
+ * q8_0, which compute it so in every build, and packed_ref below). Exit 0, or 2 on bad usage. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -50,6 +53,24 @@ static const struct {
     {GT_Q4_K, 144, QK_K, 0, 2},  {GT_Q5_K, 176, QK_K, 0, 2},  {GT_Q6_K, 210, QK_K, 208, -1},
 };
 
+/* The packed kernels' definition on ggml's row-major blocks (q5_0 has no such kernel in quant.c). */
+static float packed_ref(int type, const void *w, const block_q8_0 *x, int nb) {
+    if (type == GT_Q4_0) return vec_dot_q4_0(nb * QK, w, x);
+    if (type == GT_Q8_0) return vec_dot_q8_0(nb * QK, w, x);
+    float acc = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        const block_q5_0 *q = (const block_q5_0 *)w + b;
+        uint32_t qh;
+        memcpy(&qh, q->qh, 4);
+        int dot = 0;
+        for (int j = 0; j < QK / 2; j++)
+            dot += ((q->qs[j] & 0x0f) + (int)((qh >> j) & 1) * 16 - 16) * x[b].qs[j] +
+                   ((q->qs[j] >> 4) + (int)((qh >> (j + 16)) & 1) * 16 - 16) * x[b].qs[j + QK / 2];
+        acc = fmaf(fp16_to_f32(q->d) * fp16_to_f32(x[b].d), (float)dot, acc);
+    }
+    return acc;
+}
+
 int main(int argc, char **argv) {
     (void)argv;
     if (argc != 1) farm_fail("usage: farm-kcheck (no arguments)");
@@ -59,7 +80,7 @@ int main(int argc, char **argv) {
     static block_q8_0 a0[N / QK];
     static block_q8_1 a1[N / QK];
     static block_q8_K ak[N / QK_K];
-    long long acts = 0, tiles = 0, tile_bad = 0;
+    long long acts = 0, tiles = 0, tile_bad = 0, packed = 0, packed_bad = 0;
     static float xr[N];
     static block_q8_0 t0[4][N / QK];
     static block_q8_1 t1[4][N / QK];
@@ -86,6 +107,32 @@ int main(int argc, char **argv) {
         }
         for (int b = 0; b < N / QK_K; b++)
             for (int j = 0; j < QK_K; j++) acts += ak[b].qs[j] * (j % 13 + 1) + ak[b].bsums[j / 16];
+        static q8_0_sum ts0[4][N / QK];
+        for (int k = 0; k < 4; k++) q8_0_sums(t0[k], ts0[k], N / QK);
+        static const int PACKED[][2] = {{GT_Q4_0, 18}, {GT_Q5_0, 22}, {GT_Q8_0, 34}}; /* type, block bytes */
+        for (int p = 0; p < 3; p++) {
+            const int ty = PACKED[p][0], bb = PACKED[p][1], nb = N / QK;
+            static uint8_t rows8[PACK_ROWS][N / QK * 34];
+            static uint8_t pk[PACK_ROWS * (N / QK) * 34];
+            for (int r = 0; r < PACK_ROWS; r++)
+                for (int b = 0; b < nb; b++) {
+                    uint8_t *blk = rows8[r] + b * bb;
+                    for (int i = 0; i < bb; i++) blk[i] = (uint8_t)rnd();
+                    const f16_t one = 0x3C00, d = (f16_t)((rnd() & 0x8000) | ((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
+                    memcpy(blk, exact ? &one : &d, 2);
+                }
+            pack_matrix(ty, rows8, sizeof rows8[0], N, PACK_ROWS, pk);
+            for (int nt = 1; nt <= 4; nt++) {
+                float out[4 * PACK_ROWS];
+                gemm_packed(ty, N, pk, t0[4 - nt], sizeof t0[0], ts0[4 - nt], N / QK, nt, out);
+                for (int k = 0; k < nt; k++)
+                    for (int r = 0; r < PACK_ROWS; r++) {
+                        const float want = packed_ref(ty, rows8[r], t0[4 - nt + k], nb);
+                        packed++;
+                        packed_bad += memcmp(&want, &out[k * PACK_ROWS + r], sizeof want) != 0;
+                    }
+            }
+        }
         for (size_t t = 0; t < sizeof TYPES / sizeof TYPES[0]; t++) {
             const int nb = N / TYPES[t].block_len;
             for (int i = 0; i < nb * TYPES[t].block_bytes; i++) w[i] = (uint8_t)rnd();
@@ -138,6 +185,7 @@ int main(int argc, char **argv) {
         }
     }
     printf("tiles %lld %lld\n", tiles, tile_bad);
+    printf("packed %lld %lld\n", packed, packed_bad);
     printf("acts %lld\n", acts);
     return 0;
 }
