@@ -20,6 +20,7 @@
  * NEON builds keep ggml's layout and quant.c's kernels (pack_type); the others repack, and the portable body of
  * gemm_packed (scalar builds) is the definition the AVX2 kernels are tested against. */
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "common.h"
@@ -135,62 +136,39 @@ static inline __m256i bcast4(const int8_t *p) { /* 4 activation bytes to every l
     return _mm256_set1_epi32(v);
 }
 
-/* NT tokens (a compile-time constant after inlining, so acc[] stays in registers). */
-static inline __attribute__((always_inline)) void gemm_q4_0x8(int nb, const block_q4_0x8 *w, const block_q8_0 *x,
-                                                            size_t xs, const q8_0_sum *xi, size_t xis, const int NT,
-                                                            float *out) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int b = 0; b < nb; b++) {
-        const char *pf = (const char *)(w + b) + PACK_PREFETCH;
-        _mm_prefetch(pf, _MM_HINT_T0);
-        _mm_prefetch(pf + 64, _MM_HINT_T0);
-        _mm_prefetch(pf + 128, _MM_HINT_T0);
-        __m256i q[8];
-        for (int j = 0; j < 4; j++) {
-            const __m256i p = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
-            q[j] = _mm256_and_si256(p, m4);                        /* elements 4j..4j+3 of the 8 rows */
-            q[j + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4); /* elements 16+4j.. */
-        }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w[b].d));
-        for (int t = 0; t < NT; t++) {
-            const int8_t *y = ((const block_q8_0 *)((const char *)x + t * xs))[b].qs;
-            const q8_0_sum *yi = xi + t * xis + b;
-            __m256i s = _mm256_maddubs_epi16(q[0], bcast4(y));
-            for (int c = 1; c < 8; c++) s = _mm256_add_epi16(s, _mm256_maddubs_epi16(q[c], bcast4(y + 4 * c)));
-            const __m256i dot = _mm256_sub_epi32(_mm256_madd_epi16(s, ones), _mm256_set1_epi32(8 * yi->s));
-            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(yi->d)), _mm256_cvtepi32_ps(dot), acc[t]);
-        }
-    }
-    for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
-}
-
-/* q5_0: the q4_0 kernel with the 5th bits or-ed in (0..31 unsigned) and the offset 16; 8 * 2*31*127 overflows
- * int16, so a block's products are summed in two halves of 4 maddubs. */
-static inline __m256i q5_high(uint32_t bits) { /* bit i -> byte i = 0x10 (ggml's bytes_from_bits_32) */
+/* q5_0's 5th bits: bit i -> byte i = 0x10 (ggml's bytes_from_bits_32). */
+static inline __m256i q5_high(uint32_t bits) {
     const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
     const __m256i b = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf),
                                       _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
     return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
 }
 
-static inline __attribute__((always_inline)) void gemm_q5_0x8(int nb, const block_q5_0x8 *w, const block_q8_0 *x,
-                                                            size_t xs, const q8_0_sum *xi, size_t xis, const int NT,
-                                                            float *out) {
+/* q4_0 (Q5 = 0) and q5_0 (Q5 = 1) groups of `nb` blocks of `bsz` bytes, NT tokens. Q5, bsz and NT are
+ * compile-time constants after inlining, so acc[] stays in registers and the q5_0 parts vanish for q4_0.
+ * q5_0 values are 0..31 (unsigned, offset 16): 8 * 2*31*127 would overflow int16, so its products are summed
+ * in two halves of 4 maddubs; q4_0's 8 fit in one. */
+static inline __attribute__((always_inline)) void gemm_nibbles_x8(int nb, const char *w, const size_t bsz, const int Q5,
+                                                                const block_q8_0 *x, size_t xs, const q8_0_sum *xi,
+                                                                size_t xis, const int NT, float *out) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const size_t qs_off = Q5 ? offsetof(block_q5_0x8, qs) : offsetof(block_q4_0x8, qs);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int b = 0; b < nb; b++) {
-        const char *pf = (const char *)(w + b) + PACK_PREFETCH;
-        _mm_prefetch(pf, _MM_HINT_T0);
-        _mm_prefetch(pf + 64, _MM_HINT_T0);
-        _mm_prefetch(pf + 128, _MM_HINT_T0);
+        const char *blk = w + (size_t)b * bsz, *pf = blk + PACK_PREFETCH;
+        for (size_t k = 0; k < bsz; k += 64) _mm_prefetch(pf + k, _MM_HINT_T0);
         __m256i q[8];
         for (int j = 0; j < 4; j++) {
-            const __m256i p = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * j));
-            q[j] = _mm256_or_si256(_mm256_and_si256(p, m4), q5_high(w[b].qh[j]));
-            q[j + 4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(p, 4), m4), q5_high(w[b].qh[j + 4]));
+            const __m256i p = _mm256_loadu_si256((const __m256i *)(blk + qs_off + 32 * j));
+            q[j] = _mm256_and_si256(p, m4);                           /* elements 4j..4j+3 of the 8 rows */
+            q[j + 4] = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4); /* elements 16+4j.. */
+            if (Q5) {
+                const block_q5_0x8 *b5 = (const block_q5_0x8 *)blk;
+                q[j] = _mm256_or_si256(q[j], q5_high(b5->qh[j]));
+                q[j + 4] = _mm256_or_si256(q[j + 4], q5_high(b5->qh[j + 4]));
+            }
         }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w[b].d));
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk)); /* d[8] comes first */
         for (int t = 0; t < NT; t++) {
             const int8_t *y = ((const block_q8_0 *)((const char *)x + t * xs))[b].qs;
             const q8_0_sum *yi = xi + t * xis + b;
@@ -199,8 +177,9 @@ static inline __attribute__((always_inline)) void gemm_q5_0x8(int nb, const bloc
                 s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(q[c], bcast4(y + 4 * c)));
                 s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(q[c + 4], bcast4(y + 16 + 4 * c)));
             }
-            const __m256i dot = _mm256_sub_epi32(_mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones)),
-                                                 _mm256_set1_epi32(16 * yi->s));
+            const __m256i sum = Q5 ? _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(s1, ones))
+                                   : _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones);
+            const __m256i dot = _mm256_sub_epi32(sum, _mm256_set1_epi32((Q5 ? 16 : 8) * yi->s));
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(yi->d)), _mm256_cvtepi32_ps(dot), acc[t]);
         }
     }
@@ -240,8 +219,8 @@ void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs,
 #if defined(FARM_AVX2)
 #define CASE(NT)                                                                                                    \
     case NT:                                                                                                        \
-        if (type == GT_Q4_0) gemm_q4_0x8(nb, w, x, xs, xi, xis, NT, out);                                           \
-        else if (type == GT_Q5_0) gemm_q5_0x8(nb, w, x, xs, xi, xis, NT, out);                                      \
+        if (type == GT_Q4_0) gemm_nibbles_x8(nb, w, sizeof(block_q4_0x8), 0, x, xs, xi, xis, NT, out);              \
+        else if (type == GT_Q5_0) gemm_nibbles_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);         \
         else gemm_q8_0x8(nb, w, x, xs, xi, xis, NT, out);                                                           \
         return;
     switch (nt) {
