@@ -37,7 +37,6 @@ static int act_kind(int type) {
     }
 }
 static int acts(const tensor_t *t) { return act_kind(t->type) == ACT_F32 ? 0 : 1 << act_kind(t->type); }
-static int is_quant(int type) { return type == GT_Q4_0 || type == GT_Q8_0; } /* has the GEMV/GEMM tiles below */
 static size_t act_row_bytes(int kind, int n) {
     switch (kind) {
     case ACT_Q8_1: return (size_t)(n / QK) * sizeof(block_q8_1);
@@ -216,47 +215,13 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
         return;
     }
     const int n = w->n_in, n_out = w->n_out, acc = j->accumulate;
-    const size_t xs = q8_row_bytes(n);
     const char *wd = w->data;
-    const char *xq0 = j->xq[ACT_Q8_0];
     const int kind = act_kind(w->type);
     const char *xa = j->xq[kind];
     const size_t xas = act_row_bytes(kind, n);
     for (int t0 = 0; t0 < j->n_tok; t0 += TOKEN_TILE) {
         const int t1 = t0 + TOKEN_TILE < j->n_tok ? t0 + TOKEN_TILE : j->n_tok;
         int r = r0;
-        if (is_quant(w->type) && t1 - t0 == 1) {
-            const block_q8_0 *x0 = (const void *)((const char *)xq0 + t0 * xs);
-            for (; r + 4 <= r1; r += 4) {
-                float o[4];
-                if (w->type == GT_Q4_0) gemv4_q4_0(n, wd + (size_t)r * w->row_bytes, w->row_bytes, x0, o);
-                else gemv4_q8_0(n, wd + (size_t)r * w->row_bytes, w->row_bytes, x0, o);
-                for (int k = 0; k < 4; k++) put(&y[(size_t)t0 * n_out + r + k], o[k], acc);
-            }
-        }
-        if (is_quant(w->type) && t1 - t0 >= 2) {
-            for (; r + 2 <= r1; r += 2) {
-                const void *w0 = wd + (size_t)r * w->row_bytes, *w1 = wd + (size_t)(r + 1) * w->row_bytes;
-                int t = t0;
-                for (; t + 2 <= t1; t += 2) {
-                    const block_q8_0 *x0 = (const void *)((const char *)xq0 + t * xs);
-                    const block_q8_0 *x1 = (const void *)((const char *)xq0 + (t + 1) * xs);
-                    float o[4];
-                    if (w->type == GT_Q4_0) gemm2x2_q4_0(n, w0, w1, x0, x1, o);
-                    else gemm2x2_q8_0(n, w0, w1, x0, x1, o);
-                    put(&y[(size_t)t * n_out + r], o[0], acc);
-                    put(&y[(size_t)(t + 1) * n_out + r], o[1], acc);
-                    put(&y[(size_t)t * n_out + r + 1], o[2], acc);
-                    put(&y[(size_t)(t + 1) * n_out + r + 1], o[3], acc);
-                }
-                for (; t < t1; t++) {
-                    const block_q8_0 *x0 = (const void *)((const char *)xq0 + t * xs);
-                    const int q4 = w->type == GT_Q4_0;
-                    put(&y[(size_t)t * n_out + r], q4 ? vec_dot_q4_0(n, w0, x0) : vec_dot_q8_0(n, w0, x0), acc);
-                    put(&y[(size_t)t * n_out + r + 1], q4 ? vec_dot_q4_0(n, w1, x0) : vec_dot_q8_0(n, w1, x0), acc);
-                }
-            }
-        }
         if (gemm_rows_more_ok(w->type) && t1 - t0 == 1) { /* decode: 4 rows per call */
             for (; r + 4 <= r1; r += 4) {
                 float o[4];
@@ -278,7 +243,7 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
                 }
             }
         }
-        if (kind == ACT_Q8_1 || (kind == ACT_Q8_0 && !is_quant(w->type)) || kind == ACT_Q8_K) {
+        if (kind != ACT_F32) {
             for (; r < r1; r++) { /* gemm_more's tiles: one weight row, up to 4 tokens per call */
                 const void *wr = wd + (size_t)r * w->row_bytes;
                 for (int t = t0; t < t1; t += 4) {
@@ -294,8 +259,6 @@ static void mm_rows(const mm_job *j, const tensor_t *w, float *y, int r0, int r1
             for (int t = t0; t < t1; t++) {
                 float v;
                 switch (w->type) {
-                case GT_Q4_0: v = vec_dot_q4_0(n, wr, (const void *)((const char *)xq0 + t * xs)); break;
-                case GT_Q8_0: v = vec_dot_q8_0(n, wr, (const void *)((const char *)xq0 + t * xs)); break;
                 case GT_F16: v = vec_dot_f16(n, wr, j->xf + (size_t)t * n); break;
                 case GT_F32: v = vec_dot_f32(n, wr, j->xf + (size_t)t * n); break;
                 default: v = vec_dot_more(w->type, n, wr, xa + t * xas); break;

@@ -1,6 +1,7 @@
-/* The other GGML weight types farm runs: q4_1, q5_0, q5_1 (32-blocks) and the k-quants q4_K, q5_K, q6_K
- * (256-blocks), with the activation formats llama.cpp pairs them with (ggml-cpu type_traits vec_dot_type):
- * q5_0 -> q8_0, q4_1 / q5_1 -> q8_1, k-quants -> q8_K. The scalar code follows ggml's reference and generic
+/* The other GGML weight types farm runs: q4_1, q5_1 (32-blocks) and the k-quants q4_K, q5_K, q6_K (256-blocks),
+ * with the activation formats llama.cpp pairs them with (ggml-cpu type_traits vec_dot_type): q4_1 / q5_1 ->
+ * q8_1, k-quants -> q8_K (q5_0, like q4_0 and q8_0, is multiplied packed: pack.c; its dequantization is here).
+ * The scalar code follows ggml's reference and generic
  * kernels (ggml-quants.c, ggml-cpu/quants.c) operation by operation; the AVX2 and NEON bodies follow
  * ggml-cpu/arch/x86/quants.c and arch/arm/quants.c (named at each function). All of them compute the same
  * integer sums per block (no int16 step can saturate: the bounds are noted where it is close), so the
@@ -290,70 +291,6 @@ ALWAYS_INLINE void dot_q4_1(int n, const block_q4_1 *x, const block_q8_1 *y, siz
             }
             sumf += (fp16_to_f32(x[ib].d) * fp16_to_f32(y[ib].d)) * (sumi0 + sumi1) +
                     fp16_to_f32(x[ib].m) * fp16_to_f32(y[ib].s);
-        }
-        out[t] = sumf;
-        y = y0;
-    }
-#endif
-}
-
-/* llama.cpp ggml_vec_dot_q5_0_q8_0 (x86 AVX2, ARM NEON, generic): the 5th bit clear means q - 16. */
-ALWAYS_INLINE void dot_q5_0(int n, const block_q5_0 *x, const block_q8_0 *y, size_t ys, int nt, float *out) {
-#if defined(FARM_AVX2)
-    __m256 acc[TILE_MAX];
-    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps();
-    for (int ib = 0; ib < n / QK; ++ib) {
-        PREFETCH(x + ib);
-        const float dx = fp16_to_f32(x[ib].d);
-        const __m256i hi = _mm256_andnot_si256(bits_32(x[ib].qh), _mm256_set1_epi8((char)0xF0));
-        const __m256i qx = _mm256_or_si256(nibbles_32(x[ib].qs), hi); /* 0xF0 | q == q - 16 as int8 */
-        const __m256i ax = _mm256_sign_epi8(qx, qx);                  /* dot_s8's sign trick, hoisted */
-        for (int t = 0; t < nt; t++) {
-            const block_q8_0 *yb = YT(block_q8_0, t) + ib;
-            const __m256 d = _mm256_set1_ps(dx * fp16_to_f32(yb->d));
-            const __m256i sy = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)yb->qs), qx);
-            acc[t] = _mm256_fmadd_ps(d, dot_us8(ax, sy), acc[t]);
-        }
-    }
-    for (int t = 0; t < nt; t++) out[t] = hsum_f8(acc[t]);
-#elif defined(FARM_NEON)
-    float32x4_t acc[TILE_MAX];
-    for (int t = 0; t < nt; t++) acc[t] = vdupq_n_f32(0.0f);
-    for (int ib = 0; ib < n / QK; ++ib) {
-        PREFETCH(x + ib);
-        const float dx = fp16_to_f32(x[ib].d);
-        uint32_t qh;
-        memcpy(&qh, x[ib].qh, sizeof qh);
-        const uint8x16_t v = vld1q_u8(x[ib].qs), m16 = vdupq_n_u8(0x10);
-        const int8x16_t lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F))),
-                                      vreinterpretq_s8_u8(vbicq_u8(m16, bits_16(qh, 0))));
-        const int8x16_t hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)),
-                                      vreinterpretq_s8_u8(vbicq_u8(m16, bits_16(qh, 16))));
-        for (int t = 0; t < nt; t++) {
-            const block_q8_0 *yb = YT(block_q8_0, t) + ib;
-            const int32x4_t p = dot_s8(dot_s8(vdupq_n_s32(0), lo, vld1q_s8(yb->qs)), hi, vld1q_s8(yb->qs + 16));
-            acc[t] = vmlaq_n_f32(acc[t], vcvtq_f32_s32(p), dx * fp16_to_f32(yb->d));
-        }
-    }
-    for (int t = 0; t < nt; t++) out[t] = vaddvq_f32(acc[t]);
-#else
-    const block_q8_0 *y0 = y;
-    for (int t = 0; t < nt; t++) {
-        y = YT(block_q8_0, t);
-        float sumf = 0;
-        for (int ib = 0; ib < n / QK; ++ib) {
-            uint32_t qh;
-            memcpy(&qh, x[ib].qh, sizeof qh);
-            int sumi0 = 0, sumi1 = 0;
-            for (int j = 0; j < QK / 2; ++j) {
-                const uint8_t xh_0 = ((qh & (1u << (j + 0))) >> (j + 0)) << 4;
-                const uint8_t xh_1 = ((qh & (1u << (j + 16))) >> (j + 12));
-                const int32_t x0 = (int8_t)(((x[ib].qs[j] & 0x0F) | xh_0) - 16);
-                const int32_t x1 = (int8_t)(((x[ib].qs[j] >> 4) | xh_1) - 16);
-                sumi0 += x0 * y[ib].qs[j];
-                sumi1 += x1 * y[ib].qs[j + QK / 2];
-            }
-            sumf += (fp16_to_f32(x[ib].d) * fp16_to_f32(y[ib].d)) * (sumi0 + sumi1);
         }
         out[t] = sumf;
         y = y0;
@@ -718,7 +655,6 @@ ALWAYS_INLINE void dot_q6_K(int n, const block_q6_K *x, const block_q8_K *y, siz
 ALWAYS_INLINE void dot_tile(int type, int n, const void *w, const void *x, size_t xs, int nt, float *out) {
     switch (type) {
     case GT_Q4_1: dot_q4_1(n, w, x, xs, nt, out); break;
-    case GT_Q5_0: dot_q5_0(n, w, x, xs, nt, out); break;
     case GT_Q5_1: dot_q5_1(n, w, x, xs, nt, out); break;
     case GT_Q4_K: {
         const block_q4_K *b = w;
@@ -752,11 +688,11 @@ void gemm_more(int type, int n, const void *w, const void *x, size_t xs, int nt,
     }
 }
 
-/* ---- multi-row tiles (q4_1, q5_0) --------------------------------------------------------------- */
+/* ---- multi-row tiles (q4_1) --------------------------------------------------------------- */
 
 /* nr weight rows `ws` bytes apart x nt activation rows: out[r * nt + t], nr * nt <= 8. The activation block is
  * loaded and its scales converted once for all rows (decode: 4 rows, 4 independent accumulator chains); every
- * output keeps dot_q4_1's / dot_q5_0's operation sequence, so the results are those of the one-row kernels. */
+ * output keeps dot_q4_1's operation sequence, so the results are those of the one-row kernels. */
 #define XR(T, r) ((const T *)((const char *)w + (size_t)(r) * ws))
 #if defined(FARM_AVX2) || defined(FARM_NEON)
 ALWAYS_INLINE void rows_q4_1(int n, const void *w, size_t ws, int nr, const void *y, size_t ys, int nt, float *out) {
@@ -813,73 +749,16 @@ ALWAYS_INLINE void rows_q4_1(int n, const void *w, size_t ws, int nr, const void
 #endif
 }
 
-ALWAYS_INLINE void rows_q5_0(int n, const void *w, size_t ws, int nr, const void *y, size_t ys, int nt, float *out) {
-#if defined(FARM_AVX2)
-    __m256 acc[8];
-    for (int k = 0; k < nr * nt; k++) acc[k] = _mm256_setzero_ps();
-    for (int ib = 0; ib < n / QK; ++ib) {
-        float dx[4];
-        __m256i qx[4], ax[4];
-        for (int r = 0; r < nr; r++) {
-            const block_q5_0 *xb = XR(block_q5_0, r) + ib;
-            PREFETCH(xb);
-            dx[r] = fp16_to_f32(xb->d);
-            const __m256i hi = _mm256_andnot_si256(bits_32(xb->qh), _mm256_set1_epi8((char)0xF0));
-            qx[r] = _mm256_or_si256(nibbles_32(xb->qs), hi);
-            ax[r] = _mm256_sign_epi8(qx[r], qx[r]);
-        }
-        for (int t = 0; t < nt; t++) {
-            const block_q8_0 *yb = YT(block_q8_0, t) + ib;
-            const float dy = fp16_to_f32(yb->d);
-            const __m256i qy = _mm256_loadu_si256((const __m256i *)yb->qs);
-            for (int r = 0; r < nr; r++) {
-                const __m256 d = _mm256_set1_ps(dx[r] * dy);
-                acc[r * nt + t] = _mm256_fmadd_ps(d, dot_us8(ax[r], _mm256_sign_epi8(qy, qx[r])), acc[r * nt + t]);
-            }
-        }
-    }
-    for (int k = 0; k < nr * nt; k++) out[k] = hsum_f8(acc[k]);
-#else
-    float32x4_t acc[8];
-    for (int k = 0; k < nr * nt; k++) acc[k] = vdupq_n_f32(0.0f);
-    for (int ib = 0; ib < n / QK; ++ib) {
-        float dx[4];
-        int8x16_t lo[4], hi[4];
-        for (int r = 0; r < nr; r++) {
-            const block_q5_0 *xb = XR(block_q5_0, r) + ib;
-            PREFETCH(xb);
-            dx[r] = fp16_to_f32(xb->d);
-            uint32_t qh;
-            memcpy(&qh, xb->qh, sizeof qh);
-            const uint8x16_t v = vld1q_u8(xb->qs), m16 = vdupq_n_u8(0x10);
-            lo[r] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F))),
-                             vreinterpretq_s8_u8(vbicq_u8(m16, bits_16(qh, 0))));
-            hi[r] = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vreinterpretq_s8_u8(vbicq_u8(m16, bits_16(qh, 16))));
-        }
-        for (int t = 0; t < nt; t++) {
-            const block_q8_0 *yb = YT(block_q8_0, t) + ib;
-            const float dy = fp16_to_f32(yb->d);
-            const int8x16_t y0 = vld1q_s8(yb->qs), y1 = vld1q_s8(yb->qs + 16);
-            for (int r = 0; r < nr; r++) {
-                const int32x4_t p = dot_s8(dot_s8(vdupq_n_s32(0), lo[r], y0), hi[r], y1);
-                acc[r * nt + t] = vmlaq_n_f32(acc[r * nt + t], vcvtq_f32_s32(p), dx[r] * dy);
-            }
-        }
-    }
-    for (int k = 0; k < nr * nt; k++) out[k] = vaddvq_f32(acc[k]);
-#endif
-}
-
 ALWAYS_INLINE void rows_tile(int type, int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nt,
                              float *out) {
-    if (type == GT_Q4_1) rows_q4_1(n, w, ws, nr, x, xs, nt, out);
-    else rows_q5_0(n, w, ws, nr, x, xs, nt, out);
+    (void)type; /* q4_1 */
+    rows_q4_1(n, w, ws, nr, x, xs, nt, out);
 }
 #endif
 
 int gemm_rows_more_ok(int type) {
 #if defined(FARM_AVX2) || defined(FARM_NEON)
-    return type == GT_Q4_1 || type == GT_Q5_0;
+    return type == GT_Q4_1;
 #else
     (void)type;
     return 0;

@@ -29,16 +29,11 @@
 
 #if defined(FARM_AVX2)
 #include <immintrin.h>
+#elif defined(FARM_NEON)
+#include <arm_neon.h>
 #endif
 
-int pack_type(int type) {
-#if defined(FARM_NEON)
-    (void)type;
-    return 0;
-#else
-    return type == GT_Q4_0 || type == GT_Q5_0 || type == GT_Q8_0;
-#endif
-}
+int pack_type(int type) { return type == GT_Q4_0 || type == GT_Q5_0 || type == GT_Q8_0; }
 
 static size_t group_block_bytes(int type) {
     return type == GT_Q4_0 ? sizeof(block_q4_0x8) : type == GT_Q5_0 ? sizeof(block_q5_0x8) : sizeof(block_q8_0x8);
@@ -211,6 +206,82 @@ static inline __attribute__((always_inline)) void gemm_q8_0x8(int nb, const bloc
     }
     for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
+#elif defined(FARM_NEON)
+/* NEON: a chunk of 8 rows is two vectors (rows 0-3, 4-7), and sdot by lane takes the token's 4 activation
+ * bytes straight from its block, so q4_0, q5_0 and q8_0 share one kernel (q8_0 is signed: no offset). */
+#if defined(__ARM_FEATURE_DOTPROD)
+#define DOT_LANE(acc, w, y, lane) vdotq_laneq_s32(acc, w, y, lane)
+#else
+static inline int32x4_t dot_bcast(int32x4_t acc, int8x16_t w, int8x16_t yb) { /* 4 products per int32 lane */
+    const int16x8_t lo = vmull_s8(vget_low_s8(w), vget_low_s8(yb)), hi = vmull_high_s8(w, yb);
+    return vaddq_s32(acc, vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi)));
+}
+#define DOT_LANE(acc, w, y, lane) \
+    dot_bcast(acc, w, vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(y), lane)))
+#endif
+
+static inline uint8x16_t q5_high(uint32_t bits) { /* bits 0..15 -> bytes 0..15 = 0x10 where set */
+    const uint8x16_t idx = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+    const uint8x16_t mask = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    const uint8x16_t b = vqtbl1q_u8(vreinterpretq_u8_u32(vdupq_n_u32(bits)), idx);
+    return vandq_u8(vtstq_u8(b, mask), vdupq_n_u8(0x10));
+}
+
+/* KIND: 0 q4_0, 1 q5_0, 2 q8_0; KIND, bsz and NT are compile-time constants after inlining. */
+static inline __attribute__((always_inline)) void gemm_x8(int nb, const char *w, const size_t bsz, const int KIND,
+                                                        const block_q8_0 *x, size_t xs, const q8_0_sum *xi,
+                                                        size_t xis, const int NT, float *out) {
+    float32x4_t acc[4][2];
+    for (int t = 0; t < NT; t++) acc[t][0] = acc[t][1] = vdupq_n_f32(0.0f);
+    for (int b = 0; b < nb; b++) {
+        const char *blk = w + (size_t)b * bsz;
+        int8x16_t q[8][2];
+        if (KIND == 2) {
+            for (int c = 0; c < 8; c++)
+                for (int h = 0; h < 2; h++)
+                    q[c][h] = vld1q_s8((const int8_t *)blk + offsetof(block_q8_0x8, qs) + 32 * c + 16 * h);
+        } else {
+            const uint8_t *qs = (const uint8_t *)blk + (KIND ? offsetof(block_q5_0x8, qs) : offsetof(block_q4_0x8, qs));
+            for (int j = 0; j < 4; j++)
+                for (int h = 0; h < 2; h++) {
+                    const uint8x16_t p = vld1q_u8(qs + 32 * j + 16 * h);
+                    uint8x16_t lo = vandq_u8(p, vdupq_n_u8(0x0f)), hi = vshrq_n_u8(p, 4);
+                    if (KIND == 1) {
+                        const block_q5_0x8 *b5 = (const block_q5_0x8 *)blk;
+                        lo = vorrq_u8(lo, q5_high(b5->qh[j] >> (16 * h)));
+                        hi = vorrq_u8(hi, q5_high(b5->qh[j + 4] >> (16 * h)));
+                    }
+                    q[j][h] = vreinterpretq_s8_u8(lo);
+                    q[j + 4][h] = vreinterpretq_s8_u8(hi);
+                }
+        }
+        const float16x8_t dh = vld1q_f16((const __fp16 *)blk); /* d[8] comes first */
+        const float32x4_t dw0 = vcvt_f32_f16(vget_low_f16(dh)), dw1 = vcvt_high_f32_f16(dh);
+        for (int t = 0; t < NT; t++) {
+            const int8_t *y = ((const block_q8_0 *)((const char *)x + t * xs))[b].qs;
+            const q8_0_sum *yi = xi + t * xis + b;
+            const int8x16_t y0 = vld1q_s8(y), y1 = vld1q_s8(y + 16);
+            int32x4_t s0 = vdupq_n_s32(0), s1 = vdupq_n_s32(0);
+#define CHUNK(c, yv, lane)                         \
+    s0 = DOT_LANE(s0, q[c][0], yv, lane);          \
+    s1 = DOT_LANE(s1, q[c][1], yv, lane);
+            CHUNK(0, y0, 0) CHUNK(1, y0, 1) CHUNK(2, y0, 2) CHUNK(3, y0, 3)
+            CHUNK(4, y1, 0) CHUNK(5, y1, 1) CHUNK(6, y1, 2) CHUNK(7, y1, 3)
+#undef CHUNK
+            if (KIND != 2) {
+                const int32x4_t off = vdupq_n_s32((KIND ? 16 : 8) * yi->s);
+                s0 = vsubq_s32(s0, off);
+                s1 = vsubq_s32(s1, off);
+            }
+            acc[t][0] = vfmaq_f32(acc[t][0], vmulq_n_f32(dw0, yi->d), vcvtq_f32_s32(s0));
+            acc[t][1] = vfmaq_f32(acc[t][1], vmulq_n_f32(dw1, yi->d), vcvtq_f32_s32(s1));
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        vst1q_f32(out + 8 * t, acc[t][0]);
+        vst1q_f32(out + 8 * t + 4, acc[t][1]);
+    }
+}
 #endif
 
 void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs, const q8_0_sum *xi, size_t xis,
@@ -222,6 +293,20 @@ void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs,
         if (type == GT_Q4_0) gemm_nibbles_x8(nb, w, sizeof(block_q4_0x8), 0, x, xs, xi, xis, NT, out);              \
         else if (type == GT_Q5_0) gemm_nibbles_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);         \
         else gemm_q8_0x8(nb, w, x, xs, xi, xis, NT, out);                                                           \
+        return;
+    switch (nt) {
+        CASE(1)
+        CASE(2)
+        CASE(3)
+        CASE(4)
+    }
+#undef CASE
+#elif defined(FARM_NEON)
+#define CASE(NT)                                                                                                    \
+    case NT:                                                                                                        \
+        if (type == GT_Q4_0) gemm_x8(nb, w, sizeof(block_q4_0x8), 0, x, xs, xi, xis, NT, out);                      \
+        else if (type == GT_Q5_0) gemm_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);                 \
+        else gemm_x8(nb, w, sizeof(block_q8_0x8), 2, x, xs, xi, xis, NT, out);                                      \
         return;
     switch (nt) {
         CASE(1)

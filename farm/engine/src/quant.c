@@ -191,21 +191,6 @@ static inline float hsum256(__m256 x) {
     r = _mm_add_ss(r, _mm_movehdup_ps(r));
     return _mm_cvtss_f32(r);
 }
-#elif defined(FARM_NEON)
-static inline int32x4_t dot_i8(int32x4_t acc, int8x16_t a, int8x16_t b) {
-#if defined(__ARM_FEATURE_DOTPROD)
-    return vdotq_s32(acc, a, b);
-#else
-    const int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-    const int16x8_t hi = vmull_s8(vget_high_s8(a), vget_high_s8(b));
-    return vpadalq_s16(vpadalq_s16(acc, lo), hi);
-#endif
-}
-static inline void unpack_q4(const uint8_t *qs, int8x16_t *lo, int8x16_t *hi) {
-    const uint8x16_t v = vld1q_u8(qs);
-    *lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
-    *hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
-}
 #endif
 
 /* ---- dot products -------------------------------------------------------------------------------- */
@@ -256,115 +241,6 @@ float vec_dot_f16(int n, const f16_t *w, const float *x) {
     return s;
 }
 
-/* Every q4_0/q8_0 kernel in every build computes an output the same way: the block's exact integer dot, then
- * acc = fma(d_w * d_x, dot, acc) block after block (pack.c's kernels too), so NEON and AVX2 builds agree bit for
- * bit on these matmuls. */
-float vec_dot_q4_0(int n, const block_q4_0 *w, const block_q8_0 *x) {
-    const int nb = n / QK;
-#if defined(FARM_NEON)
-    float acc = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        int8x16_t lo, hi;
-        unpack_q4(w[b].qs, &lo, &hi);
-        const int32x4_t p = dot_i8(dot_i8(vdupq_n_s32(0), lo, vld1q_s8(x[b].qs)), hi, vld1q_s8(x[b].qs + 16));
-        acc = fmaf(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d), (float)vaddvq_s32(p), acc);
-    }
-    return acc;
-#else
-    float s = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        int32_t sum = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            sum += ((w[b].qs[j] & 0x0f) - 8) * x[b].qs[j];
-            sum += ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + QK / 2];
-        }
-        s = fmaf(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d), (float)sum, s);
-    }
-    return s;
-#endif
-}
-
-float vec_dot_q8_0(int n, const block_q8_0 *w, const block_q8_0 *x) {
-    const int nb = n / QK;
-#if defined(FARM_NEON)
-    float acc = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        const int32x4_t p = dot_i8(dot_i8(vdupq_n_s32(0), vld1q_s8(w[b].qs), vld1q_s8(x[b].qs)),
-                                   vld1q_s8(w[b].qs + 16), vld1q_s8(x[b].qs + 16));
-        acc = fmaf(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d), (float)vaddvq_s32(p), acc);
-    }
-    return acc;
-#else
-    float s = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        int32_t sum = 0;
-        for (int j = 0; j < QK; j++) sum += w[b].qs[j] * x[b].qs[j];
-        s = fmaf(fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d), (float)sum, s);
-    }
-    return s;
-#endif
-}
-
-/* ---- 2x2 GEMM tiles ------------------------------------------------------------------------------ */
-
-
-void gemm2x2_q4_0(int n, const block_q4_0 *w0, const block_q4_0 *w1, const block_q8_0 *x0,
-                  const block_q8_0 *x1, float out[4]) {
-    out[0] = vec_dot_q4_0(n, w0, x0);
-    out[1] = vec_dot_q4_0(n, w0, x1);
-    out[2] = vec_dot_q4_0(n, w1, x0);
-    out[3] = vec_dot_q4_0(n, w1, x1);
-}
-
-void gemm2x2_q8_0(int n, const block_q8_0 *w0, const block_q8_0 *w1, const block_q8_0 *x0,
-                  const block_q8_0 *x1, float out[4]) {
-    out[0] = vec_dot_q8_0(n, w0, x0);
-    out[1] = vec_dot_q8_0(n, w0, x1);
-    out[2] = vec_dot_q8_0(n, w1, x0);
-    out[3] = vec_dot_q8_0(n, w1, x1);
-}
-
-/* ---- 4-row GEMV ---------------------------------------------------------------------------------- */
-
-void gemv4_q4_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]) {
-    const block_q4_0 *r[4];
-    for (int k = 0; k < 4; k++) r[k] = (const block_q4_0 *)((const char *)w + k * ws);
-#if defined(FARM_NEON)
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int b = 0; b < n / QK; b++) {
-        const int8x16_t y0 = vld1q_s8(x[b].qs), y1 = vld1q_s8(x[b].qs + 16);
-        const float dy = fp16_to_f32(x[b].d);
-        for (int k = 0; k < 4; k++) {
-            int8x16_t lo, hi;
-            unpack_q4(r[k][b].qs, &lo, &hi);
-            const int32x4_t p = dot_i8(dot_i8(vdupq_n_s32(0), lo, y0), hi, y1);
-            acc[k] = fmaf(fp16_to_f32(r[k][b].d) * dy, (float)vaddvq_s32(p), acc[k]);
-        }
-    }
-    for (int k = 0; k < 4; k++) out[k] = acc[k];
-#else
-    for (int k = 0; k < 4; k++) out[k] = vec_dot_q4_0(n, r[k], x);
-#endif
-}
-
-void gemv4_q8_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]) {
-    const block_q8_0 *r[4];
-    for (int k = 0; k < 4; k++) r[k] = (const block_q8_0 *)((const char *)w + k * ws);
-#if defined(FARM_NEON)
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int b = 0; b < n / QK; b++) {
-        const int8x16_t y0 = vld1q_s8(x[b].qs), y1 = vld1q_s8(x[b].qs + 16);
-        const float dy = fp16_to_f32(x[b].d);
-        for (int k = 0; k < 4; k++) {
-            const int32x4_t p = dot_i8(dot_i8(vdupq_n_s32(0), vld1q_s8(r[k][b].qs), y0), vld1q_s8(r[k][b].qs + 16), y1);
-            acc[k] = fmaf(fp16_to_f32(r[k][b].d) * dy, (float)vaddvq_s32(p), acc[k]);
-        }
-    }
-    for (int k = 0; k < 4; k++) out[k] = acc[k];
-#else
-    for (int k = 0; k < 4; k++) out[k] = vec_dot_q8_0(n, r[k], x);
-#endif
-}
 
 /* ---- attention helpers --------------------------------------------------------------------------- */
 

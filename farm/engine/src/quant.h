@@ -79,27 +79,10 @@ float quantize_block_q8(const float *x, int8_t qs[QK]); /* one block; returns d 
 void dequant_row(int type, const void *src, float *dst, int n);
 void f32_to_f16_row(const float *x, f16_t *y, int n);
 
-/* Dot products of one weight row with one activation row. For f32/f16 weights the activation is f32,
- * for q4_0/q8_0 weights it is q8_0 (integer dot per block, scaled by both block scales). The q4_0/q8_0
- * kernels here (vec_dot, 2x2 tiles, 4-row GEMV) are ggml's row-major layout, which NEON builds run; the
- * other builds run these matrices packed (pack.c, pack_type). */
+/* Dot products of one f32/f16 weight row with one f32 activation row. (q4_0, q5_0 and q8_0 matrices are
+ * packed at load and multiplied by pack.c's kernels.) */
 float vec_dot_f32(int n, const float *w, const float *x);
 float vec_dot_f16(int n, const f16_t *w, const float *x);
-float vec_dot_q4_0(int n, const block_q4_0 *w, const block_q8_0 *x);
-float vec_dot_q8_0(int n, const block_q8_0 *w, const block_q8_0 *x);
-
-/* Two weight rows against two activation rows (a 2x2 GEMM tile): out[r*2+t] = w_r . x_t. Loading each
- * block once for two uses halves memory traffic in prefill. */
-void gemm2x2_q4_0(int n, const block_q4_0 *w0, const block_q4_0 *w1, const block_q8_0 *x0,
-                  const block_q8_0 *x1, float out[4]);
-void gemm2x2_q8_0(int n, const block_q8_0 *w0, const block_q8_0 *w1, const block_q8_0 *x0,
-                  const block_q8_0 *x1, float out[4]);
-
-/* Four consecutive weight rows (row stride `ws` bytes) against one activation row: the GEMV kernel of
- * decode. Four independent accumulator chains and one shared activation load per block keep more
- * weight loads in flight than a row at a time. */
-void gemv4_q4_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]);
-void gemv4_q8_0(int n, const void *w, size_t ws, const block_q8_0 *x, float out[4]);
 
 /* kquant.c: q4_1, q5_0, q5_1, q4_K, q5_K, q6_K weights and their activation formats (q8_1, q8_K). */
 void quantize_row_q8_1(const float *x, block_q8_1 *y, int n);

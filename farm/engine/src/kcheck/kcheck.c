@@ -13,8 +13,7 @@
  * multi-token tiles (1..4 activation rows, the row under test and rotations of it) and gemm_rows_more's
  * multi-row ones (up to 4 weight rows, rotations of the row under test), each output compared bit for bit with vec_dot_more on that row (the tiles promise the same operations per output). Then "packed <checked>
  * <mismatches>": q4_0, q5_0 and q8_0 rows packed 8 at a time (pack.c) through gemm_packed with 1..4 tokens, each
- * output compared bit for bit with the row-major definition (exact block dot, then fma per block; vec_dot_q4_0 /
- * q8_0, which compute it so in every build, and packed_ref below). Exit 0, or 2 on bad usage. */
+ * output compared bit for bit with the row-major definition (packed_ref). Exit 0, or 2 on bad usage. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,24 +48,32 @@ static uint32_t rnd(void) { /* xorshift64: the same stream on every target */
 static const struct {
     int type, block_bytes, block_len, d_off, m_off; /* m_off: second f16 (m / dmin), -1 if none */
 } TYPES[] = {
-    {GT_Q4_1, 20, QK, 0, 2},     {GT_Q5_0, 22, QK, 0, -1},    {GT_Q5_1, 24, QK, 0, 2},
+    {GT_Q4_1, 20, QK, 0, 2},     {GT_Q5_1, 24, QK, 0, 2},
     {GT_Q4_K, 144, QK_K, 0, 2},  {GT_Q5_K, 176, QK_K, 0, 2},  {GT_Q6_K, 210, QK_K, 208, -1},
 };
 
-/* The packed kernels' definition on ggml's row-major blocks (q5_0 has no such kernel in quant.c). */
+/* The packed kernels' definition on ggml's row-major blocks: each block's exact integer dot, then
+ * acc = fma(d_w * d_x, dot, acc) block after block. */
 static float packed_ref(int type, const void *w, const block_q8_0 *x, int nb) {
-    if (type == GT_Q4_0) return vec_dot_q4_0(nb * QK, w, x);
-    if (type == GT_Q8_0) return vec_dot_q8_0(nb * QK, w, x);
     float acc = 0.0f;
     for (int b = 0; b < nb; b++) {
-        const block_q5_0 *q = (const block_q5_0 *)w + b;
-        uint32_t qh;
-        memcpy(&qh, q->qh, 4);
         int dot = 0;
-        for (int j = 0; j < QK / 2; j++)
-            dot += ((q->qs[j] & 0x0f) + (int)((qh >> j) & 1) * 16 - 16) * x[b].qs[j] +
-                   ((q->qs[j] >> 4) + (int)((qh >> (j + 16)) & 1) * 16 - 16) * x[b].qs[j + QK / 2];
-        acc = fmaf(fp16_to_f32(q->d) * fp16_to_f32(x[b].d), (float)dot, acc);
+        f16_t d;
+        if (type == GT_Q8_0) {
+            const block_q8_0 *q = (const block_q8_0 *)w + b;
+            for (int j = 0; j < QK; j++) dot += q->qs[j] * x[b].qs[j];
+            d = q->d;
+        } else {
+            const uint8_t *qs = type == GT_Q4_0 ? ((const block_q4_0 *)w + b)->qs : ((const block_q5_0 *)w + b)->qs;
+            uint32_t qh = 0;
+            if (type == GT_Q5_0) memcpy(&qh, ((const block_q5_0 *)w + b)->qh, 4);
+            const int off = type == GT_Q4_0 ? 8 : 16;
+            for (int j = 0; j < QK / 2; j++)
+                dot += ((qs[j] & 0x0f) + (int)((qh >> j) & 1) * 16 - off) * x[b].qs[j] +
+                       ((qs[j] >> 4) + (int)((qh >> (j + 16)) & 1) * 16 - off) * x[b].qs[j + QK / 2];
+            memcpy(&d, (const char *)w + (size_t)b * (type == GT_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q5_0)), 2);
+        }
+        acc = fmaf(fp16_to_f32(d) * fp16_to_f32(x[b].d), (float)dot, acc);
     }
     return acc;
 }
@@ -77,7 +84,6 @@ int main(int argc, char **argv) {
     quant_init();
     static float x[N];
     static uint8_t w[N * 2];
-    static block_q8_0 a0[N / QK];
     static block_q8_1 a1[N / QK];
     static block_q8_K ak[N / QK_K];
     long long acts = 0, tiles = 0, tile_bad = 0, packed = 0, packed_bad = 0;
@@ -91,7 +97,6 @@ int main(int argc, char **argv) {
             x[i] = exact ? (float)((int)(rnd() % 7) - 3) : ((float)(rnd() % 2000001) / 1e6f - 1.0f) * (1 + trial % 3 * 40);
         if (exact)
             for (int i = 0; i < N; i += QK) x[i + rnd() % QK] = 127.0f; /* d = 1 for q8_0/q8_1, d = -1 for q8_K */
-        quantize_row_q8_0(x, a0, N);
         quantize_row_q8_1(x, a1, N);
         quantize_row_q8_K(x, ak, N);
         for (int k = 0; k < 4; k++) { /* tile rows: x rotated by 37k elements */
@@ -144,16 +149,15 @@ int main(int argc, char **argv) {
                 if (TYPES[t].m_off >= 0) memcpy(blk + TYPES[t].m_off, exact ? &one : &m, 2);
             }
             const int ty = TYPES[t].type;
-            const void *act = ty == GT_Q5_0 ? (const void *)a0
-                              : ty == GT_Q4_1 || ty == GT_Q5_1 ? (const void *)a1 : (const void *)ak;
+            const void *act = ty == GT_Q4_1 || ty == GT_Q5_1 ? (const void *)a1 : (const void *)ak;
             static float wf[N];
             dequant_row(ty, w, wf, N);
             double mag = 0;
             for (int i = 0; i < N; i++) mag += fabs((double)wf[i] * x[i]);
             printf("%s %s %d %s %a %a\n", FARM_SIMD, gguf_type_name((uint32_t)ty), trial, exact ? "exact" : "float",
                    (double)vec_dot_more(ty, N, w, act), mag);
-            const void *tact = ty == GT_Q5_0 ? (const void *)t0 : ty == GT_Q4_1 || ty == GT_Q5_1 ? (const void *)t1 : (const void *)tk;
-            const size_t ts = ty == GT_Q5_0 ? sizeof t0[0] : ty == GT_Q4_1 || ty == GT_Q5_1 ? sizeof t1[0] : sizeof tk[0];
+            const void *tact = ty == GT_Q4_1 || ty == GT_Q5_1 ? (const void *)t1 : (const void *)tk;
+            const size_t ts = ty == GT_Q4_1 || ty == GT_Q5_1 ? sizeof t1[0] : sizeof tk[0];
             static uint8_t wr[4][N * 2]; /* gemm_rows_more: 4 weight rows, the row under test rotated by k blocks */
             const size_t rb = (size_t)nb * TYPES[t].block_bytes;
             for (int k = 0; k < 4; k++)
