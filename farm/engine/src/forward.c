@@ -190,8 +190,8 @@ static inline void put(float *y, float v, int acc) {
 /* Packed matrices (pack.c): groups of PACK_ROWS rows from r0 (a multiple of PACK_ROWS) x up to 4 tokens per call.
  * Every output gets the same operations whatever the tile, so no tail path is needed for rows or tokens. */
 static void mm_packed(const mm_job *j, const tensor_t *w, float *y, int r0, int r1) {
-    const int n = w->n_in, n_out = w->n_out, nb = n / QK;
-    const size_t xs = q8_row_bytes(n), gb = pack_group_bytes(w->type, n);
+    const int n = w->n_in, n_out = w->n_out, nb = n / QK, kind = act_kind(w->type);
+    const size_t xs = act_row_bytes(kind, n), gb = pack_group_bytes(w->type, n);
     for (int t0 = 0; t0 < j->n_tok; t0 += TOKEN_TILE) {
         const int t1 = t0 + TOKEN_TILE < j->n_tok ? t0 + TOKEN_TILE : j->n_tok;
         for (int r = r0; r < r1; r += PACK_ROWS) {
@@ -200,8 +200,7 @@ static void mm_packed(const mm_job *j, const tensor_t *w, float *y, int r0, int 
                 const int nt = t1 - t < 4 ? t1 - t : 4;
                 float o[4 * PACK_ROWS];
                 gemm_packed(w->type, n, (const char *)w->data + (size_t)(r / PACK_ROWS) * gb,
-                            (const block_q8_0 *)((const char *)j->xq[ACT_Q8_0] + t * xs), xs, j->xsum + (size_t)t * nb,
-                            nb, nt, o);
+                            (const char *)j->xq[kind] + t * xs, xs, j->xsum + (size_t)t * nb, nb, nt, o);
                 for (int k = 0; k < nt; k++)
                     for (int i = 0; i < nr; i++) put(&y[(size_t)(t + k) * n_out + r + i], o[k * PACK_ROWS + i], j->accumulate);
             }

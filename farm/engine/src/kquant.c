@@ -85,7 +85,7 @@ void quantize_row_q8_K(const float *x, block_q8_K *y, int n) {
 
 /* ---- dequantization (token embeddings) ------------------------------------------------------------ */
 
-static inline void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
+void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m) {
     if (j < 4) {
         *d = q[j] & 63;
         *m = q[j + 4] & 63;

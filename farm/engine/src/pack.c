@@ -33,22 +33,35 @@
 #include <arm_neon.h>
 #endif
 
-int pack_type(int type) { return type == GT_Q4_0 || type == GT_Q5_0 || type == GT_Q8_0; }
+/* q4_K packed needs AVX2 or the portable body; NEON builds run it row-major (kquant.c). */
+int pack_type(int type) {
+#if defined(FARM_NEON)
+    if (type == GT_Q4_K) return 0;
+#endif
+    return type == GT_Q4_0 || type == GT_Q5_0 || type == GT_Q8_0 || type == GT_Q4_K;
+}
 
 static size_t group_block_bytes(int type) {
-    return type == GT_Q4_0 ? sizeof(block_q4_0x8) : type == GT_Q5_0 ? sizeof(block_q5_0x8) : sizeof(block_q8_0x8);
+    switch (type) {
+    case GT_Q4_0: return sizeof(block_q4_0x8);
+    case GT_Q5_0: return sizeof(block_q5_0x8);
+    case GT_Q4_K: return sizeof(block_q4_Kx8);
+    default: return sizeof(block_q8_0x8);
+    }
 }
+
+static int block_len(int type) { return type == GT_Q4_K ? QK_K : QK; }
 
 static inline int q5_bit(uint32_t qh, int i) { return (qh >> i) & 1; }
 
-size_t pack_group_bytes(int type, int n_in) { return (size_t)(n_in / QK) * group_block_bytes(type); }
+size_t pack_group_bytes(int type, int n_in) { return (size_t)(n_in / block_len(type)) * group_block_bytes(type); }
 
 size_t pack_bytes(int type, int n_in, int n_out) {
     return (size_t)((n_out + PACK_ROWS - 1) / PACK_ROWS) * pack_group_bytes(type, n_in);
 }
 
 void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_out, void *dst) {
-    const int nb = n_in / QK, groups = (n_out + PACK_ROWS - 1) / PACK_ROWS;
+    const int nb = n_in / block_len(type), groups = (n_out + PACK_ROWS - 1) / PACK_ROWS;
     memset(dst, 0, pack_bytes(type, n_in, n_out)); /* padding rows: zero scales, so zero outputs */
     for (int g = 0; g < groups; g++)
         for (int r = 0; r < PACK_ROWS && g * PACK_ROWS + r < n_out; r++) {
@@ -68,6 +81,14 @@ void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_ou
                     for (int j = 0; j < 4; j++) memcpy(d->qs + 32 * j + 4 * r, s->qs + 4 * j, 4);
                     for (int c = 0; c < 8; c++)
                         for (int e = 0; e < 4; e++) d->qh[c] |= (uint32_t)q5_bit(qh, 4 * c + e) << (4 * r + e);
+                } else if (type == GT_Q4_K) {
+                    const block_q4_K *s = (const block_q4_K *)row + b;
+                    block_q4_Kx8 *d = (block_q4_Kx8 *)dst + (size_t)g * nb + b;
+                    d->d[r] = s->d;
+                    d->dmin[r] = s->dmin;
+                    for (int k = 0; k < 8; k++) scale_min_k4(k, s->scales, &d->sc[k][r], &d->m[k][r]);
+                    for (int j = 0; j < 4; j++)
+                        for (int c = 0; c < 8; c++) memcpy(d->qs[j][c] + 4 * r, s->qs + 32 * j + 4 * c, 4);
                 } else {
                     const block_q8_0 *s = (const block_q8_0 *)row + b;
                     block_q8_0x8 *d = (block_q8_0x8 *)dst + (size_t)g * nb + b;
@@ -79,10 +100,20 @@ void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_ou
 }
 
 void pack_row(int type, const void *packed, int n_in, int row, float *dst) {
-    const int nb = n_in / QK, g = row / PACK_ROWS, r = row % PACK_ROWS;
+    const int nb = n_in / block_len(type), g = row / PACK_ROWS, r = row % PACK_ROWS;
     for (int b = 0; b < nb; b++) {
-        float *y = dst + b * QK;
-        if (type == GT_Q4_0) {
+        float *y = dst + b * block_len(type);
+        if (type == GT_Q4_K) {
+            const block_q4_Kx8 *s = (const block_q4_Kx8 *)packed + (size_t)g * nb + b;
+            const float d = fp16_to_f32(s->d[r]), dmin = fp16_to_f32(s->dmin[r]);
+            for (int j = 0; j < 4; j++)
+                for (int c = 0; c < 8; c++)
+                    for (int e = 0; e < 4; e++) {
+                        const uint8_t q = s->qs[j][c][4 * r + e];
+                        y[64 * j + 4 * c + e] = d * s->sc[2 * j][r] * (q & 0x0f) - dmin * s->m[2 * j][r];
+                        y[64 * j + 32 + 4 * c + e] = d * s->sc[2 * j + 1][r] * (q >> 4) - dmin * s->m[2 * j + 1][r];
+                    }
+        } else if (type == GT_Q4_0) {
             const block_q4_0x8 *s = (const block_q4_0x8 *)packed + (size_t)g * nb + b;
             const float d = fp16_to_f32(s->d[r]);
             for (int j = 0; j < 4; j++)
@@ -206,6 +237,62 @@ static inline __attribute__((always_inline)) void gemm_q8_0x8(int nb, const bloc
     }
     for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
+/* q4_K: per 32-element sub-block s, 8 maddubs summed in int16 (8 * 2*15*128 < 32767), then one madd with
+ * the rows' 6-bit scales (each in both int16 halves of its lane) gives sc * dot in int32; the mins enter as
+ * sum_s m_s * (bsum_2s + bsum_2s+1) from q8_K's 16-element sums, by madd on (m_2k, m_2k+1) pairs. Per super-block
+ * and token: acc = fma(d * d_y, isum, acc), then acc = fma(-dmin * d_y, msum, acc). */
+static inline __m256i bytes_to_i32_pairs(const uint8_t *lo, const uint8_t *hi) { /* (lo[r], hi[r]) int16 pairs */
+    const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)lo));
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)hi));
+    return _mm256_or_si256(a, _mm256_slli_epi32(b, 16));
+}
+
+static inline __attribute__((always_inline)) void gemm_q4_Kx8(int nsb, const block_q4_Kx8 *w, const block_q8_K *x,
+                                                            size_t xs, const int NT, float *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int sb = 0; sb < nsb; sb++) {
+        const block_q4_Kx8 *B = w + sb;
+        __m256i isum[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                           _mm256_setzero_si256()};
+        for (int j = 0; j < 4; j++) {
+            __m256i slo[4], shi[4];
+            for (int t = 0; t < NT; t++) slo[t] = shi[t] = _mm256_setzero_si256();
+            for (int c = 0; c < 8; c++) {
+                const char *pf = (const char *)B->qs[j][c] + PACK_PREFETCH;
+                _mm_prefetch(pf, _MM_HINT_T0);
+                const __m256i p = _mm256_loadu_si256((const __m256i *)B->qs[j][c]);
+                const __m256i lo = _mm256_and_si256(p, m4), hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m4);
+                for (int t = 0; t < NT; t++) {
+                    const int8_t *y = ((const block_q8_K *)((const char *)x + t * xs))[sb].qs + 64 * j + 4 * c;
+                    slo[t] = _mm256_add_epi16(slo[t], _mm256_maddubs_epi16(lo, bcast4(y)));
+                    shi[t] = _mm256_add_epi16(shi[t], _mm256_maddubs_epi16(hi, bcast4(y + 32)));
+                }
+            }
+            const __m256i sc_lo = bytes_to_i32_pairs(B->sc[2 * j], B->sc[2 * j]);
+            const __m256i sc_hi = bytes_to_i32_pairs(B->sc[2 * j + 1], B->sc[2 * j + 1]);
+            for (int t = 0; t < NT; t++)
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_madd_epi16(slo[t], sc_lo),
+                                                                     _mm256_madd_epi16(shi[t], sc_hi)));
+        }
+        __m256i mp[4];
+        for (int k = 0; k < 4; k++) mp[k] = bytes_to_i32_pairs(B->m[2 * k], B->m[2 * k + 1]);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->d));
+        const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->dmin));
+        for (int t = 0; t < NT; t++) {
+            const block_q8_K *yb = (const block_q8_K *)((const char *)x + t * xs) + sb;
+            int32_t b2[4]; /* (bsum_4k + bsum_4k+1, bsum_4k+2 + bsum_4k+3) as int16 pairs */
+            _mm_storeu_si128((__m128i *)b2, _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)yb->bsums),
+                                                           _mm_loadu_si128((const __m128i *)(yb->bsums + 8))));
+            __m256i msum = _mm256_madd_epi16(mp[0], _mm256_set1_epi32(b2[0]));
+            for (int k = 1; k < 4; k++) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mp[k], _mm256_set1_epi32(b2[k])));
+            const __m256 yd = _mm256_set1_ps(yb->d);
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, yd), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(msum), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
+}
 #elif defined(FARM_NEON)
 /* NEON: a chunk of 8 rows is two vectors (rows 0-3, 4-7), and sdot by lane takes the token's 4 activation
  * bytes straight from its block, so q4_0, q5_0 and q8_0 share one kernel (q8_0 is signed: no offset). */
@@ -284,14 +371,15 @@ static inline __attribute__((always_inline)) void gemm_x8(int nb, const char *w,
 }
 #endif
 
-void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs, const q8_0_sum *xi, size_t xis,
-                 int nt, float *out) {
-    const int nb = n / QK;
+void gemm_packed(int type, int n, const void *w, const void *x, size_t xs, const q8_0_sum *xi, size_t xis, int nt,
+                 float *out) {
+    const int nb = n / block_len(type);
 #if defined(FARM_AVX2)
 #define CASE(NT)                                                                                                    \
     case NT:                                                                                                        \
         if (type == GT_Q4_0) gemm_nibbles_x8(nb, w, sizeof(block_q4_0x8), 0, x, xs, xi, xis, NT, out);              \
         else if (type == GT_Q5_0) gemm_nibbles_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);         \
+        else if (type == GT_Q4_K) gemm_q4_Kx8(nb, w, x, xs, NT, out);                                                \
         else gemm_q8_0x8(nb, w, x, xs, xi, xis, NT, out);                                                           \
         return;
     switch (nt) {
@@ -308,15 +396,42 @@ void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs,
         else if (type == GT_Q5_0) gemm_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);                 \
         else gemm_x8(nb, w, sizeof(block_q8_0x8), 2, x, xs, xi, xis, NT, out);                                      \
         return;
-    switch (nt) {
-        CASE(1)
-        CASE(2)
-        CASE(3)
-        CASE(4)
-    }
+    if (type != GT_Q4_K) /* q4_K: not packed on NEON (pack_type); farm-kcheck checks the portable body */
+        switch (nt) {
+            CASE(1)
+            CASE(2)
+            CASE(3)
+            CASE(4)
+        }
 #undef CASE
 #endif
-    /* The portable definition (what the AVX2 kernels compute, output by output). */
+    /* The portable definition (what the SIMD kernels compute, output by output). */
+    if (type == GT_Q4_K) {
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < PACK_ROWS; r++) {
+                float acc = 0.0f;
+                for (int sb = 0; sb < nb; sb++) {
+                    const block_q4_Kx8 *B = (const block_q4_Kx8 *)w + sb;
+                    const block_q8_K *yb = (const block_q8_K *)((const char *)x + t * xs) + sb;
+                    int32_t isum = 0, msum = 0;
+                    for (int j = 0; j < 4; j++) {
+                        int32_t lo = 0, hi = 0;
+                        for (int c = 0; c < 8; c++)
+                            for (int e = 0; e < 4; e++) {
+                                const uint8_t q = B->qs[j][c][4 * r + e];
+                                lo += (q & 0x0f) * yb->qs[64 * j + 4 * c + e];
+                                hi += (q >> 4) * yb->qs[64 * j + 32 + 4 * c + e];
+                            }
+                        isum += lo * B->sc[2 * j][r] + hi * B->sc[2 * j + 1][r];
+                    }
+                    for (int k = 0; k < 8; k++) msum += B->m[k][r] * (yb->bsums[2 * k] + yb->bsums[2 * k + 1]);
+                    acc = fmaf(fp16_to_f32(B->d[r]) * yb->d, (float)isum, acc);
+                    acc = fmaf(-(fp16_to_f32(B->dmin[r]) * yb->d), (float)msum, acc);
+                }
+                out[8 * t + r] = acc;
+            }
+        return;
+    }
     for (int t = 0; t < nt; t++)
         for (int r = 0; r < PACK_ROWS; r++) {
             float acc = 0.0f;

@@ -88,6 +88,7 @@ float vec_dot_f16(int n, const f16_t *w, const float *x);
 void quantize_row_q8_1(const float *x, block_q8_1 *y, int n);
 void quantize_row_q8_K(const float *x, block_q8_K *y, int n);
 int dequant_row_more(int type, const void *src, float *dst, int n); /* 0: not one of these types */
+void scale_min_k4(int j, const uint8_t *scales, uint8_t *d, uint8_t *m); /* q4_K / q5_K sub-block j's 6-bit pair */
 float vec_dot_more(int type, int n, const void *w, const void *x);
 /* One weight row against nt (1..4) activation rows `xs` bytes apart: out[t] = w . x_t, each weight block decoded
  * once for all nt tokens. Bit-identical to nt vec_dot_more calls (same operations per output). */
@@ -98,7 +99,7 @@ void gemm_more(int type, int n, const void *w, const void *x, size_t xs, int nt,
 int gemm_rows_more_ok(int type);
 void gemm_rows_more(int type, int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nt, float *out);
 
-/* pack.c: q4_0 / q5_0 / q8_0 matrices with PACK_ROWS rows interleaved per 32-block (see pack.c for why). In a
+/* pack.c: q4_0 / q5_0 / q8_0 / q4_K matrices with PACK_ROWS rows interleaved per 32-block (see pack.c for why). In a
  * block_q4_0x8, qs[32 j + 4 r + e] is row r's byte 4 j + e (low nibble: element 4 j + e, high: 16 + 4 j + e);
  * in a block_q8_0x8, qs[32 c + 4 r + e] is row r's element 4 c + e. Rows are padded to a multiple of 8. */
 #define PACK_ROWS 8
@@ -116,6 +117,11 @@ typedef struct {
     uint8_t qs[PACK_ROWS * QK / 2]; /* as block_q4_0x8 */
 } block_q5_0x8;
 typedef struct {
+    f16_t d[PACK_ROWS], dmin[PACK_ROWS];
+    uint8_t sc[8][PACK_ROWS], m[8][PACK_ROWS]; /* sub-block s's 6-bit scale and min of row r, unpacked */
+    uint8_t qs[4][8][32]; /* qs[j][c][4 r + e] = row r's qs[32 j + 4 c + e]: sub-blocks 2j (low), 2j+1 (high) */
+} block_q4_Kx8; /* 1184 bytes for 8 rows (1152 in ggml's layout: the scales are stored unpacked) */
+typedef struct {
     float d; /* the block's scale */
     int32_t s; /* sum of its quants */
 } q8_0_sum;
@@ -129,10 +135,10 @@ size_t pack_group_bytes(int type, int n_in); /* one group of PACK_ROWS rows */
 void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_out, void *dst);
 void pack_row(int type, const void *packed, int n_in, int row, float *dst); /* dequantize one row */
 void q8_0_sums(const block_q8_0 *x, q8_0_sum *s, int nb);
-/* One group of PACK_ROWS packed rows x nt (1..4) q8_0 activation rows `xs` bytes apart, their sums `xis` entries
- * apart: out[t * PACK_ROWS + r]. */
-void gemm_packed(int type, int n, const void *w, const block_q8_0 *x, size_t xs, const q8_0_sum *xi, size_t xis,
-                 int nt, float *out);
+/* One group of PACK_ROWS packed rows x nt (1..4) activation rows `xs` bytes apart (q8_0, with their sums `xis`
+ * entries apart; q4_K: q8_K, xi unused): out[t * PACK_ROWS + r]. */
+void gemm_packed(int type, int n, const void *w, const void *x, size_t xs, const q8_0_sum *xi, size_t xis, int nt,
+                 float *out);
 
 /* out += a * v, for attention's weighted sum of V rows (KV cache f16 or f32). */
 void axpy_f16(int n, float a, const f16_t *v, float *out);

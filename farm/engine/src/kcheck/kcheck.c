@@ -12,7 +12,7 @@
  * (the same in every build). Then "tiles <checked> <mismatches>": every case again through gemm_more's
  * multi-token tiles (1..4 activation rows, the row under test and rotations of it) and gemm_rows_more's
  * multi-row ones (up to 4 weight rows, rotations of the row under test), each output compared bit for bit with vec_dot_more on that row (the tiles promise the same operations per output). Then "packed <checked>
- * <mismatches>": q4_0, q5_0 and q8_0 rows packed 8 at a time (pack.c) through gemm_packed with 1..4 tokens, each
+ * <mismatches>": q4_0, q5_0, q8_0 and q4_K rows packed 8 at a time (pack.c) through gemm_packed with 1..4 tokens, each
  * output compared bit for bit with the row-major definition (packed_ref). Exit 0, or 2 on bad usage. */
 #include <math.h>
 #include <stdarg.h>
@@ -54,8 +54,30 @@ static const struct {
 
 /* The packed kernels' definition on ggml's row-major blocks: each block's exact integer dot, then
  * acc = fma(d_w * d_x, dot, acc) block after block. */
-static float packed_ref(int type, const void *w, const block_q8_0 *x, int nb) {
+static float packed_ref(int type, const void *w, const void *act, int nb) {
     float acc = 0.0f;
+    if (type == GT_Q4_K) { /* per super-block: d * d_y * sum_s sc_s dot_s - dmin * d_y * sum_s m_s bsum_s */
+        for (int b = 0; b < nb; b++) {
+            const block_q4_K *q = (const block_q4_K *)w + b;
+            const block_q8_K *y = (const block_q8_K *)act + b;
+            int isum = 0, msum = 0;
+            for (int k = 0; k < 8; k++) {
+                uint8_t sc, m;
+                scale_min_k4(k, q->scales, &sc, &m);
+                int dot = 0;
+                for (int l = 0; l < 32; l++) {
+                    const uint8_t v = q->qs[32 * (k / 2) + l];
+                    dot += (k % 2 ? v >> 4 : v & 0x0f) * y->qs[32 * k + l];
+                }
+                isum += sc * dot;
+                msum += m * (y->bsums[2 * k] + y->bsums[2 * k + 1]);
+            }
+            acc = fmaf(fp16_to_f32(q->d) * y->d, (float)isum, acc);
+            acc = fmaf(-(fp16_to_f32(q->dmin) * y->d), (float)msum, acc);
+        }
+        return acc;
+    }
+    const block_q8_0 *x = act;
     for (int b = 0; b < nb; b++) {
         int dot = 0;
         f16_t d;
@@ -114,25 +136,28 @@ int main(int argc, char **argv) {
             for (int j = 0; j < QK_K; j++) acts += ak[b].qs[j] * (j % 13 + 1) + ak[b].bsums[j / 16];
         static q8_0_sum ts0[4][N / QK];
         for (int k = 0; k < 4; k++) q8_0_sums(t0[k], ts0[k], N / QK);
-        static const int PACKED[][2] = {{GT_Q4_0, 18}, {GT_Q5_0, 22}, {GT_Q8_0, 34}}; /* type, block bytes */
-        for (int p = 0; p < 3; p++) {
-            const int ty = PACKED[p][0], bb = PACKED[p][1], nb = N / QK;
+        static const int PACKED[][3] = {{GT_Q4_0, 18, QK}, {GT_Q5_0, 22, QK}, {GT_Q8_0, 34, QK}, {GT_Q4_K, 144, QK_K}};
+        for (int p = 0; p < 4; p++) { /* type, block bytes, block length */
+            const int ty = PACKED[p][0], bb = PACKED[p][1], nb = N / PACKED[p][2], k4 = ty == GT_Q4_K;
             static uint8_t rows8[PACK_ROWS][N / QK * 34];
-            static uint8_t pk[PACK_ROWS * (N / QK) * 34];
+            static uint8_t pk[PACK_ROWS * (N / QK) * 40];
             for (int r = 0; r < PACK_ROWS; r++)
                 for (int b = 0; b < nb; b++) {
                     uint8_t *blk = rows8[r] + b * bb;
                     for (int i = 0; i < bb; i++) blk[i] = (uint8_t)rnd();
                     const f16_t one = 0x3C00, d = (f16_t)((rnd() & 0x8000) | ((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
+                    const f16_t m = (f16_t)(((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
                     memcpy(blk, exact ? &one : &d, 2);
+                    if (k4) memcpy(blk + 2, exact ? &one : &m, 2); /* dmin */
                 }
             pack_matrix(ty, rows8, sizeof rows8[0], N, PACK_ROWS, pk);
             for (int nt = 1; nt <= 4; nt++) {
                 float out[4 * PACK_ROWS];
-                gemm_packed(ty, N, pk, t0[4 - nt], sizeof t0[0], ts0[4 - nt], N / QK, nt, out);
+                if (k4) gemm_packed(ty, N, pk, tk[4 - nt], sizeof tk[0], NULL, 0, nt, out);
+                else gemm_packed(ty, N, pk, t0[4 - nt], sizeof t0[0], ts0[4 - nt], N / QK, nt, out);
                 for (int k = 0; k < nt; k++)
                     for (int r = 0; r < PACK_ROWS; r++) {
-                        const float want = packed_ref(ty, rows8[r], t0[4 - nt + k], nb);
+                        const float want = packed_ref(ty, rows8[r], k4 ? (const void *)tk[4 - nt + k] : (const void *)t0[4 - nt + k], nb);
                         packed++;
                         packed_bad += memcmp(&want, &out[k * PACK_ROWS + r], sizeof want) != 0;
                     }
