@@ -21,7 +21,7 @@ from farm.engine import build
 from farm.engine.build import host_flags
 from tests.support import need
 
-TYPES = {"q4_1", "q5_1", "q4_K", "q5_K", "q6_K"}  # q4_0, q5_0, q8_0 (q4_K too): its "packed" line
+TYPES = {"q4_1", "q5_1", "q4_K", "q5_K", "q6_K"}  # q4_0, q5_0, q8_0 (q4_K, q6_K too): "packed" line
 
 
 def kcheck(cmd: list[str], simd: str) -> tuple[dict[tuple[str, int, str], tuple[float, float]], str]:
@@ -30,8 +30,8 @@ def kcheck(cmd: list[str], simd: str) -> tuple[dict[tuple[str, int, str], tuple[
     Also checks its "tiles" line: gemm_more's / gemm_rows_more's tiles gave the single-row kernel's bits everywhere,
     and its "packed" line: pack.c's 8-row kernels gave the row-major definition's bits everywhere."""
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout.splitlines()
-    packed = out.pop(-2).split()  # pack.c's kernels: q4_0, q5_0, q8_0, q4_K x 8 rows x (1 + 2 + 3 + 4) tokens per trial
-    assert packed[0] == "packed" and int(packed[1]) == 2 * 64 * 4 * 8 * 10 and packed[2] == "0", packed
+    packed = out.pop(-2).split()  # pack.c: q4_0, q5_0, q8_0, q4_K, q6_K x 8 rows x (1 + 2 + 3 + 4) tokens per trial
+    assert packed[0] == "packed" and int(packed[1]) == 2 * 64 * 5 * 8 * 10 and packed[2] == "0", packed
     tiles = out[-2].split()
     per_case = 20 + 4 + 4 + 8 + 3 + 3  # gemm_more: nt 1..4 at each start; gemm_rows_more: 4x1 2x2 2x4 1x3 3x1
     assert tiles[0] == "tiles" and int(tiles[1]) == 2 * 64 * len(TYPES) * per_case and tiles[2] == "0", out[-2]

@@ -202,7 +202,8 @@ static void mm_packed(const mm_job *j, const tensor_t *w, float *y, int r0, int 
                 gemm_packed(w->type, n, (const char *)w->data + (size_t)(r / PACK_ROWS) * gb,
                             (const char *)j->xq[kind] + t * xs, xs, j->xsum + (size_t)t * nb, nb, nt, o);
                 for (int k = 0; k < nt; k++)
-                    for (int i = 0; i < nr; i++) put(&y[(size_t)(t + k) * n_out + r + i], o[k * PACK_ROWS + i], j->accumulate);
+                    for (int i = 0; i < nr; i++)
+                        put(&y[(size_t)(t + k) * n_out + r + i], o[k * PACK_ROWS + i], j->accumulate);
             }
         }
     }

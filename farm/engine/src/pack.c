@@ -33,12 +33,12 @@
 #include <arm_neon.h>
 #endif
 
-/* q4_K packed needs AVX2 or the portable body; NEON builds run it row-major (kquant.c). */
+/* q4_K / q6_K packed need AVX2 or the portable body; NEON builds run them row-major (kquant.c). */
 int pack_type(int type) {
 #if defined(FARM_NEON)
-    if (type == GT_Q4_K) return 0;
+    if (type == GT_Q4_K || type == GT_Q6_K) return 0;
 #endif
-    return type == GT_Q4_0 || type == GT_Q5_0 || type == GT_Q8_0 || type == GT_Q4_K;
+    return type == GT_Q4_0 || type == GT_Q5_0 || type == GT_Q8_0 || type == GT_Q4_K || type == GT_Q6_K;
 }
 
 static size_t group_block_bytes(int type) {
@@ -46,11 +46,31 @@ static size_t group_block_bytes(int type) {
     case GT_Q4_0: return sizeof(block_q4_0x8);
     case GT_Q5_0: return sizeof(block_q5_0x8);
     case GT_Q4_K: return sizeof(block_q4_Kx8);
+    case GT_Q6_K: return sizeof(block_q6_Kx8);
     default: return sizeof(block_q8_0x8);
     }
 }
 
-static int block_len(int type) { return type == GT_Q4_K ? QK_K : QK; }
+static int block_len(int type) { return type == GT_Q4_K || type == GT_Q6_K ? QK_K : QK; }
+
+/* q6_K element i (0..255) as 0..63 (value = d * sc[i / 16] * (q - 32)), ggml's dequantize_row_q6_K order. */
+static void q6_K_values(const block_q6_K *b, uint8_t q[QK_K]) {
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+        for (int l = 0; l < 32; l++) {
+            q[128 * h + l] = (uint8_t)((ql[l] & 0xF) | ((qh[l] & 3) << 4));
+            q[128 * h + l + 32] = (uint8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+            q[128 * h + l + 64] = (uint8_t)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+            q[128 * h + l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+        }
+    }
+}
+
+static inline int q6_at(const block_q6_Kx8 *s, int r, int i) { /* packed element i of row r, 0..63 */
+    const int c = i / 4, e = i % 4, v = c % 32, u = c % 16;
+    const uint8_t nib = c < 32 ? s->ql[v][4 * r + e] & 0xF : s->ql[v][4 * r + e] >> 4;
+    return nib | ((s->qh[u][4 * r + e] >> (2 * (c / 16))) & 3) << 4;
+}
 
 static inline int q5_bit(uint32_t qh, int i) { return (qh >> i) & 1; }
 
@@ -81,6 +101,19 @@ void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_ou
                     for (int j = 0; j < 4; j++) memcpy(d->qs + 32 * j + 4 * r, s->qs + 4 * j, 4);
                     for (int c = 0; c < 8; c++)
                         for (int e = 0; e < 4; e++) d->qh[c] |= (uint32_t)q5_bit(qh, 4 * c + e) << (4 * r + e);
+                } else if (type == GT_Q6_K) {
+                    const block_q6_K *s = (const block_q6_K *)row + b;
+                    block_q6_Kx8 *d = (block_q6_Kx8 *)dst + (size_t)g * nb + b;
+                    uint8_t q[QK_K];
+                    q6_K_values(s, q);
+                    d->d[r] = s->d;
+                    for (int k = 0; k < 16; k++) d->sc[k][r] = s->scales[k];
+                    for (int c = 0; c < 64; c++)
+                        for (int e = 0; e < 4; e++) {
+                            const uint8_t v = q[4 * c + e];
+                            d->ql[c % 32][4 * r + e] |= (uint8_t)((v & 0xF) << (c < 32 ? 0 : 4));
+                            d->qh[c % 16][4 * r + e] |= (uint8_t)((v >> 4) << (2 * (c / 16)));
+                        }
                 } else if (type == GT_Q4_K) {
                     const block_q4_K *s = (const block_q4_K *)row + b;
                     block_q4_Kx8 *d = (block_q4_Kx8 *)dst + (size_t)g * nb + b;
@@ -103,7 +136,11 @@ void pack_row(int type, const void *packed, int n_in, int row, float *dst) {
     const int nb = n_in / block_len(type), g = row / PACK_ROWS, r = row % PACK_ROWS;
     for (int b = 0; b < nb; b++) {
         float *y = dst + b * block_len(type);
-        if (type == GT_Q4_K) {
+        if (type == GT_Q6_K) {
+            const block_q6_Kx8 *s = (const block_q6_Kx8 *)packed + (size_t)g * nb + b;
+            const float d = fp16_to_f32(s->d[r]);
+            for (int i = 0; i < QK_K; i++) y[i] = d * s->sc[i / 16][r] * (q6_at(s, r, i) - 32);
+        } else if (type == GT_Q4_K) {
             const block_q4_Kx8 *s = (const block_q4_Kx8 *)packed + (size_t)g * nb + b;
             const float d = fp16_to_f32(s->d[r]), dmin = fp16_to_f32(s->dmin[r]);
             for (int j = 0; j < 4; j++)
@@ -285,10 +322,71 @@ static inline __attribute__((always_inline)) void gemm_q4_Kx8(int nsb, const blo
             _mm_storeu_si128((__m128i *)b2, _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)yb->bsums),
                                                            _mm_loadu_si128((const __m128i *)(yb->bsums + 8))));
             __m256i msum = _mm256_madd_epi16(mp[0], _mm256_set1_epi32(b2[0]));
-            for (int k = 1; k < 4; k++) msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mp[k], _mm256_set1_epi32(b2[k])));
+            for (int k = 1; k < 4; k++)
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mp[k], _mm256_set1_epi32(b2[k])));
             const __m256 yd = _mm256_set1_ps(yb->d);
             acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, yd), _mm256_cvtepi32_ps(isum[t]), acc[t]);
             acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dm, yd), _mm256_cvtepi32_ps(msum), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
+}
+/* q6_K: a chunk's 6-bit values (0..63) from its nibble and 2-bit vectors; each maddubs (<= 2*63*128) goes
+ * straight into a madd with its 16-element sub-block's int8 scale (in both int16 halves of the row's lane). The
+ * offset 32 enters once per super-block: 32 * sum_s sc_s * bsum_s, by madd on (sc_2k, sc_2k+1) pairs. Per
+ * super-block and token: acc = fma(d * d_y, isum - 32 * msum, acc). */
+static inline __m256i i8_both_halves(const int8_t *p) { /* 8 int8 -> lanes with the value in both int16 halves */
+    const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    return _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(v, 16));
+}
+
+static inline __attribute__((always_inline)) void gemm_q6_Kx8(int nsb, const block_q6_Kx8 *w, const block_q8_K *x,
+                                                            size_t xs, const int NT, float *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int sb = 0; sb < nsb; sb++) {
+        const block_q6_Kx8 *B = w + sb;
+        __m256i isum[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                           _mm256_setzero_si256()};
+        for (int k = 0; k < 4; k++) { /* chunks u = 4k..4k+3 and u + 16, 32, 48: sub-blocks k, k+4, k+8, k+12 */
+            __m256i sc[4];
+            for (int i = 0; i < 4; i++) sc[i] = i8_both_halves(B->sc[k + 4 * i]);
+            for (int u = 4 * k; u < 4 * k + 4; u++) {
+                _mm_prefetch((const char *)B->ql[u] + PACK_PREFETCH, _MM_HINT_T0);
+                const __m256i h = _mm256_loadu_si256((const __m256i *)B->qh[u]);
+                const __m256i n0 = _mm256_loadu_si256((const __m256i *)B->ql[u]);
+                const __m256i n1 = _mm256_loadu_si256((const __m256i *)B->ql[u + 16]);
+                __m256i q[4]; /* chunks u, u+16, u+32, u+48 */
+                q[0] = _mm256_or_si256(_mm256_and_si256(n0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+                q[1] = _mm256_or_si256(_mm256_and_si256(n1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n0, 4), m4), _mm256_and_si256(h, m30));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n1, 4), m4),
+                                       _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+                for (int t = 0; t < NT; t++) {
+                    const int8_t *y = ((const block_q8_K *)((const char *)x + t * xs))[sb].qs + 4 * u;
+                    for (int i = 0; i < 4; i++) {
+                        const __m256i p = _mm256_maddubs_epi16(q[i], bcast4(y + 64 * i));
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, sc[i]));
+                    }
+                }
+            }
+        }
+        __m256i sp[8];
+        for (int k = 0; k < 8; k++) {
+            const __m256i a = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)B->sc[2 * k]));
+            const __m256i b = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)B->sc[2 * k + 1]));
+            sp[k] = _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(b, 16));
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->d));
+        for (int t = 0; t < NT; t++) {
+            const block_q8_K *yb = (const block_q8_K *)((const char *)x + t * xs) + sb;
+            int32_t bp[8]; /* (bsum_2k, bsum_2k+1) int16 pairs */
+            memcpy(bp, yb->bsums, sizeof bp);
+            __m256i msum = _mm256_madd_epi16(sp[0], _mm256_set1_epi32(bp[0]));
+            for (int k = 1; k < 8; k++)
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(sp[k], _mm256_set1_epi32(bp[k])));
+            const __m256i dot = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(msum, 5));
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(yb->d)), _mm256_cvtepi32_ps(dot), acc[t]);
         }
     }
     for (int t = 0; t < NT; t++) _mm256_storeu_ps(out + 8 * t, acc[t]);
@@ -380,6 +478,7 @@ void gemm_packed(int type, int n, const void *w, const void *x, size_t xs, const
         if (type == GT_Q4_0) gemm_nibbles_x8(nb, w, sizeof(block_q4_0x8), 0, x, xs, xi, xis, NT, out);              \
         else if (type == GT_Q5_0) gemm_nibbles_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);         \
         else if (type == GT_Q4_K) gemm_q4_Kx8(nb, w, x, xs, NT, out);                                                \
+        else if (type == GT_Q6_K) gemm_q6_Kx8(nb, w, x, xs, NT, out);                                                \
         else gemm_q8_0x8(nb, w, x, xs, xi, xis, NT, out);                                                           \
         return;
     switch (nt) {
@@ -396,7 +495,7 @@ void gemm_packed(int type, int n, const void *w, const void *x, size_t xs, const
         else if (type == GT_Q5_0) gemm_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);                 \
         else gemm_x8(nb, w, sizeof(block_q8_0x8), 2, x, xs, xi, xis, NT, out);                                      \
         return;
-    if (type != GT_Q4_K) /* q4_K: not packed on NEON (pack_type); farm-kcheck checks the portable body */
+    if (type != GT_Q4_K && type != GT_Q6_K) /* not packed on NEON (pack_type); farm-kcheck checks the portable body */
         switch (nt) {
             CASE(1)
             CASE(2)
@@ -406,6 +505,26 @@ void gemm_packed(int type, int n, const void *w, const void *x, size_t xs, const
 #undef CASE
 #endif
     /* The portable definition (what the SIMD kernels compute, output by output). */
+    if (type == GT_Q6_K) {
+        for (int t = 0; t < nt; t++)
+            for (int r = 0; r < PACK_ROWS; r++) {
+                float acc = 0.0f;
+                for (int sb = 0; sb < nb; sb++) {
+                    const block_q6_Kx8 *B = (const block_q6_Kx8 *)w + sb;
+                    const block_q8_K *yb = (const block_q8_K *)((const char *)x + t * xs) + sb;
+                    int32_t isum = 0, msum = 0;
+                    for (int s = 0; s < 16; s++) {
+                        int32_t dot = 0;
+                        for (int i = 16 * s; i < 16 * s + 16; i++) dot += q6_at(B, r, i) * yb->qs[i];
+                        isum += B->sc[s][r] * dot;
+                        msum += B->sc[s][r] * yb->bsums[s];
+                    }
+                    acc = fmaf(fp16_to_f32(B->d[r]) * yb->d, (float)(isum - 32 * msum), acc);
+                }
+                out[8 * t + r] = acc;
+            }
+        return;
+    }
     if (type == GT_Q4_K) {
         for (int t = 0; t < nt; t++)
             for (int r = 0; r < PACK_ROWS; r++) {

@@ -122,6 +122,12 @@ typedef struct {
     uint8_t qs[4][8][32]; /* qs[j][c][4 r + e] = row r's qs[32 j + 4 c + e]: sub-blocks 2j (low), 2j+1 (high) */
 } block_q4_Kx8; /* 1184 bytes for 8 rows (1152 in ggml's layout: the scales are stored unpacked) */
 typedef struct {
+    f16_t d[PACK_ROWS];
+    int8_t sc[16][PACK_ROWS]; /* sub-block s (16 elements) of row r */
+    uint8_t ql[32][32];       /* ql[v][4 r + e]: low 4 bits of element 4 v + e (low nibble) and 4 (v + 32) + e */
+    uint8_t qh[16][32];       /* qh[u][4 r + e]: bits 2i, 2i+1 = high 2 bits of element 4 (u + 16 i) + e */
+} block_q6_Kx8;
+typedef struct {
     float d; /* the block's scale */
     int32_t s; /* sum of its quants */
 } q8_0_sum;

@@ -12,7 +12,7 @@
  * (the same in every build). Then "tiles <checked> <mismatches>": every case again through gemm_more's
  * multi-token tiles (1..4 activation rows, the row under test and rotations of it) and gemm_rows_more's
  * multi-row ones (up to 4 weight rows, rotations of the row under test), each output compared bit for bit with vec_dot_more on that row (the tiles promise the same operations per output). Then "packed <checked>
- * <mismatches>": q4_0, q5_0, q8_0 and q4_K rows packed 8 at a time (pack.c) through gemm_packed with 1..4 tokens, each
+ * <mismatches>": q4_0, q5_0, q8_0, q4_K and q6_K rows packed 8 at a time (pack.c) through gemm_packed with 1..4 tokens, each
  * output compared bit for bit with the row-major definition (packed_ref). Exit 0, or 2 on bad usage. */
 #include <math.h>
 #include <stdarg.h>
@@ -56,6 +56,24 @@ static const struct {
  * acc = fma(d_w * d_x, dot, acc) block after block. */
 static float packed_ref(int type, const void *w, const void *act, int nb) {
     float acc = 0.0f;
+    if (type == GT_Q6_K) { /* d * d_y * sum_s sc_s * sum_i (q_i - 32) y_i over 16-element sub-blocks */
+        for (int b = 0; b < nb; b++) {
+            const block_q6_K *q = (const block_q6_K *)w + b;
+            const block_q8_K *y = (const block_q8_K *)act + b;
+            int isum = 0;
+            for (int s = 0; s < 16; s++) {
+                int dot = 0;
+                for (int i = 16 * s; i < 16 * s + 16; i++) { /* element i: half h, quarter qd, position l */
+                    const int h = i / 128, qd = i % 128 / 32, l = i % 32;
+                    const uint8_t lo = q->ql[64 * h + l + 32 * (qd % 2)], hi = q->qh[32 * h + l];
+                    dot += (((qd < 2 ? lo & 0xF : lo >> 4) | ((hi >> (2 * qd)) & 3) << 4) - 32) * y->qs[i];
+                }
+                isum += q->scales[s] * dot;
+            }
+            acc = fmaf(fp16_to_f32(q->d) * y->d, (float)isum, acc);
+        }
+        return acc;
+    }
     if (type == GT_Q4_K) { /* per super-block: d * d_y * sum_s sc_s dot_s - dmin * d_y * sum_s m_s bsum_s */
         for (int b = 0; b < nb; b++) {
             const block_q4_K *q = (const block_q4_K *)w + b;
@@ -136,9 +154,10 @@ int main(int argc, char **argv) {
             for (int j = 0; j < QK_K; j++) acts += ak[b].qs[j] * (j % 13 + 1) + ak[b].bsums[j / 16];
         static q8_0_sum ts0[4][N / QK];
         for (int k = 0; k < 4; k++) q8_0_sums(t0[k], ts0[k], N / QK);
-        static const int PACKED[][3] = {{GT_Q4_0, 18, QK}, {GT_Q5_0, 22, QK}, {GT_Q8_0, 34, QK}, {GT_Q4_K, 144, QK_K}};
-        for (int p = 0; p < 4; p++) { /* type, block bytes, block length */
-            const int ty = PACKED[p][0], bb = PACKED[p][1], nb = N / PACKED[p][2], k4 = ty == GT_Q4_K;
+        static const int PACKED[][4] = {{GT_Q4_0, 18, QK, 0}, {GT_Q5_0, 22, QK, 0}, {GT_Q8_0, 34, QK, 0},
+                                        {GT_Q4_K, 144, QK_K, 0}, {GT_Q6_K, 210, QK_K, 208}};
+        for (int p = 0; p < 5; p++) { /* type, block bytes, block length, offset of d */
+            const int ty = PACKED[p][0], bb = PACKED[p][1], nb = N / PACKED[p][2], k4 = PACKED[p][2] == QK_K;
             static uint8_t rows8[PACK_ROWS][N / QK * 34];
             static uint8_t pk[PACK_ROWS * (N / QK) * 40];
             for (int r = 0; r < PACK_ROWS; r++)
@@ -147,8 +166,8 @@ int main(int argc, char **argv) {
                     for (int i = 0; i < bb; i++) blk[i] = (uint8_t)rnd();
                     const f16_t one = 0x3C00, d = (f16_t)((rnd() & 0x8000) | ((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
                     const f16_t m = (f16_t)(((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
-                    memcpy(blk, exact ? &one : &d, 2);
-                    if (k4) memcpy(blk + 2, exact ? &one : &m, 2); /* dmin */
+                    memcpy(blk + PACKED[p][3], exact ? &one : &d, 2);
+                    if (ty == GT_Q4_K) memcpy(blk + 2, exact ? &one : &m, 2); /* dmin */
                 }
             pack_matrix(ty, rows8, sizeof rows8[0], N, PACK_ROWS, pk);
             for (int nt = 1; nt <= 4; nt++) {
