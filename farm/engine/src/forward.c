@@ -96,6 +96,11 @@ void ctx_init(ctx_t *c, const model_t *m, int n_ctx, int n_ubatch, int n_threads
     c->hb2 = xalloc(U * ff * 4);
     const int wq = (int)((widest + QK_K - 1) / QK_K * QK_K);
     for (int k = ACT_Q8_0; k <= ACT_Q8_K; k++) c->xq[k] = xalloc(U * act_row_bytes(k, wq));
+    /* f32 copies of one KV head's K and V rows per thread, up to 1 MB each (attn_task) */
+    c->kv_f32_rows = (int)((size_t)(1 << 20) / 4 / m->head_dim);
+    if (c->kv_f32_rows > c->n_ctx) c->kv_f32_rows = c->n_ctx;
+    if (!kv_f16) c->kv_f32_rows = 0;
+    c->kv_f32 = xalloc((size_t)pool_size(c->pool) * 2 * c->kv_f32_rows * m->head_dim * 4);
     c->scores = xalloc((size_t)pool_size(c->pool) * max_group(m) * score_stride(c->n_ctx) * 4);
     c->rope_cs = xalloc(U * m->head_dim * 4);
     c->n_logits = all_logits ? c->n_ctx : 1;
@@ -105,7 +110,7 @@ void ctx_init(ctx_t *c, const model_t *m, int n_ctx, int n_ubatch, int n_threads
 void ctx_free(ctx_t *c) {
     pool_destroy(c->pool);
     void *bufs[] = {c->kcache, c->vcache, c->x,     c->xb,     c->q,      c->k,      c->v,       c->att,
-                    c->hb,     c->hb2,    c->xq[1], c->xq[2], c->xq[3], c->scores, c->rope_cs, c->logits};
+                    c->hb,     c->hb2,    c->xq[1], c->xq[2], c->xq[3], c->scores, c->rope_cs, c->logits, c->kv_f32};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     memset(c, 0, sizeof *c);
 }
@@ -519,13 +524,12 @@ INLINE vf ld_kv(const void *base, size_t i, int f16) {
     return f16 ? v_ldh((const f16_t *)base + i) : v_ld((const float *)base + i);
 }
 
-/* s[r * ss + p - p0] = (q_r . K_p) * scale for nr rows (stride hd) and keys p0..p1; 4 keys a tile (the last
- * tile repeats key p1 in its unused slots). */
-INLINE void qk_tile(int hd, int nr, const float *q, const void *kb, int f16, int p0, int p1, float scale, float *s,
-                    size_t ss) {
-    for (int p = p0; p <= p1; p += 4) {
+/* s[r * ss + i] = (q_r . K_i) * scale for nr rows (stride hd) and keys i < n (rows of kb, hd apart); 4 keys a
+ * tile (the last tile repeats key n - 1 in its unused slots). */
+INLINE void qk_tile(int hd, int nr, const float *q, const void *kb, int f16, int n, float scale, float *s, size_t ss) {
+    for (int i = 0; i < n; i += 4) {
         size_t off[4];
-        for (int k = 0; k < 4; k++) off[k] = (size_t)(p + k <= p1 ? p + k : p1) * hd;
+        for (int k = 0; k < 4; k++) off[k] = (size_t)(i + k < n ? i + k : n - 1) * hd;
         vf acc[TILE_ROWS][4];
         for (int r = 0; r < nr; r++)
             for (int k = 0; k < 4; k++) acc[r][k] = v_set1(0.0f);
@@ -537,28 +541,28 @@ INLINE void qk_tile(int hd, int nr, const float *q, const void *kb, int f16, int
                 for (int r = 0; r < nr; r++) acc[r][k] = v_fma(qv[r], kv, acc[r][k]);
             }
         }
-        if (p + 3 <= p1) {
-            for (int r = 0; r < nr; r++) v_hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], scale, s + r * ss + p - p0);
+        if (i + 4 <= n) {
+            for (int r = 0; r < nr; r++) v_hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], scale, s + r * ss + i);
         } else {
             for (int r = 0; r < nr; r++) {
                 float o[4];
                 v_hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], scale, o);
-                for (int k = 0; k <= p1 - p; k++) s[r * ss + p - p0 + k] = o[k];
+                for (int k = 0; i + k < n; k++) s[r * ss + i + k] = o[k];
             }
         }
     }
 }
 
-/* out[r][d0 .. d0 + nv*VW) = sum_{p = p0..p1} w[r * ws + p - p0] * V_p, keys in order, for nr rows */
-INLINE void pv_tile(int hd, int nr, int nv, int d0, const float *w, size_t ws, const void *vb, int f16, int p0, int p1,
+/* out[r][d0 .. d0 + nv*VW) = sum_{i < n} w[r * ws + i] * V_i, keys in order, for nr rows */
+INLINE void pv_tile(int hd, int nr, int nv, int d0, const float *w, size_t ws, const void *vb, int f16, int n,
                     float *out) {
     vf acc[TILE_ROWS][4];
     for (int r = 0; r < nr; r++)
         for (int k = 0; k < nv; k++) acc[r][k] = v_set1(0.0f);
-    for (int p = p0; p <= p1; p++) {
-        const size_t off = (size_t)p * hd + d0;
+    for (int i = 0; i < n; i++) {
+        const size_t off = (size_t)i * hd + d0;
         vf wv[TILE_ROWS];
-        for (int r = 0; r < nr; r++) wv[r] = v_set1(w[r * ws + p - p0]);
+        for (int r = 0; r < nr; r++) wv[r] = v_set1(w[r * ws + i]);
         for (int k = 0; k < nv; k++) {
             const vf vv = ld_kv(vb, off + (size_t)k * VW, f16);
             for (int r = 0; r < nr; r++) acc[r][k] = v_fma(wv[r], vv, acc[r][k]);
@@ -589,102 +593,132 @@ static void softmax_row(float *s, int n, float cap) {
     for (i = 0; i < n; i += VW) v_st(s + i, v_mul(v_ld(s + i), inv));
 }
 
-/* The tiles instantiated for nr = 1..3 rows (and f16 / f32 caches): the compiler keeps each in registers. */
-INLINE void qk_rows(int hd, int nr, const float *q, const void *kb, int f16, int p0, int p1, float scale, float *s,
-                    size_t ss) {
+/* The tiles instantiated for nr = 1..3 rows (and f16 / f32 K and V): the compiler keeps each in registers. */
+INLINE void qk_rows(int hd, int nr, const float *q, const void *kb, int f16, int n, float scale, float *s, size_t ss) {
     for (int r = 0; r < nr; r += TILE_ROWS) {
         const float *qr = q + (size_t)r * hd;
         float *sr = s + r * ss;
-        if (nr - r >= 3) qk_tile(hd, 3, qr, kb, f16, p0, p1, scale, sr, ss);
-        else if (nr - r == 2) qk_tile(hd, 2, qr, kb, f16, p0, p1, scale, sr, ss);
-        else qk_tile(hd, 1, qr, kb, f16, p0, p1, scale, sr, ss);
+        if (nr - r >= 3) qk_tile(hd, 3, qr, kb, f16, n, scale, sr, ss);
+        else if (nr - r == 2) qk_tile(hd, 2, qr, kb, f16, n, scale, sr, ss);
+        else qk_tile(hd, 1, qr, kb, f16, n, scale, sr, ss);
     }
 }
 
-INLINE void pv_rows(int hd, int nr, const float *w, size_t ws, const void *vb, int f16, int p0, int p1, float *out) {
+INLINE void pv_rows(int hd, int nr, const float *w, size_t ws, const void *vb, int f16, int n, float *out) {
     for (int r = 0; r < nr; r += TILE_ROWS) {
         const float *wr = w + r * ws;
         float *o = out + (size_t)r * hd;
         const int m = nr - r >= 3 ? 3 : nr - r;
         int d = 0;
         for (; d + 4 * VW <= hd; d += 4 * VW) {
-            if (m == 3) pv_tile(hd, 3, 4, d, wr, ws, vb, f16, p0, p1, o);
-            else if (m == 2) pv_tile(hd, 2, 4, d, wr, ws, vb, f16, p0, p1, o);
-            else pv_tile(hd, 1, 4, d, wr, ws, vb, f16, p0, p1, o);
+            if (m == 3) pv_tile(hd, 3, 4, d, wr, ws, vb, f16, n, o);
+            else if (m == 2) pv_tile(hd, 2, 4, d, wr, ws, vb, f16, n, o);
+            else pv_tile(hd, 1, 4, d, wr, ws, vb, f16, n, o);
         }
         for (; d < hd; d += VW) {
-            if (m == 3) pv_tile(hd, 3, 1, d, wr, ws, vb, f16, p0, p1, o);
-            else if (m == 2) pv_tile(hd, 2, 1, d, wr, ws, vb, f16, p0, p1, o);
-            else pv_tile(hd, 1, 1, d, wr, ws, vb, f16, p0, p1, o);
+            if (m == 3) pv_tile(hd, 3, 1, d, wr, ws, vb, f16, n, o);
+            else if (m == 2) pv_tile(hd, 2, 1, d, wr, ws, vb, f16, n, o);
+            else pv_tile(hd, 1, 1, d, wr, ws, vb, f16, n, o);
         }
     }
 }
 
-static void attn_simd(int hd, int nr, const float *q, const void *kb, const void *vb, int f16, int p0, int p1,
-                      float scale, float cap, float *s, size_t ss, float *out) {
-    if (f16) qk_rows(hd, nr, q, kb, 1, p0, p1, scale, s, ss);
-    else qk_rows(hd, nr, q, kb, 0, p0, p1, scale, s, ss);
-    for (int r = 0; r < nr; r++) softmax_row(s + r * ss, p1 - p0 + 1, cap);
-    if (f16) pv_rows(hd, nr, s, ss, vb, 1, p0, p1, out);
-    else pv_rows(hd, nr, s, ss, vb, 0, p0, p1, out);
+static void attn_simd(int hd, int nr, const float *q, const void *kb, const void *vb, int f16, int n, float scale,
+                      float cap, float *s, size_t ss, float *out) {
+    if (f16) qk_rows(hd, nr, q, kb, 1, n, scale, s, ss);
+    else qk_rows(hd, nr, q, kb, 0, n, scale, s, ss);
+    for (int r = 0; r < nr; r++) softmax_row(s + r * ss, n, cap);
+    if (f16) pv_rows(hd, nr, s, ss, vb, 1, n, out);
+    else pv_rows(hd, nr, s, ss, vb, 0, n, out);
 }
 #endif
 
-/* nr query rows (stride hd) sharing the KV head whose cache rows start at kb / vb, keys p0..p1. */
-static void attn_rows(const ctx_t *c, int nr, const float *q, size_t base, int p0, int p1, float *s, size_t ss,
-                      float *out) {
-    const int hd = c->m->head_dim;
-    const float scale = c->m->attn_scale, cap = c->m->attn_softcap;
-    const void *kb = c->kv_f16 ? (const void *)((const f16_t *)c->kcache + base) : (const float *)c->kcache + base;
-    const void *vb = c->kv_f16 ? (const void *)((const f16_t *)c->vcache + base) : (const float *)c->vcache + base;
+static void f16_to_f32(float *dst, const f16_t *src, size_t n) {
+    size_t i = 0;
+#if defined(ATTN_SIMD)
+    for (; i + VW <= n; i += VW) v_st(dst + i, v_ldh(src + i));
+#endif
+    for (; i < n; i++) dst[i] = fp16_to_f32(src[i]);
+}
+
+/* nr query rows (stride hd) of one GQA group against keys 0..n-1: K and V rows hd apart from kb / vb, f16 or
+ * f32. Scores and weights go to rows of s, ss apart. */
+static void attn_rows(const model_t *m, int nr, const float *q, const void *kb, const void *vb, int f16, int n,
+                      float *s, size_t ss, float *out) {
+    const int hd = m->head_dim;
+    const float scale = m->attn_scale, cap = m->attn_softcap;
 #if defined(ATTN_SIMD)
     if (hd % VW == 0) {
-        attn_simd(hd, nr, q, kb, vb, c->kv_f16, p0, p1, scale, cap, s, ss, out);
+        attn_simd(hd, nr, q, kb, vb, f16, n, scale, cap, s, ss, out);
         return;
     }
 #endif
     for (int r = 0; r < nr; r++, q += hd, out += hd, s += ss) { /* portable path: a row at a time */
         float mx = -INFINITY;
-        for (int p = p0; p <= p1; p++) {
-            const size_t off = (size_t)p * hd;
-            const float x = c->kv_f16 ? vec_dot_f16(hd, (const f16_t *)kb + off, q) : vec_dot_f32(hd, (const float *)kb + off, q);
+        for (int i = 0; i < n; i++) {
+            const size_t off = (size_t)i * hd;
+            const float x = f16 ? vec_dot_f16(hd, (const f16_t *)kb + off, q) : vec_dot_f32(hd, (const float *)kb + off, q);
             const float v = cap > 0.0f ? cap * tanhf(x * scale / cap) : x * scale;
-            s[p - p0] = v;
+            s[i] = v;
             if (v > mx) mx = v;
         }
         float sum = 0.0f;
-        for (int i = 0; i <= p1 - p0; i++) sum += (s[i] = expf(s[i] - mx));
+        for (int i = 0; i < n; i++) sum += (s[i] = expf(s[i] - mx));
         memset(out, 0, (size_t)hd * 4);
         const float inv = 1.0f / sum;
-        for (int p = p0; p <= p1; p++) {
-            const size_t off = (size_t)p * hd;
-            if (c->kv_f16) axpy_f16(hd, s[p - p0] * inv, (const f16_t *)vb + off, out);
-            else axpy_f32(hd, s[p - p0] * inv, (const float *)vb + off, out);
+        for (int i = 0; i < n; i++) {
+            const size_t off = (size_t)i * hd;
+            if (f16) axpy_f16(hd, s[i] * inv, (const f16_t *)vb + off, out);
+            else axpy_f32(hd, s[i] * inv, (const float *)vb + off, out);
         }
     }
 }
 
+/* Work item: a KV head and a block of ATTN_TOKENS tokens (prefill), or one token and part of the group (when
+ * there are fewer tokens x KV heads than about 2 per thread: decode). A block first converts the f16 K and V
+ * rows its tokens read to f32 (per-thread scratch, exact), so the tiles convert nothing: the f16 rows would
+ * otherwise be converted again for every token. Same products either way, so results don't change. */
+#ifndef ATTN_TOKENS
+#define ATTN_TOKENS 16
+#endif
 static void attn_task(void *arg, int ith, int nth) {
     qkv_job *j = arg;
     ctx_t *c = j->c;
     const model_t *m = c->m;
     const int hd = m->head_dim, nh = j->L->n_heads, nkv = j->L->n_kv_heads, qd = nh * hd, group = nh / nkv;
     const int n_swa = j->L->n_swa, nt = j->n_tok;
-    /* Rows per item: the whole group, or part of it when there are too few items for the threads (decode). */
-    int parts = (2 * nth + nt * nkv - 1) / (nt * nkv);
+    int parts = (2 * nth + nt * nkv - 1) / (nt * nkv); /* items per (token, KV head) */
     if (parts > group) parts = group;
-    const int rg = (group + parts - 1) / parts, per = (group + rg - 1) / rg;
+    const int rg = (group + parts - 1) / parts, per = (group + rg - 1) / rg; /* rows per item, items per group */
+    const int tb = per > 1 ? 1 : ATTN_TOKENS, nblk = (nt + tb - 1) / tb;
     const size_t ss = score_stride(c->n_ctx);
     float *sc = c->scores + (size_t)ith * max_group(m) * ss;
+    float *ks = c->kv_f32 + (size_t)ith * 2 * c->kv_f32_rows * hd, *vs = ks + (size_t)c->kv_f32_rows * hd;
     for (;;) {
         const int item = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (item >= nkv * nt * per) return;
+        if (item >= nkv * nblk * per) return;
         /* a KV head at a time (its cache rows stay in L2), the longest rows (last tokens) first */
-        const int kvh = item / (nt * per), t = nt - 1 - item % (nt * per) / per, r0 = item % per * rg;
-        const int nr = group - r0 < rg ? group - r0 : rg, pos = j->pos0 + t;
-        const int p0 = n_swa && pos >= n_swa ? pos - n_swa + 1 : 0; /* llama.cpp masks pos - p >= n_swa */
-        const size_t base = ((size_t)j->L->kv_head0 + kvh) * c->n_ctx * hd, qo = (size_t)t * qd + (size_t)(kvh * group + r0) * hd;
-        attn_rows(c, nr, c->q + qo, base, p0, pos, sc, ss, c->att + qo);
+        const int kvh = item / (nblk * per), blk = nblk - 1 - item % (nblk * per) / per, r0 = item % per * rg;
+        const int nr = group - r0 < rg ? group - r0 : rg, t0 = blk * tb, t1 = t0 + tb < nt ? t0 + tb : nt;
+        const size_t base = ((size_t)j->L->kv_head0 + kvh) * c->n_ctx * hd;
+        const int lo = n_swa && j->pos0 + t0 >= n_swa ? j->pos0 + t0 - n_swa + 1 : 0, hi = j->pos0 + t1 - 1;
+        const void *kb = c->kv_f16 ? (const void *)((const f16_t *)c->kcache + base) : (const float *)c->kcache + base;
+        const void *vb = c->kv_f16 ? (const void *)((const f16_t *)c->vcache + base) : (const float *)c->vcache + base;
+        int f16 = c->kv_f16, first = 0; /* kb, vb: rows of positions first.. */
+        if (f16 && t1 - t0 > 1 && hi - lo + 1 <= c->kv_f32_rows) {
+            const size_t n = (size_t)(hi - lo + 1) * hd;
+            f16_to_f32(ks, (const f16_t *)kb + (size_t)lo * hd, n);
+            f16_to_f32(vs, (const f16_t *)vb + (size_t)lo * hd, n);
+            kb = ks, vb = vs, f16 = 0, first = lo;
+        }
+        const size_t es = f16 ? 2 : 4;
+        for (int t = t1 - 1; t >= t0; t--) {
+            const int pos = j->pos0 + t;
+            const int p0 = n_swa && pos >= n_swa ? pos - n_swa + 1 : 0; /* llama.cpp masks pos - p >= n_swa */
+            const size_t qo = (size_t)t * qd + (size_t)(kvh * group + r0) * hd, ko = (size_t)(p0 - first) * hd * es;
+            attn_rows(m, nr, c->q + qo, (const char *)kb + ko, (const char *)vb + ko, f16, pos - p0 + 1, sc, ss,
+                      c->att + qo);
+        }
     }
 }
 
