@@ -59,6 +59,8 @@ typedef struct {
     void *kcache, *vcache; /* [layer][kv_head][pos][head_dim], f16 or f32 */
     /* scratch, sized for n_ubatch tokens */
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *scores, *rope_cs;
+    float *kv_f32; /* attention: per thread, K and V rows of one KV head converted to f32 (kv_f32_rows each) */
+    int kv_f32_rows;
     void *xq[4]; /* activations converted for the matmul, by ACT_* kind: q8_0, q8_1 or q8_K blocks */
     q8_0_sum *xsum; /* per q8_0 activation block: its scale as f32 and the sum of its quants */
     float *logits; /* [n_logits][n_vocab] */
