@@ -469,120 +469,93 @@ static inline __attribute__((always_inline)) void gemm_x8(int nb, const char *w,
 }
 #endif
 
+/* Row r's term of block b in the portable definition: acc after that block (x: the token's activation row). */
+static float block_term(int type, const void *w, const void *x, const q8_0_sum *xi, int b, int r, float acc) {
+    int32_t dot = 0;
+    if (type == GT_Q6_K || type == GT_Q4_K) {
+        const block_q8_K *yb = (const block_q8_K *)x + b;
+        int32_t msum = 0;
+        if (type == GT_Q6_K) {
+            const block_q6_Kx8 *B = (const block_q6_Kx8 *)w + b;
+            for (int s = 0; s < 16; s++) {
+                int32_t sub = 0;
+                for (int i = 16 * s; i < 16 * s + 16; i++) sub += q6_at(B, r, i) * yb->qs[i];
+                dot += B->sc[s][r] * sub;
+                msum += B->sc[s][r] * yb->bsums[s];
+            }
+            return fmaf(fp16_to_f32(B->d[r]) * yb->d, (float)(dot - 32 * msum), acc);
+        }
+        const block_q4_Kx8 *B = (const block_q4_Kx8 *)w + b;
+        for (int j = 0; j < 4; j++) {
+            int32_t lo = 0, hi = 0;
+            for (int c = 0; c < 8; c++)
+                for (int e = 0; e < 4; e++) {
+                    const uint8_t q = B->qs[j][c][4 * r + e];
+                    lo += (q & 0x0f) * yb->qs[64 * j + 4 * c + e];
+                    hi += (q >> 4) * yb->qs[64 * j + 32 + 4 * c + e];
+                }
+            dot += lo * B->sc[2 * j][r] + hi * B->sc[2 * j + 1][r];
+        }
+        for (int k = 0; k < 8; k++) msum += B->m[k][r] * (yb->bsums[2 * k] + yb->bsums[2 * k + 1]);
+        acc = fmaf(fp16_to_f32(B->d[r]) * yb->d, (float)dot, acc);
+        return fmaf(-(fp16_to_f32(B->dmin[r]) * yb->d), (float)msum, acc);
+    }
+    const int8_t *y = ((const block_q8_0 *)x + b)->qs;
+    f16_t d;
+    if (type == GT_Q8_0) {
+        const block_q8_0x8 *s = (const block_q8_0x8 *)w + b;
+        d = s->d[r];
+        for (int c = 0; c < 8; c++)
+            for (int e = 0; e < 4; e++) dot += s->qs[32 * c + 4 * r + e] * y[4 * c + e];
+    } else { /* q4_0, q5_0: nibbles (and 5th bits), offset 8 / 16 */
+        const int q5 = type == GT_Q5_0, off = q5 ? 16 : 8;
+        const uint8_t *qs = q5 ? ((const block_q5_0x8 *)w + b)->qs : ((const block_q4_0x8 *)w + b)->qs;
+        d = q5 ? ((const block_q5_0x8 *)w + b)->d[r] : ((const block_q4_0x8 *)w + b)->d[r];
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 4; e++) {
+                const uint8_t q = qs[32 * j + 4 * r + e];
+                const int h0 = q5 ? 16 * q5_bit(((const block_q5_0x8 *)w + b)->qh[j], 4 * r + e) : 0;
+                const int h1 = q5 ? 16 * q5_bit(((const block_q5_0x8 *)w + b)->qh[j + 4], 4 * r + e) : 0;
+                dot += ((q & 0x0f) + h0 - off) * y[4 * j + e] + ((q >> 4) + h1 - off) * y[16 + 4 * j + e];
+            }
+    }
+    return fmaf(fp16_to_f32(d) * xi[b].d, (float)dot, acc);
+}
+
 void gemm_packed(int type, int n, const void *w, const void *x, size_t xs, const q8_0_sum *xi, size_t xis, int nt,
                  float *out) {
     const int nb = n / block_len(type);
 #if defined(FARM_AVX2)
-#define CASE(NT)                                                                                                    \
-    case NT:                                                                                                        \
-        if (type == GT_Q4_0) gemm_nibbles_x8(nb, w, sizeof(block_q4_0x8), 0, x, xs, xi, xis, NT, out);              \
-        else if (type == GT_Q5_0) gemm_nibbles_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);         \
-        else if (type == GT_Q4_K) gemm_q4_Kx8(nb, w, x, xs, NT, out);                                                \
-        else if (type == GT_Q6_K) gemm_q6_Kx8(nb, w, x, xs, NT, out);                                                \
-        else gemm_q8_0x8(nb, w, x, xs, xi, xis, NT, out);                                                           \
-        return;
-    switch (nt) {
-        CASE(1)
-        CASE(2)
-        CASE(3)
-        CASE(4)
-    }
-#undef CASE
+#define KERNEL(NT)                                                                                                  \
+    if (type == GT_Q4_0) gemm_nibbles_x8(nb, w, sizeof(block_q4_0x8), 0, x, xs, xi, xis, NT, out);                  \
+    else if (type == GT_Q5_0) gemm_nibbles_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);             \
+    else if (type == GT_Q4_K) gemm_q4_Kx8(nb, w, x, xs, NT, out);                                                    \
+    else if (type == GT_Q6_K) gemm_q6_Kx8(nb, w, x, xs, NT, out);                                                    \
+    else gemm_q8_0x8(nb, w, x, xs, xi, xis, NT, out);
+    const int simd = 1;
 #elif defined(FARM_NEON)
-#define CASE(NT)                                                                                                    \
-    case NT:                                                                                                        \
-        if (type == GT_Q4_0) gemm_x8(nb, w, sizeof(block_q4_0x8), 0, x, xs, xi, xis, NT, out);                      \
-        else if (type == GT_Q5_0) gemm_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);                 \
-        else gemm_x8(nb, w, sizeof(block_q8_0x8), 2, x, xs, xi, xis, NT, out);                                      \
-        return;
-    if (type != GT_Q4_K && type != GT_Q6_K) /* not packed on NEON (pack_type); farm-kcheck checks the portable body */
+#define KERNEL(NT)                                                                                                  \
+    if (type == GT_Q4_0) gemm_x8(nb, w, sizeof(block_q4_0x8), 0, x, xs, xi, xis, NT, out);                          \
+    else if (type == GT_Q5_0) gemm_x8(nb, w, sizeof(block_q5_0x8), 1, x, xs, xi, xis, NT, out);                     \
+    else gemm_x8(nb, w, sizeof(block_q8_0x8), 2, x, xs, xi, xis, NT, out);
+    const int simd = type != GT_Q4_K && type != GT_Q6_K; /* not packed on NEON (pack_type); kcheck: portable body */
+#endif
+#if defined(KERNEL)
+    if (simd) { /* NT as a constant: each tile width gets its own unrolled body */
         switch (nt) {
-            CASE(1)
-            CASE(2)
-            CASE(3)
-            CASE(4)
+        case 1: KERNEL(1) return;
+        case 2: KERNEL(2) return;
+        case 3: KERNEL(3) return;
+        case 4: KERNEL(4) return;
         }
-#undef CASE
+    }
+#undef KERNEL
 #endif
     /* The portable definition (what the SIMD kernels compute, output by output). */
-    if (type == GT_Q6_K) {
-        for (int t = 0; t < nt; t++)
-            for (int r = 0; r < PACK_ROWS; r++) {
-                float acc = 0.0f;
-                for (int sb = 0; sb < nb; sb++) {
-                    const block_q6_Kx8 *B = (const block_q6_Kx8 *)w + sb;
-                    const block_q8_K *yb = (const block_q8_K *)((const char *)x + t * xs) + sb;
-                    int32_t isum = 0, msum = 0;
-                    for (int s = 0; s < 16; s++) {
-                        int32_t dot = 0;
-                        for (int i = 16 * s; i < 16 * s + 16; i++) dot += q6_at(B, r, i) * yb->qs[i];
-                        isum += B->sc[s][r] * dot;
-                        msum += B->sc[s][r] * yb->bsums[s];
-                    }
-                    acc = fmaf(fp16_to_f32(B->d[r]) * yb->d, (float)(isum - 32 * msum), acc);
-                }
-                out[8 * t + r] = acc;
-            }
-        return;
-    }
-    if (type == GT_Q4_K) {
-        for (int t = 0; t < nt; t++)
-            for (int r = 0; r < PACK_ROWS; r++) {
-                float acc = 0.0f;
-                for (int sb = 0; sb < nb; sb++) {
-                    const block_q4_Kx8 *B = (const block_q4_Kx8 *)w + sb;
-                    const block_q8_K *yb = (const block_q8_K *)((const char *)x + t * xs) + sb;
-                    int32_t isum = 0, msum = 0;
-                    for (int j = 0; j < 4; j++) {
-                        int32_t lo = 0, hi = 0;
-                        for (int c = 0; c < 8; c++)
-                            for (int e = 0; e < 4; e++) {
-                                const uint8_t q = B->qs[j][c][4 * r + e];
-                                lo += (q & 0x0f) * yb->qs[64 * j + 4 * c + e];
-                                hi += (q >> 4) * yb->qs[64 * j + 32 + 4 * c + e];
-                            }
-                        isum += lo * B->sc[2 * j][r] + hi * B->sc[2 * j + 1][r];
-                    }
-                    for (int k = 0; k < 8; k++) msum += B->m[k][r] * (yb->bsums[2 * k] + yb->bsums[2 * k + 1]);
-                    acc = fmaf(fp16_to_f32(B->d[r]) * yb->d, (float)isum, acc);
-                    acc = fmaf(-(fp16_to_f32(B->dmin[r]) * yb->d), (float)msum, acc);
-                }
-                out[8 * t + r] = acc;
-            }
-        return;
-    }
     for (int t = 0; t < nt; t++)
         for (int r = 0; r < PACK_ROWS; r++) {
             float acc = 0.0f;
-            for (int b = 0; b < nb; b++) {
-                const block_q8_0 *xb = (const block_q8_0 *)((const char *)x + t * xs) + b;
-                int32_t dot = 0;
-                float dw;
-                if (type == GT_Q4_0) {
-                    const block_q4_0x8 *s = (const block_q4_0x8 *)w + b;
-                    dw = fp16_to_f32(s->d[r]);
-                    for (int j = 0; j < 4; j++)
-                        for (int e = 0; e < 4; e++) {
-                            const uint8_t q = s->qs[32 * j + 4 * r + e];
-                            dot += ((q & 0x0f) - 8) * xb->qs[4 * j + e] + ((q >> 4) - 8) * xb->qs[16 + 4 * j + e];
-                        }
-                } else if (type == GT_Q5_0) {
-                    const block_q5_0x8 *s = (const block_q5_0x8 *)w + b;
-                    dw = fp16_to_f32(s->d[r]);
-                    for (int j = 0; j < 4; j++)
-                        for (int e = 0; e < 4; e++) {
-                            const uint8_t q = s->qs[32 * j + 4 * r + e];
-                            dot += ((q & 0x0f) + 16 * q5_bit(s->qh[j], 4 * r + e) - 16) * xb->qs[4 * j + e] +
-                                   ((q >> 4) + 16 * q5_bit(s->qh[j + 4], 4 * r + e) - 16) * xb->qs[16 + 4 * j + e];
-                        }
-                } else {
-                    const block_q8_0x8 *s = (const block_q8_0x8 *)w + b;
-                    dw = fp16_to_f32(s->d[r]);
-                    for (int c = 0; c < 8; c++)
-                        for (int e = 0; e < 4; e++) dot += s->qs[32 * c + 4 * r + e] * xb->qs[4 * c + e];
-                }
-                acc = fmaf(dw * xi[t * xis + b].d, (float)dot, acc);
-            }
+            for (int b = 0; b < nb; b++) acc = block_term(type, w, (const char *)x + t * xs, xi + t * xis, b, r, acc);
             out[8 * t + r] = acc;
         }
 }
