@@ -45,12 +45,32 @@ static uint32_t rnd(void) { /* xorshift64: the same stream on every target */
     return (uint32_t)(rng_state >> 11);
 }
 
-static const struct {
+typedef struct {
     int type, block_bytes, block_len, d_off, m_off; /* m_off: second f16 (m / dmin), -1 if none */
-} TYPES[] = {
+} block_kind;
+static const block_kind TYPES[] = {
     {GT_Q4_1, 20, QK, 0, 2},     {GT_Q5_1, 24, QK, 0, 2},
     {GT_Q4_K, 144, QK_K, 0, 2},  {GT_Q5_K, 176, QK_K, 0, 2},  {GT_Q6_K, 210, QK_K, 208, -1},
 };
+
+/* pack.c's types (q4_K and q6_K are in TYPES too, for their row-major kernels). */
+static const block_kind PACKED[] = {
+    {GT_Q4_0, 18, QK, 0, -1}, {GT_Q5_0, 22, QK, 0, -1}, {GT_Q8_0, 34, QK, 0, -1},
+    {GT_Q4_K, 144, QK_K, 0, 2}, {GT_Q6_K, 210, QK_K, 208, -1},
+};
+
+/* nb random blocks of kind k (every bit pattern is a valid block) with finite f16 scales: 1.0 in exact mode,
+ * else |scale| in [2^-10, 2^-3), d of either sign. */
+static void random_blocks(const block_kind *k, int nb, int exact, uint8_t *w) {
+    for (int i = 0; i < nb * k->block_bytes; i++) w[i] = (uint8_t)rnd();
+    for (int b = 0; b < nb; b++) {
+        uint8_t *blk = w + b * k->block_bytes;
+        const f16_t one = 0x3C00, d = (f16_t)((rnd() & 0x8000) | ((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
+        const f16_t m = (f16_t)(((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
+        memcpy(blk + k->d_off, exact ? &one : &d, 2);
+        if (k->m_off >= 0) memcpy(blk + k->m_off, exact ? &one : &m, 2);
+    }
+}
 
 /* The packed kernels' definition on ggml's row-major blocks: each block's exact integer dot, then
  * acc = fma(d_w * d_x, dot, acc) block after block. */
@@ -154,21 +174,11 @@ int main(int argc, char **argv) {
             for (int j = 0; j < QK_K; j++) acts += ak[b].qs[j] * (j % 13 + 1) + ak[b].bsums[j / 16];
         static q8_0_sum ts0[4][N / QK];
         for (int k = 0; k < 4; k++) q8_0_sums(t0[k], ts0[k], N / QK);
-        static const int PACKED[][4] = {{GT_Q4_0, 18, QK, 0}, {GT_Q5_0, 22, QK, 0}, {GT_Q8_0, 34, QK, 0},
-                                        {GT_Q4_K, 144, QK_K, 0}, {GT_Q6_K, 210, QK_K, 208}};
-        for (int p = 0; p < 5; p++) { /* type, block bytes, block length, offset of d */
-            const int ty = PACKED[p][0], bb = PACKED[p][1], nb = N / PACKED[p][2], k4 = PACKED[p][2] == QK_K;
+        for (size_t p = 0; p < sizeof PACKED / sizeof PACKED[0]; p++) {
+            const int ty = PACKED[p].type, nb = N / PACKED[p].block_len, k4 = PACKED[p].block_len == QK_K;
             static uint8_t rows8[PACK_ROWS][N / QK * 34];
             static uint8_t pk[PACK_ROWS * (N / QK) * 40];
-            for (int r = 0; r < PACK_ROWS; r++)
-                for (int b = 0; b < nb; b++) {
-                    uint8_t *blk = rows8[r] + b * bb;
-                    for (int i = 0; i < bb; i++) blk[i] = (uint8_t)rnd();
-                    const f16_t one = 0x3C00, d = (f16_t)((rnd() & 0x8000) | ((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
-                    const f16_t m = (f16_t)(((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
-                    memcpy(blk + PACKED[p][3], exact ? &one : &d, 2);
-                    if (ty == GT_Q4_K) memcpy(blk + 2, exact ? &one : &m, 2); /* dmin */
-                }
+            for (int r = 0; r < PACK_ROWS; r++) random_blocks(&PACKED[p], nb, exact, rows8[r]);
             pack_matrix(ty, rows8, sizeof rows8[0], N, PACK_ROWS, pk);
             for (int nt = 1; nt <= 4; nt++) {
                 float out[4 * PACK_ROWS];
@@ -184,14 +194,7 @@ int main(int argc, char **argv) {
         }
         for (size_t t = 0; t < sizeof TYPES / sizeof TYPES[0]; t++) {
             const int nb = N / TYPES[t].block_len;
-            for (int i = 0; i < nb * TYPES[t].block_bytes; i++) w[i] = (uint8_t)rnd();
-            for (int b = 0; b < nb; b++) { /* float mode: |scale| in [2^-10, 2^-3), d of either sign */
-                uint8_t *blk = w + b * TYPES[t].block_bytes;
-                const f16_t one = 0x3C00, d = (f16_t)((rnd() & 0x8000) | ((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
-                const f16_t m = (f16_t)(((5 + rnd() % 8) << 10) | (rnd() & 0x3ff));
-                memcpy(blk + TYPES[t].d_off, exact ? &one : &d, 2);
-                if (TYPES[t].m_off >= 0) memcpy(blk + TYPES[t].m_off, exact ? &one : &m, 2);
-            }
+            random_blocks(&TYPES[t], nb, exact, w);
             const int ty = TYPES[t].type;
             const void *act = ty == GT_Q4_1 || ty == GT_Q5_1 ? (const void *)a1 : (const void *)ak;
             static float wf[N];
