@@ -631,14 +631,6 @@ static void attn_simd(int hd, int nr, const float *q, const void *kb, const void
 }
 #endif
 
-static void f16_to_f32(float *dst, const f16_t *src, size_t n) {
-    size_t i = 0;
-#if defined(ATTN_SIMD)
-    for (; i + VW <= n; i += VW) v_st(dst + i, v_ldh(src + i));
-#endif
-    for (; i < n; i++) dst[i] = fp16_to_f32(src[i]);
-}
-
 /* nr query rows (stride hd) of one GQA group against keys 0..n-1: K and V rows hd apart from kb / vb, f16 or
  * f32. Scores and weights go to rows of s, ss apart. */
 static void attn_rows(const model_t *m, int nr, const float *q, const void *kb, const void *vb, int f16, int n,
@@ -704,9 +696,9 @@ static void attn_task(void *arg, int ith, int nth) {
         const void *vb = c->kv_f16 ? (const void *)((const f16_t *)c->vcache + base) : (const float *)c->vcache + base;
         int f16 = c->kv_f16, first = 0; /* kb, vb: rows of positions first.. */
         if (f16 && t1 - t0 > 1 && hi - lo + 1 <= c->kv_f32_rows) {
-            const size_t n = (size_t)(hi - lo + 1) * hd;
-            f16_to_f32(ks, (const f16_t *)kb + (size_t)lo * hd, n);
-            f16_to_f32(vs, (const f16_t *)vb + (size_t)lo * hd, n);
+            const int n = (hi - lo + 1) * hd; /* <= kv_f32_rows * hd: 1 MB of floats */
+            f16_to_f32_row((const f16_t *)kb + (size_t)lo * hd, ks, n);
+            f16_to_f32_row((const f16_t *)vb + (size_t)lo * hd, vs, n);
             kb = ks, vb = vs, f16 = 0, first = lo;
         }
         const size_t es = f16 ? 2 : 4;

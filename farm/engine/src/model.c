@@ -151,8 +151,10 @@ static void pack(model_t *m, tensor_t *t) {
         pack_matrix(t->type, src, t->row_bytes, t->n_in, n,
                     (char *)p + (size_t)(r / PACK_ROWS) * pack_group_bytes(t->type, t->n_in));
         const uintptr_t end = ((uintptr_t)src + (size_t)n * t->row_bytes) & ~(page - 1);
-        if (end > dropped) madvise((void *)dropped, end - dropped, MADV_DONTNEED);
-        if (end > dropped) dropped = end;
+        if (end > dropped) {
+            madvise((void *)dropped, end - dropped, MADV_DONTNEED);
+            dropped = end;
+        }
     }
     own(m, p);
     t->data = p;

@@ -1,4 +1,5 @@
-/* q4_0, q5_0 and q8_0 matrices repacked at load time, eight rows interleaved per 32-block, and their matmul kernel.
+/* q4_0, q5_0, q8_0, q4_K and q6_K matrices repacked at load time, eight rows interleaved per block, and their
+ * matmul kernels.
  *
  * Why: with ggml's row-major blocks, an AVX2 dot product of one weight block and one activation block puts
  * 8 partial sums of ONE output in a vector, so every block of every output pays its own int32->float
@@ -9,16 +10,17 @@
  * and FMA serve 8 outputs, and a weight block is unpacked once for up to 4 tokens. For q4_0 the nibbles
  * enter maddubs unsigned (0..15, no sign trick) and the -8 offset is taken off once per block with the
  * activation block's precomputed sum (8 * sum(q)); its eight 4-element products fit int16 (8 * 2*15*127 <
- * 32767), so a block's 32 products are summed with 8 maddubs + 7 adds + 1 madd. Measured side by side on a
- * 2-core x86 VM (SmolLM2-135M, pp512, 1 thread, the matmul share of the perf profile): see bench/ and the
- * closing figures in the commit that added this file.
+ * 32767), so a block's 32 products are summed with 8 maddubs + 7 adds + 1 madd. The k-quants work the same way
+ * per sub-block (see their kernels). Measured on a 2-core x86 VM, SmolLM2-135M pp512, 1 thread: q4_0 145 -> 270
+ * t/s, q8_0 185 -> 260 t/s (bench/engine_vs_llamacpp.py: 1.5-2.0x llama.cpp's prefill with attention's rework).
  *
  * Every output is computed with the same operations whatever the tile (1..4 tokens, any 8-row group):
  * acc = fma(d_w * d_x, float(block's integer dot), acc) over the blocks in order. So results do not depend
  * on thread count or on how tokens are tiled, and decode (1 token) gives prefill's numbers.
  *
- * NEON builds keep ggml's layout and quant.c's kernels (pack_type); the others repack, and the portable body of
- * gemm_packed (scalar builds) is the definition the AVX2 kernels are tested against. */
+ * AVX2 and NEON have kernels for the 32-block types; q4_K and q6_K are packed only where AVX2 or the portable body
+ * runs them (pack_type). The portable body of gemm_packed (block_term; scalar builds) is the definition
+ * farm-kcheck holds every build's kernels to, bit for bit. */
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -87,20 +89,20 @@ void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_ou
         for (int r = 0; r < PACK_ROWS && g * PACK_ROWS + r < n_out; r++) {
             const char *row = (const char *)src + (size_t)(g * PACK_ROWS + r) * row_bytes;
             for (int b = 0; b < nb; b++) {
-                if (type == GT_Q4_0) {
-                    const block_q4_0 *s = (const block_q4_0 *)row + b;
-                    block_q4_0x8 *d = (block_q4_0x8 *)dst + (size_t)g * nb + b;
-                    d->d[r] = s->d;
-                    for (int j = 0; j < 4; j++) memcpy(d->qs + 32 * j + 4 * r, s->qs + 4 * j, 4);
-                } else if (type == GT_Q5_0) {
-                    const block_q5_0 *s = (const block_q5_0 *)row + b;
-                    block_q5_0x8 *d = (block_q5_0x8 *)dst + (size_t)g * nb + b;
-                    uint32_t qh;
-                    memcpy(&qh, s->qh, 4);
-                    d->d[r] = s->d;
-                    for (int j = 0; j < 4; j++) memcpy(d->qs + 32 * j + 4 * r, s->qs + 4 * j, 4);
-                    for (int c = 0; c < 8; c++)
-                        for (int e = 0; e < 4; e++) d->qh[c] |= (uint32_t)q5_bit(qh, 4 * c + e) << (4 * r + e);
+                if (type == GT_Q4_0 || type == GT_Q5_0) { /* d, then (q5_0) qh, then the nibbles */
+                    const int q5 = type == GT_Q5_0;
+                    const char *s = row + (size_t)b * (q5 ? sizeof(block_q5_0) : sizeof(block_q4_0));
+                    char *d = (char *)dst + ((size_t)g * nb + b) * group_block_bytes(type);
+                    uint8_t *qs = (uint8_t *)d + (q5 ? offsetof(block_q5_0x8, qs) : offsetof(block_q4_0x8, qs));
+                    memcpy(d + 2 * r, s, 2);
+                    const char *sq = s + (q5 ? offsetof(block_q5_0, qs) : offsetof(block_q4_0, qs));
+                    for (int j = 0; j < 4; j++) memcpy(qs + 32 * j + 4 * r, sq + 4 * j, 4);
+                    if (q5) {
+                        uint32_t qh, *dqh = ((block_q5_0x8 *)d)->qh;
+                        memcpy(&qh, ((const block_q5_0 *)s)->qh, 4);
+                        for (int c = 0; c < 8; c++)
+                            for (int e = 0; e < 4; e++) dqh[c] |= (uint32_t)q5_bit(qh, 4 * c + e) << (4 * r + e);
+                    }
                 } else if (type == GT_Q6_K) {
                     const block_q6_K *s = (const block_q6_K *)row + b;
                     block_q6_Kx8 *d = (block_q6_Kx8 *)dst + (size_t)g * nb + b;
@@ -150,23 +152,19 @@ void pack_row(int type, const void *packed, int n_in, int row, float *dst) {
                         y[64 * j + 4 * c + e] = d * s->sc[2 * j][r] * (q & 0x0f) - dmin * s->m[2 * j][r];
                         y[64 * j + 32 + 4 * c + e] = d * s->sc[2 * j + 1][r] * (q >> 4) - dmin * s->m[2 * j + 1][r];
                     }
-        } else if (type == GT_Q4_0) {
-            const block_q4_0x8 *s = (const block_q4_0x8 *)packed + (size_t)g * nb + b;
-            const float d = fp16_to_f32(s->d[r]);
+        } else if (type == GT_Q4_0 || type == GT_Q5_0) {
+            const int q5 = type == GT_Q5_0, off = q5 ? 16 : 8;
+            const char *blk = (const char *)packed + ((size_t)g * nb + b) * group_block_bytes(type);
+            const uint8_t *qs = (const uint8_t *)blk + (q5 ? offsetof(block_q5_0x8, qs) : offsetof(block_q4_0x8, qs));
+            const uint32_t *qh = q5 ? ((const block_q5_0x8 *)blk)->qh : NULL;
+            const float d = fp16_to_f32(((const f16_t *)blk)[r]); /* d[8] comes first */
             for (int j = 0; j < 4; j++)
                 for (int e = 0; e < 4; e++) {
-                    const uint8_t q = s->qs[32 * j + 4 * r + e];
-                    y[4 * j + e] = ((q & 0x0f) - 8) * d;
-                    y[16 + 4 * j + e] = ((q >> 4) - 8) * d;
-                }
-        } else if (type == GT_Q5_0) {
-            const block_q5_0x8 *s = (const block_q5_0x8 *)packed + (size_t)g * nb + b;
-            const float d = fp16_to_f32(s->d[r]);
-            for (int j = 0; j < 4; j++)
-                for (int e = 0; e < 4; e++) {
-                    const uint8_t q = s->qs[32 * j + 4 * r + e];
-                    y[4 * j + e] = ((q & 0x0f) + 16 * q5_bit(s->qh[j], 4 * r + e) - 16) * d;
-                    y[16 + 4 * j + e] = ((q >> 4) + 16 * q5_bit(s->qh[j + 4], 4 * r + e) - 16) * d;
+                    const uint8_t q = qs[32 * j + 4 * r + e];
+                    const int h0 = q5 ? 16 * q5_bit(qh[j], 4 * r + e) : 0;
+                    const int h1 = q5 ? 16 * q5_bit(qh[j + 4], 4 * r + e) : 0;
+                    y[4 * j + e] = ((q & 0x0f) + h0 - off) * d;
+                    y[16 + 4 * j + e] = ((q >> 4) + h1 - off) * d;
                 }
         } else {
             const block_q8_0x8 *s = (const block_q8_0x8 *)packed + (size_t)g * nb + b;
@@ -278,10 +276,12 @@ static inline __attribute__((always_inline)) void gemm_q8_0x8(int nb, const bloc
  * the rows' 6-bit scales (each in both int16 halves of its lane) gives sc * dot in int32; the mins enter as
  * sum_s m_s * (bsum_2s + bsum_2s+1) from q8_K's 16-element sums, by madd on (m_2k, m_2k+1) pairs. Per super-block
  * and token: acc = fma(d * d_y, isum, acc), then acc = fma(-dmin * d_y, msum, acc). */
-static inline __m256i bytes_to_i32_pairs(const uint8_t *lo, const uint8_t *hi) { /* (lo[r], hi[r]) int16 pairs */
-    const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)lo));
-    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)hi));
-    return _mm256_or_si256(a, _mm256_slli_epi32(b, 16));
+/* The k-quants' per-row scales as madd operands: 8 bytes (one per row) widened to int32 lanes, and two such
+ * vectors as (lo, hi) int16 pairs in each lane. */
+static inline __m256i u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+static inline __m256i i8x8(const int8_t *p) { return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+static inline __m256i i16_pairs(__m256i lo, __m256i hi) {
+    return _mm256_or_si256(_mm256_and_si256(lo, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(hi, 16));
 }
 
 static inline __attribute__((always_inline)) void gemm_q4_Kx8(int nsb, const block_q4_Kx8 *w, const block_q8_K *x,
@@ -306,14 +306,14 @@ static inline __attribute__((always_inline)) void gemm_q4_Kx8(int nsb, const blo
                     shi[t] = _mm256_add_epi16(shi[t], _mm256_maddubs_epi16(hi, bcast4(y + 32)));
                 }
             }
-            const __m256i sc_lo = bytes_to_i32_pairs(B->sc[2 * j], B->sc[2 * j]);
-            const __m256i sc_hi = bytes_to_i32_pairs(B->sc[2 * j + 1], B->sc[2 * j + 1]);
+            const __m256i lo = u8x8(B->sc[2 * j]), hi = u8x8(B->sc[2 * j + 1]);
+            const __m256i sc_lo = i16_pairs(lo, lo), sc_hi = i16_pairs(hi, hi);
             for (int t = 0; t < NT; t++)
                 isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_madd_epi16(slo[t], sc_lo),
                                                                      _mm256_madd_epi16(shi[t], sc_hi)));
         }
         __m256i mp[4];
-        for (int k = 0; k < 4; k++) mp[k] = bytes_to_i32_pairs(B->m[2 * k], B->m[2 * k + 1]);
+        for (int k = 0; k < 4; k++) mp[k] = i16_pairs(u8x8(B->m[2 * k]), u8x8(B->m[2 * k + 1]));
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->d));
         const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->dmin));
         for (int t = 0; t < NT; t++) {
@@ -335,11 +335,6 @@ static inline __attribute__((always_inline)) void gemm_q4_Kx8(int nsb, const blo
  * straight into a madd with its 16-element sub-block's int8 scale (in both int16 halves of the row's lane). The
  * offset 32 enters once per super-block: 32 * sum_s sc_s * bsum_s, by madd on (sc_2k, sc_2k+1) pairs. Per
  * super-block and token: acc = fma(d * d_y, isum - 32 * msum, acc). */
-static inline __m256i i8_both_halves(const int8_t *p) { /* 8 int8 -> lanes with the value in both int16 halves */
-    const __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
-    return _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(v, 16));
-}
-
 static inline __attribute__((always_inline)) void gemm_q6_Kx8(int nsb, const block_q6_Kx8 *w, const block_q8_K *x,
                                                             size_t xs, const int NT, float *out) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
@@ -350,7 +345,10 @@ static inline __attribute__((always_inline)) void gemm_q6_Kx8(int nsb, const blo
                            _mm256_setzero_si256()};
         for (int k = 0; k < 4; k++) { /* chunks u = 4k..4k+3 and u + 16, 32, 48: sub-blocks k, k+4, k+8, k+12 */
             __m256i sc[4];
-            for (int i = 0; i < 4; i++) sc[i] = i8_both_halves(B->sc[k + 4 * i]);
+            for (int i = 0; i < 4; i++) {
+                const __m256i v = i8x8(B->sc[k + 4 * i]);
+                sc[i] = i16_pairs(v, v);
+            }
             for (int u = 4 * k; u < 4 * k + 4; u++) {
                 _mm_prefetch((const char *)B->ql[u] + PACK_PREFETCH, _MM_HINT_T0);
                 const __m256i h = _mm256_loadu_si256((const __m256i *)B->qh[u]);
@@ -372,11 +370,7 @@ static inline __attribute__((always_inline)) void gemm_q6_Kx8(int nsb, const blo
             }
         }
         __m256i sp[8];
-        for (int k = 0; k < 8; k++) {
-            const __m256i a = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)B->sc[2 * k]));
-            const __m256i b = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)B->sc[2 * k + 1]));
-            sp[k] = _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(b, 16));
-        }
+        for (int k = 0; k < 8; k++) sp[k] = i16_pairs(i8x8(B->sc[2 * k]), i8x8(B->sc[2 * k + 1]));
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->d));
         for (int t = 0; t < NT; t++) {
             const block_q8_K *yb = (const block_q8_K *)((const char *)x + t * xs) + sb;

@@ -98,6 +98,16 @@ void f32_to_f16_row(const float *x, f16_t *y, int n) {
     for (; i < n; i++) y[i] = f32_to_fp16(x[i]);
 }
 
+void f16_to_f32_row(const f16_t *x, float *y, int n) { /* exact in every build */
+    int i = 0;
+#if defined(FARM_AVX2)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+#elif defined(FARM_NEON)
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vcvt_f32_f16(vld1_f16((const __fp16 *)(x + i))));
+#endif
+    for (; i < n; i++) y[i] = fp16_to_f32(x[i]);
+}
+
 /* ---- q8_0 activations ---------------------------------------------------------------------------- */
 
 /* One 32-block of activations to int8 (q8_0 and q8_1 share it): returns the unrounded d = amax / 127. */
@@ -157,9 +167,7 @@ void quantize_row_q8_0(const float *x, block_q8_0 *y, int n) {
 void dequant_row(int type, const void *src, float *dst, int n) {
     switch (type) {
     case GT_F32: memcpy(dst, src, (size_t)n * 4); break;
-    case GT_F16:
-        for (int i = 0; i < n; i++) dst[i] = fp16_to_f32(((const f16_t *)src)[i]);
-        break;
+    case GT_F16: f16_to_f32_row(src, dst, n); break;
     case GT_Q8_0:
         for (int b = 0; b < n / QK; b++) {
             const block_q8_0 *x = (const block_q8_0 *)src + b;

@@ -78,13 +78,15 @@ void quantize_row_q8_0(const float *x, block_q8_0 *y, int n);
 float quantize_block_q8(const float *x, int8_t qs[QK]); /* one block; returns d before its f16 rounding */
 void dequant_row(int type, const void *src, float *dst, int n);
 void f32_to_f16_row(const float *x, f16_t *y, int n);
+void f16_to_f32_row(const f16_t *x, float *y, int n);
 
-/* Dot products of one f32/f16 weight row with one f32 activation row. (q4_0, q5_0 and q8_0 matrices are
- * packed at load and multiplied by pack.c's kernels.) */
+/* Dot products of one f32/f16 weight row with one f32 activation row. (Quantized matrices: pack.c's kernels for
+ * the types it packs, kquant.c's for the others.) */
 float vec_dot_f32(int n, const float *w, const float *x);
 float vec_dot_f16(int n, const f16_t *w, const float *x);
 
-/* kquant.c: q4_1, q5_0, q5_1, q4_K, q5_K, q6_K weights and their activation formats (q8_1, q8_K). */
+/* kquant.c: q4_1, q5_1, q4_K, q5_K, q6_K weights row-major (q4_K / q6_K: where pack_type says no), q5_0's
+ * dequantization, and the activation formats q8_1, q8_K. */
 void quantize_row_q8_1(const float *x, block_q8_1 *y, int n);
 void quantize_row_q8_K(const float *x, block_q8_K *y, int n);
 int dequant_row_more(int type, const void *src, float *dst, int n); /* 0: not one of these types */
@@ -99,8 +101,8 @@ void gemm_more(int type, int n, const void *w, const void *x, size_t xs, int nt,
 int gemm_rows_more_ok(int type);
 void gemm_rows_more(int type, int n, const void *w, size_t ws, int nr, const void *x, size_t xs, int nt, float *out);
 
-/* pack.c: q4_0 / q5_0 / q8_0 / q4_K matrices with PACK_ROWS rows interleaved per 32-block (see pack.c for why). In a
- * block_q4_0x8, qs[32 j + 4 r + e] is row r's byte 4 j + e (low nibble: element 4 j + e, high: 16 + 4 j + e);
+/* pack.c: q4_0 / q5_0 / q8_0 / q4_K / q6_K matrices with PACK_ROWS rows interleaved per block (see pack.c for why).
+ * In a block_q4_0x8, qs[32 j + 4 r + e] is row r's byte 4 j + e (low nibble: element 4 j + e, high: 16 + 4 j + e);
  * in a block_q8_0x8, qs[32 c + 4 r + e] is row r's element 4 c + e. Rows are padded to a multiple of 8. */
 #define PACK_ROWS 8
 typedef struct {
@@ -142,7 +144,7 @@ void pack_matrix(int type, const void *src, size_t row_bytes, int n_in, int n_ou
 void pack_row(int type, const void *packed, int n_in, int row, float *dst); /* dequantize one row */
 void q8_0_sums(const block_q8_0 *x, q8_0_sum *s, int nb);
 /* One group of PACK_ROWS packed rows x nt (1..4) activation rows `xs` bytes apart (q8_0, with their sums `xis`
- * entries apart; q4_K: q8_K, xi unused): out[t * PACK_ROWS + r]. */
+ * entries apart; q4_K / q6_K: q8_K, xi unused): out[t * PACK_ROWS + r]. */
 void gemm_packed(int type, int n, const void *w, const void *x, size_t xs, const q8_0_sum *xi, size_t xis, int nt,
                  float *out);
 
