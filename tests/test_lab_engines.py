@@ -85,7 +85,7 @@ include:
 repetitions: 2
 warmup: 0
 power: false
-thermal_gate: false
+thermal_gate: false  # argv and parsing of stand-in engines are under test; the gate: test_lab_profiles
 """
 
 
@@ -150,7 +150,7 @@ repetitions: 2
 warmup: 0
 power: true
 idle_s: 0.5
-thermal_gate: false
+thermal_gate: false  # depth and its energy records are under test; the gate with its defaults: test_lab_profiles
 """
 
 

@@ -37,6 +37,7 @@ def test_read_state(tmp_path: Path) -> None:
 
 
 def test_wait_until_cool_waits_for_cooling_and_flatness(tmp_path: Path) -> None:
+    # window 1 s, timeout 20 s: the simulated cooling curve runs in seconds, not the shipped 5 s / 600 s
     profile, zone, _ = profile_with(tmp_path, start_temp_c=45.0, stable_delta_c=0.5, stable_window_s=1.0,
                                     timeout_s=20)
     zone.write_text("60000\n")
@@ -64,6 +65,7 @@ def test_wait_until_cool_waits_for_cooling_and_flatness(tmp_path: Path) -> None:
 
 
 def test_wait_until_cool_times_out_with_a_clear_message(tmp_path: Path) -> None:
+    # timeout 1 s: the shipped 600 s timeout cannot be waited out in a test
     profile, zone, _ = profile_with(tmp_path, start_temp_c=45.0, stable_window_s=0.5, timeout_s=1.0)
     zone.write_text("52500\n")
     with pytest.raises(InfraError, match=r"host-auto.*52\.5 °C.*threshold 45\.0 °C"):
